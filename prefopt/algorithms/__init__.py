@@ -1,0 +1,112 @@
+"""Algorithm adapters: one small module per algorithm, each mapping a validated Recipe onto one TRL
+trainer, and a registry.
+
+An adapter translates and nothing else: ``trl_config`` builds the TRL config (loss parameters as TRL
+expects them), ``trainer_class`` names the trainer (a :mod:`prefopt.trainers` subclass where TRL's
+behaviour differs from the paper). ``describe`` is what ``prefopt train --dry-run`` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from prefopt.errors import PrefoptError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Base adapter. Subclasses set the class attributes and implement ``loss_kwargs``."""
+
+    name: ClassVar[str]
+    data_kind: ClassVar[str]  # "paired" | "unpaired"
+    uses_reference: ClassVar[bool]
+    trl_trainer: ClassVar[str]  # dotted path of the TRL class the prefopt trainer derives from
+    paper: ClassVar[str]
+
+    # ---- what subclasses provide
+    @classmethod
+    def config_class(cls) -> type:
+        raise NotImplementedError
+
+    @classmethod
+    def trainer_class(cls, recipe) -> type:
+        raise NotImplementedError
+
+    @classmethod
+    def loss_kwargs(cls, recipe) -> dict[str, Any]:
+        """The loss parameters exactly as the TRL config receives them."""
+        raise NotImplementedError
+
+    @classmethod
+    def overrides(cls, recipe) -> list[str]:
+        """Where prefopt departs from stock TRL for this recipe (shown by --dry-run and in the manifest)."""
+        return ["tokenisation: prefopt pre-tokenises (prefopt.tokenization); TRL's own tokenisation is skipped"]
+
+    # ---- shared
+    @classmethod
+    def trl_config(cls, recipe, *, output_dir: str, training: dict[str, Any] | None = None):
+        from prefopt.recipe import PREFOPT_TRAINING_KEYS
+
+        kwargs = {k: v for k, v in (training if training is not None else recipe.training).items() if k not in PREFOPT_TRAINING_KEYS}
+        kwargs.setdefault("seed", recipe.seed)
+        kwargs.setdefault("data_seed", recipe.seed)
+        kwargs.setdefault("report_to", "none")
+        kwargs.setdefault("save_strategy", "no")
+        kwargs.setdefault("logging_strategy", "steps")
+        kwargs.setdefault("logging_steps", 1)
+        kwargs.setdefault("remove_unused_columns", False)
+        kwargs.setdefault("dataloader_num_workers", 0)
+        if recipe.model.gradient_checkpointing:
+            kwargs.setdefault("gradient_checkpointing", True)
+        # TRL's configs default to bf16=True, which transformers refuses on CPU: mixed precision only
+        # where the recipe asks for bfloat16 and a GPU supports it.
+        kwargs.setdefault("bf16", recipe.model.dtype == "bfloat16" and _cuda_bf16())
+        kwargs.update(cls.loss_kwargs(recipe))
+        kwargs["output_dir"] = output_dir
+        return cls.config_class()(**kwargs)
+
+    @classmethod
+    def describe(cls, recipe) -> dict[str, Any]:
+        trainer = cls.trainer_class(recipe)
+        return {
+            "algorithm": cls.name,
+            "paper": cls.paper,
+            "trainer": f"{trainer.__module__}.{trainer.__qualname__}",
+            "trl_base_trainer": cls.trl_trainer,
+            "config_class": f"{cls.config_class().__module__}.{cls.config_class().__qualname__}",
+            "data_kind": cls.data_kind,
+            "reference_model": cls.uses_reference,
+            "loss": cls.loss_kwargs(recipe),
+            "prefopt_overrides": cls.overrides(recipe),
+        }
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+_REGISTRY: dict[str, type[Adapter]] = {}
+
+
+def register(adapter: type[Adapter]) -> type[Adapter]:
+    _REGISTRY[adapter.name] = adapter
+    return adapter
+
+
+def get_adapter(name: str) -> type[Adapter]:
+    if not _REGISTRY:
+        from prefopt.algorithms import dpo, ipo, kto, orpo, simpo  # noqa: F401 - registers
+    if name not in _REGISTRY:
+        raise PrefoptError(
+            f'unknown algorithm "{name}".{did_you_mean(name, _REGISTRY)} Choose one of: {", ".join(_REGISTRY)}.',
+            where="algorithm",
+        )
+    return _REGISTRY[name]
+
+
+def algorithm_names() -> list[str]:
+    get_adapter("dpo")
+    return list(_REGISTRY)

@@ -1,0 +1,135 @@
+"""``prefopt`` command line: argument parsing only; the work lives in the modules it calls.
+
+Errors caused by input (bad recipe, missing file, malformed data) print one paragraph and exit 2;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from prefopt.errors import PrefoptError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setup_env() -> None:
+    # No hub access by default: cached models and datasets load, anything else fails with a clear
+    # message (set HF_HUB_OFFLINE=0 to allow downloads).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("prefopt").setLevel(logging.INFO)
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="recipe YAML")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a recipe value (typed)")
+    p.add_argument("--output-dir", help="run directory (overrides output.dir)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in the output dir")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved TRL configuration; load no model")
+    p.add_argument("--smoke", action="store_true", help="builtin model + small local sample, a few steps")
+
+
+def cmd_train(args) -> int:
+    from prefopt.recipe import load_recipe
+
+    recipe = load_recipe(args.config, args.set)
+    if getattr(args, "smoke", False):
+        from prefopt.smoke import smoke_recipe
+
+        recipe = smoke_recipe(recipe)
+    if args.dry_run:
+        from prefopt.train import dry_run
+
+        print(json.dumps(dry_run(recipe), indent=2))
+        return 0
+    from prefopt.train import train
+
+    summary = train(recipe, output_dir=args.output_dir, overwrite=args.overwrite, resume=args.resume)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    from prefopt.train import is_main_process
+
+    if not is_main_process():
+        return
+    print(f"\nrun dir: {summary['run_dir']}")
+    print(f"algorithm: {summary['algorithm']}  steps: {summary['global_step']}  train loss: {summary['train_loss']:.4f}  "
+          f"time: {summary['train_runtime_s']:.1f}s")
+    world = (summary.get("eval") or {}).get("world")
+    if world:
+        pol, ref = world["policy"], world["reference"]
+        print(f"true reward (sampled, T=1): reference {ref['reward_sampled']:.3f} → trained {pol['reward_sampled']:.3f} "
+              f"({world['lift_sampled']:+.3f})")
+        print(f"true reward (greedy):       reference {ref['reward_greedy']:.3f} → trained {pol['reward_greedy']:.3f} "
+              f"({world['lift_greedy']:+.3f})")
+        print(f"KL(policy ‖ reference) on samples: {pol.get('kl_to_reference', float('nan')):.3f} nats")
+
+
+def cmd_demo(args) -> int:
+    from prefopt.recipe import load_recipe
+    from prefopt.train import train
+
+    cfg = REPO_ROOT / "configs" / "recipes" / "quickstart" / "dpo.yaml"
+    print("prefopt demo: ground-truth world (arith) — SFT warm start (cached after the first run), then DPO")
+    recipe = load_recipe(cfg, args.set)
+    summary = train(recipe, output_dir=args.output_dir, overwrite=True)
+    _print_summary(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefopt", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train from a recipe")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the offline demo: ground-truth world, warm start + DPO")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--output-dir", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from prefopt.data.cli import add_data_commands
+
+        add_data_commands(sub)
+    except ImportError:  # pragma: no cover - the data layer ships with the package
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_env()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except PrefoptError as err:
+        if args.debug:
+            raise
+        print(f"prefopt: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

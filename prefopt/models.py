@@ -1,0 +1,263 @@
+"""Model and tokenizer loading: the builtin offline family, hub/local checkpoints, LoRA and QLoRA.
+
+Sources understood by ``model.name``:
+
+* ``builtin:<key>`` — a small Llama-architecture model whose config lives in
+  ``prefopt/builtin/models.json`` and whose byte-level tokenizer ships in ``prefopt/builtin/``.
+  Weights are initialised deterministically from the recipe seed; nothing is downloaded.
+* ``world:<task>`` — the ground-truth world's SFT reference policy for ``<task>`` (see
+  :mod:`prefopt.world`), warm-started from the builtin model and cached on disk.
+* a local directory, or a hub id resolved through the local Hugging Face cache. Offline and not
+  cached → a :class:`~prefopt.errors.PrefoptError` that says how to pre-download it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefopt.errors import PrefoptError, did_you_mean
+
+log = logging.getLogger("prefopt")
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@cache
+def builtin_specs() -> dict[str, dict[str, Any]]:
+    specs = json.loads((BUILTIN_DIR / "models.json").read_text())
+    return {k: v for k, v in specs.items() if not k.startswith("_")}
+
+
+def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False, chat_template: str | None = None):
+    """Tokenizer for a model source; pad token set (to EOS when missing) and right padding."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if name.startswith(("builtin:", "world:")):
+        tok = PreTrainedTokenizerFast.from_pretrained(str(BUILTIN_DIR))
+    else:
+        path = _resolve_pretrained(name, revision=revision, what="tokenizer")
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if chat_template:
+        tok.chat_template = chat_template
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise PrefoptError(
+                f"the tokenizer of {name} has neither a pad nor an EOS token.",
+                where="model.name",
+                fix="use a tokenizer with an EOS token, or set model.tokenizer to one that has it.",
+            )
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def builtin_config(key: str):
+    from transformers import LlamaConfig
+
+    specs = builtin_specs()
+    if key not in specs:
+        raise PrefoptError(
+            f'unknown builtin model "builtin:{key}".{did_you_mean(key, specs)} '
+            f"Available: {', '.join('builtin:' + k for k in specs)}.",
+            where="model.name",
+        )
+    spec = {k: v for k, v in specs[key].items() if k != "description"}
+    tok_cfg = json.loads((BUILTIN_DIR / "tokenizer.json").read_text())
+    vocab = 256 + len(tok_cfg["added_tokens"])
+    vocab = (vocab + 7) // 8 * 8  # pad the embedding to a multiple of 8
+    return LlamaConfig(
+        vocab_size=vocab,
+        bos_token_id=256,
+        eos_token_id=257,
+        pad_token_id=258,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        attention_dropout=0.0,
+        **spec,
+    )
+
+
+def build_builtin(key: str, seed: int, dtype: torch.dtype = torch.float32):
+    """A builtin model with deterministic initialisation: the same (key, seed) gives the same weights."""
+    from transformers import LlamaForCausalLM
+
+    config = builtin_config(key)
+    devices = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.bos_token_id = config.bos_token_id
+    return model.to(dtype)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _resolve_pretrained(name: str, *, revision: str | None, what: str) -> str:
+    """Return a local path or a hub id that is present in the local cache; else a clear error."""
+    p = Path(name).expanduser()
+    if p.exists():
+        return str(p)
+    if name.startswith((".", "/", "~")):
+        raise PrefoptError(
+            f"model path {name} does not exist.", where="model.name", fix="check the path (it is resolved against the recipe's folder)."
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return name
+    if what == "tokenizer":
+        for fname in ("tokenizer_config.json", "tokenizer.json"):
+            if isinstance(try_to_load_from_cache(name, fname, revision=revision), str):
+                return name
+    if _offline():
+        # Without a cached copy, loading needs the network; offline, say so instead of failing deep
+        # inside transformers.
+        raise PrefoptError(
+            f'"{name}" is not a local path and is not in the local Hugging Face cache '
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}), and prefopt runs offline "
+            "(HF_HUB_OFFLINE=1) by default.",
+            where="model.name",
+            fix=(
+                f"on a machine with network access run `huggingface-cli download {name}` (or set "
+                "HF_HUB_OFFLINE=0 to let prefopt download it), or point model.name at a local directory, "
+                "or use the offline model `builtin:tiny-arith`."
+            ),
+        )
+    return name
+
+
+def load_model(model_cfg, *, seed: int, for_training: bool = True):
+    """Load the policy described by a recipe's ``model:`` section. Returns ``(model, tokenizer)``.
+
+    LoRA wraps the model with PEFT; the TRL trainers then use the adapter-disabled base as the
+    reference, so no second copy of the weights exists. With ``quantization:`` the base is loaded in
+    4-bit (bitsandbytes) and prepared for k-bit training (QLoRA).
+    """
+    name = model_cfg.name
+    dtype = DTYPES.get(model_cfg.dtype, "auto")
+    tokenizer = load_tokenizer(
+        model_cfg.tokenizer or name,
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+        chat_template=model_cfg.chat_template,
+    )
+    if model_cfg.trust_remote_code:
+        log.warning(
+            "model.trust_remote_code is TRUE: Python code shipped with %s will be executed. "
+            "Only do this for checkpoints you trust.",
+            name,
+        )
+    if name.startswith("builtin:"):
+        model = build_builtin(name.split(":", 1)[1], seed, dtype if dtype != "auto" else torch.float32)
+        if model_cfg.quantization is not None:
+            model = _quantize_in_memory(model, model_cfg)
+    elif name.startswith("world:"):
+        from prefopt.world import reference_checkpoint
+
+        path = reference_checkpoint(name.split(":", 1)[1])
+        model = _from_pretrained(str(path), model_cfg, dtype)
+    else:
+        path = _resolve_pretrained(name, revision=model_cfg.revision, what="model")
+        model = _from_pretrained(path, model_cfg, dtype)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model_cfg.lora is not None and for_training:
+        model = apply_lora(model, model_cfg)
+    return model, tokenizer
+
+
+def _bnb_config(model_cfg):
+    from transformers import BitsAndBytesConfig
+
+    q = model_cfg.quantization
+    return BitsAndBytesConfig(
+        load_in_4bit=q.load_in_4bit,
+        bnb_4bit_quant_type=q.bnb_4bit_quant_type,
+        bnb_4bit_compute_dtype=DTYPES[q.bnb_4bit_compute_dtype],
+        bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
+    )
+
+
+def _from_pretrained(path: str, model_cfg, dtype):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "revision": model_cfg.revision,
+        "trust_remote_code": model_cfg.trust_remote_code,
+        "dtype": dtype,
+        "use_safetensors": None,
+    }
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if model_cfg.quantization is not None:
+        kwargs["quantization_config"] = _bnb_config(model_cfg)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def _quantize_in_memory(model, model_cfg):
+    """Builtin models have no checkpoint on disk: save to a temp dir and reload in 4-bit."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=_bnb_config(model_cfg))
+
+
+def apply_lora(model, model_cfg):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    lora = model_cfg.lora
+    if model_cfg.quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+    cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=lora.target_modules,
+        bias=lora.bias,
+        use_rslora=lora.use_rslora,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, cfg)
+
+
+def load_trained(run_or_model_dir: str | Path, *, merge: bool = False):
+    """Reload what ``prefopt train`` saved: a full model, or a PEFT adapter on its base."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    d = Path(run_or_model_dir)
+    if (d / "model").is_dir():
+        d = d / "model"
+    if (d / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(d))
+        if merge:
+            model = model.merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(d))
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(d))
+    except Exception:  # noqa: BLE001 - fall back to the builtin tokenizer
+        tok = PreTrainedTokenizerFast.from_pretrained(str(BUILTIN_DIR))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok

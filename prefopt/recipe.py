@@ -1,0 +1,551 @@
+"""The recipe schema: one class per section, unknown keys rejected, every field documented.
+
+A recipe is a YAML file with the sections ``algorithm``, ``seed``, ``model``, ``data``, ``loss``,
+``training``, ``output`` (and optionally ``health``, ``evaluation``, ``reference_cache``).
+Validation happens here, before any model or dataset is loaded: a misspelled key, a wrong type,
+an out-of-range value or an unknown algorithm fails with the file name, the dotted key and a
+suggestion.
+
+Conventions (see ``docs/recipes.md``):
+
+* ``training:`` takes TRL / ``transformers.TrainingArguments`` field names verbatim and is checked
+  against the TRL config class of the selected algorithm (``DPOConfig``, ``KTOConfig``,
+  ``ORPOConfig``, ``CPOConfig``). prefopt adds one key of its own, ``global_batch_size``.
+* ``model.lora:`` takes PEFT ``LoraConfig`` names; ``model.quantization:`` takes bitsandbytes names.
+* ``loss:`` takes the paper's symbols: β (``beta``), τ (``tau``), λ (``lam``), γ/β (``gamma_beta_ratio``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from prefopt.errors import PrefoptError, did_you_mean
+
+ALGORITHMS = ("dpo", "ipo", "kto", "orpo", "simpo")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- model
+class LoraSection(_Section):
+    """PEFT ``LoraConfig`` fields. With LoRA the reference model is the base model with the adapter
+    disabled, so no second copy of the weights is held in memory."""
+
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    lora_alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = lora_alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description='Module names to adapt, or "all-linear" (PEFT\'s shortcut).'
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+
+
+class QuantizationSection(_Section):
+    """bitsandbytes ``BitsAndBytesConfig`` fields (QLoRA). Requires a ``lora:`` block."""
+
+    load_in_4bit: bool = True
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    bnb_4bit_use_double_quant: bool = True
+
+
+class ModelSection(_Section):
+    name: str = Field(
+        ...,
+        description=(
+            "Hub id (loaded from the local HF cache when offline), local path, 'builtin:<name>' for the "
+            "offline model family shipped in the package, or 'world:<task>' for the ground-truth world's "
+            "SFT reference policy (built and cached on first use)."
+        ),
+    )
+    revision: str | None = Field(None, description="Hub revision (commit, tag or branch).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype; 'auto' keeps the checkpoint's."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Execute model code from the checkpoint. Off unless set; logged loudly when on."
+    )
+    attn_implementation: str | None = Field(None, description="e.g. 'sdpa', 'eager', 'flash_attention_2'.")
+    tokenizer: str | None = Field(None, description="Tokenizer source when it differs from `name`.")
+    chat_template: str | None = Field(None, description="A Jinja chat template overriding the tokenizer's.")
+    gradient_checkpointing: bool = False
+    lora: LoraSection | None = None
+    quantization: QuantizationSection | None = None
+
+    @model_validator(mode="after")
+    def _qlora_needs_lora(self):
+        if self.quantization is not None and self.lora is None:
+            raise ValueError(
+                "model.quantization (4-bit) needs a model.lora block: a quantized base can only be trained "
+                "through an adapter. Add `lora: {r: 16, lora_alpha: 32}` under model."
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------- data
+class SourceSection(BaseModel):
+    """One data source. ``source`` names a registered reader (see ``prefopt data sources``); the other
+    keys are that reader's options (checked by the reader when the data is loaded, before any model)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str = Field(..., description="Registered source name, e.g. ultrafeedback_h4, hh_rlhf, jsonl, world.")
+    path: str | None = Field(None, description="Local file/dir (relative to the recipe file) or hub dataset id.")
+    split: str | None = None
+    max_rows: int | None = Field(None, gt=0, description="Read at most this many rows (after the reader).")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataSection(_Section):
+    train: list[SourceSection] = Field(..., min_length=1, description="Training sources, concatenated.")
+    eval: list[SourceSection] | None = Field(None, description="Held-out sources; else split from train.")
+    eval_fraction: float = Field(
+        0.0, ge=0, lt=1, description="When `eval` is absent: fraction of prompt groups held out (by prompt)."
+    )
+    transform: Literal["none", "unpair", "pair"] = Field(
+        "none",
+        description=(
+            "Convert between data kinds: 'unpair' turns pairs into desirable/undesirable rows (for KTO), "
+            "'pair' groups unpaired rows by prompt (for DPO/IPO/ORPO/SimPO)."
+        ),
+    )
+    pair_mode: Literal["one_to_one", "all"] = Field(
+        "one_to_one", description="With transform: pair — one pair per desirable row, or every D×U pair."
+    )
+    dedupe: bool = Field(True, description="Drop exact duplicate rows (counted in the drop report).")
+    min_score_margin: float | None = Field(
+        None, description="Drop pairs whose score_chosen - score_rejected is below this (needs scores)."
+    )
+    strict: bool = Field(False, description="Turn any dropped row into an error.")
+    shuffle: bool = True
+
+
+# --------------------------------------------------------------------------------------------- loss
+class _Loss(_Section):
+    pass
+
+
+class DPOLoss(_Loss):
+    """Rafailov et al. 2023 (DPO); with ``label_smoothing`` > 0, conservative DPO (cDPO)."""
+
+    beta: float = Field(0.1, gt=0, description="β: KL-regularisation strength.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="ε: probability that a label is flipped (cDPO). 0 is plain DPO."
+    )
+
+
+class IPOLoss(_Loss):
+    """Azar et al. 2023 (IPO), Eq. 17: (h - 1/(2τ))²."""
+
+    tau: float = Field(0.1, gt=0, description="τ: regularisation (TRL's `beta` for loss_type='ipo').")
+    length_normalize: bool = Field(
+        True,
+        description=(
+            "Average each log-ratio over completion tokens (TRL/HALOs form, default) or sum them "
+            "(the paper's reference code). See docs/losses.md."
+        ),
+    )
+
+
+class KTOLoss(_Loss):
+    """Ethayarajh et al. 2024 (KTO)."""
+
+    beta: float = Field(0.1, gt=0, description="β.")
+    desirable_weight: float = Field(1.0, gt=0, description="λ_D.")
+    undesirable_weight: float = Field(1.0, gt=0, description="λ_U.")
+
+
+class ORPOLoss(_Loss):
+    """Hong et al. 2024 (ORPO): NLL(chosen) − λ·log σ(log-odds ratio)."""
+
+    lam: float = Field(0.1, gt=0, description="λ: weight of the odds-ratio term (TRL's `beta`).")
+
+
+class SimPOLoss(_Loss):
+    """Meng et al. 2024 (SimPO): −log σ(β·(avg lp_w − avg lp_l) − γ), γ = β·(γ/β)."""
+
+    beta: float = Field(2.0, gt=0, description="β: reward scale.")
+    gamma_beta_ratio: float = Field(0.5, ge=0, description="γ/β: target margin relative to β (paper: 0–1).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="ε (0 in every published config).")
+
+
+LOSS_CLASSES: dict[str, type[_Loss]] = {
+    "dpo": DPOLoss,
+    "ipo": IPOLoss,
+    "kto": KTOLoss,
+    "orpo": ORPOLoss,
+    "simpo": SimPOLoss,
+}
+
+
+# --------------------------------------------------------------------------------------------- output
+class OutputSection(_Section):
+    dir: str = Field("runs/{algorithm}-{timestamp}", description="Run directory ({algorithm}, {timestamp}, {seed}).")
+    overwrite: bool = Field(False, description="Allow writing into a directory holding a finished run.")
+    save_model: bool = Field(True, description="Save the final model/adapter (safetensors).")
+
+
+class HealthSection(_Section):
+    """Training-health thresholds (see docs/health.md). Each warning is logged and written to
+    metrics.jsonl with the numbers that triggered it; ``stop_on`` lists warnings that stop training."""
+
+    margin_stuck_abs: float = Field(0.01, ge=0, description="|mean reward margin| below this is 'stuck'.")
+    margin_stuck_steps: int = Field(10, gt=0, description="...for this many consecutive logged steps while loss falls.")
+    logp_collapse: float = Field(
+        -5.0, description="Both chosen and rejected mean log-prob shifts below this (nats/sequence) = collapse."
+    )
+    overfit_loss: float = Field(0.05, ge=0, description="Train loss below this suggests over-fitting.")
+    overfit_accuracy_steps: int = Field(10, gt=0, description="Accuracy pinned at 1.0 this many logged steps.")
+    kl_max: float | None = Field(None, gt=0, description="KL(policy‖reference) above this warns (nats/sequence).")
+    length_drift: float = Field(0.5, gt=0, description="Relative change of mean completion length that warns.")
+    stop_on: list[str] = Field(default_factory=lambda: ["nonfinite"], description="Warnings that stop training.")
+
+
+class EvaluationSection(_Section):
+    """End-of-training evaluation (``prefopt eval`` runs the same)."""
+
+    enabled: bool = True
+    num_samples: int = Field(1, gt=0, description="Sampled completions per held-out prompt.")
+    max_prompts: int = Field(200, gt=0, description="Held-out prompts used for sampling metrics.")
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(1.0, ge=0)
+
+
+class ReferenceCacheSection(_Section):
+    enabled: bool = Field(False, description="Reuse reference log-probs across runs (keyed by content).")
+    dir: str | None = Field(None, description="Cache directory (default: $PREFOPT_CACHE or ~/.cache/prefopt/ref).")
+
+
+# --------------------------------------------------------------------------------------------- recipe
+class Recipe(_Section):
+    algorithm: Literal["dpo", "ipo", "kto", "orpo", "simpo"]
+    seed: int = Field(42, description="Seeds model init (builtin models), data order and sampling.")
+    model: ModelSection
+    data: DataSection
+    loss: dict[str, Any] = Field(default_factory=dict, description="The algorithm's own loss parameters.")
+    training: dict[str, Any] = Field(default_factory=dict, description="TRL config fields, verbatim.")
+    output: OutputSection = Field(default_factory=OutputSection)
+    health: HealthSection = Field(default_factory=HealthSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    reference_cache: ReferenceCacheSection = Field(default_factory=ReferenceCacheSection)
+
+    # where the recipe came from (not a YAML key)
+    _source_path: Path | None = None
+
+    @property
+    def source_path(self) -> Path | None:
+        return self._source_path
+
+    @property
+    def loss_params(self) -> _Loss:
+        return LOSS_CLASSES[self.algorithm](**self.loss)
+
+    @field_validator("training")
+    @classmethod
+    def _no_nested_training(cls, v):
+        return dict(v or {})
+
+    def resolve_path(self, p: str | None) -> str | None:
+        """Resolve a recipe-relative path against the recipe file's folder (not the working dir)."""
+        if p is None:
+            return None
+        path = Path(p).expanduser()
+        if path.is_absolute() or self._source_path is None:
+            return str(path)
+        candidate = (self._source_path.parent / path).resolve()
+        return str(candidate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+# --------------------------------------------------------------------------------------------- loading
+PREFOPT_TRAINING_KEYS = {
+    "global_batch_size": "prefopt: the global batch (per-device × processes × accumulation) to hold fixed",
+    "max_prompt_length": "prefopt tokenisation: longest prompt kept, in tokens (left-truncated... see docs)",
+}
+
+
+@functools.cache
+def trl_config_fields(algorithm: str) -> dict[str, Any]:
+    """Field name → dataclass field of the TRL config class the algorithm's adapter uses."""
+    from prefopt.algorithms import get_adapter
+
+    cls = get_adapter(algorithm).config_class()
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not isinstance(p, int) or True)
+
+
+def _explain_pydantic(err: ValidationError, data: dict, where: str) -> PrefoptError:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            parent = _section_model_for(loc[:-1])
+            options = list(parent.model_fields) if parent is not None else []
+            lines.append(f'unknown key "{key}".{did_you_mean(loc[-1], options)}' + (
+                f" Allowed here: {', '.join(options)}." if options else ""))
+        elif e["type"] == "literal_error" and loc == ("algorithm",):
+            lines.append(
+                f'unknown algorithm "{e.get("input")}".{did_you_mean(e.get("input"), ALGORITHMS)} '
+                f"Choose one of: {', '.join(ALGORITHMS)}."
+            )
+        elif e["type"] == "missing":
+            lines.append(f'missing required key "{key}".')
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f'"{key}" = {e.get("input")!r}: {msg}.')
+    return PrefoptError(" ".join(lines), where=where)
+
+
+def _section_model_for(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Recipe
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        nxt = None
+        for cand in _iter_models(ann):
+            nxt = cand
+            break
+        model = nxt
+    return model
+
+
+def _iter_models(ann):
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        yield ann
+        return
+    for arg in typing.get_args(ann):
+        yield from _iter_models(arg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` (value read as YAML, so 1e-6 / true / [a, b] are typed)."""
+    if "=" not in text:
+        raise PrefoptError(
+            f'override "{text}" is not of the form section.key=value.',
+            where="--set",
+            fix="write e.g. --set loss.beta=0.2 or --set training.learning_rate=1e-6",
+        )
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-6 as a string (YAML 1.1); accept it as a float
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            pass
+    return [p for p in key.strip().split(".") if p], value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides or []:
+        path, value = parse_override(text)
+        cur = data
+        for part in path[:-1]:
+            if not isinstance(cur.get(part), dict):
+                cur[part] = {} if cur.get(part) is None else cur[part]
+                if not isinstance(cur[part], dict):
+                    raise PrefoptError(
+                        f'cannot set "{".".join(path)}": "{part}" is not a section.', where="--set"
+                    )
+            cur = cur[part]
+        cur[path[-1]] = value
+    return data
+
+
+def _coerce_floats(obj):
+    """YAML 1.1 reads '1e-6' as a string; turn numeric-looking strings in numeric slots into floats."""
+    if isinstance(obj, dict):
+        return {k: _coerce_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_coerce_floats(v) for v in obj]
+    if isinstance(obj, str):
+        s = obj.strip()
+        if s and s[0] in "0123456789.-+" and any(c in s for c in "eE") and " " not in s:
+            try:
+                return float(s)
+            except ValueError:
+                return obj
+    return obj
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise PrefoptError(
+            f"recipe file {path} does not exist.", fix="check the path given to --config (it is read relative to the working directory)."
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PrefoptError(
+            f"YAML syntax error{line}: {problem}.",
+            where=str(path),
+            fix="check indentation and quoting on that line (values containing ':' or '#' need quotes).",
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PrefoptError(
+            f"a recipe must be a mapping of sections, got {type(data).__name__}.", where=str(path)
+        )
+    return _coerce_floats(data)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> Recipe:
+    """Read, override and validate a recipe. Raises :class:`PrefoptError` with the file and key."""
+    where = str(path) if path is not None else "<recipe>"
+    raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        recipe = Recipe(**raw)
+    except ValidationError as err:
+        raise _explain_pydantic(err, raw, where) from None
+    except TypeError as err:  # e.g. a section that is a list instead of a mapping
+        raise PrefoptError(str(err), where=where) from None
+    if path is not None:
+        recipe._source_path = Path(path).resolve()
+    _validate_loss(recipe, where)
+    _validate_training(recipe, where)
+    from prefopt.fidelity import check_recipe
+
+    check_recipe(recipe, where=where)
+    return recipe
+
+
+def _validate_loss(recipe: Recipe, where: str) -> None:
+    cls = LOSS_CLASSES[recipe.algorithm]
+    try:
+        cls(**recipe.loss)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                hint = _loss_key_hint(recipe.algorithm, key)
+                lines.append(
+                    f'unknown loss option "loss.{key}" for algorithm {recipe.algorithm}.'
+                    f"{hint or did_you_mean(key, cls.model_fields)} "
+                    f"{recipe.algorithm} takes: {', '.join(cls.model_fields)}."
+                )
+            else:
+                lines.append(f'"loss.{key}" = {e.get("input")!r}: {e["msg"].removeprefix("Value error, ")}.')
+        raise PrefoptError(" ".join(lines), where=where) from None
+
+
+def _loss_key_hint(algorithm: str, key: str) -> str:
+    from prefopt.fidelity import loss_key_hint
+
+    return loss_key_hint(algorithm, key)
+
+
+def _validate_training(recipe: Recipe, where: str) -> None:
+    fields = trl_config_fields(recipe.algorithm)
+    for key, value in recipe.training.items():
+        if key in PREFOPT_TRAINING_KEYS:
+            continue
+        if key not in fields:
+            raise PrefoptError(
+                f'unknown key "training.{key}" for {recipe.algorithm}.'
+                f"{did_you_mean(key, list(fields) + list(PREFOPT_TRAINING_KEYS))} "
+                f"`training:` takes the fields of TRL's {_config_name(recipe.algorithm)} "
+                "(TrainingArguments names) plus prefopt's global_batch_size and max_prompt_length.",
+                where=where,
+            )
+        _check_type(key, value, fields[key], where)
+    _check_numbers(recipe, where)
+
+
+def _config_name(algorithm: str) -> str:
+    from prefopt.algorithms import get_adapter
+
+    return get_adapter(algorithm).config_class().__name__
+
+
+def _check_type(key: str, value: Any, field: dataclasses.Field, where: str) -> None:
+    import typing
+
+    if value is None:
+        return
+    ann = field.type
+    if isinstance(ann, str):
+        text = ann
+    else:
+        text = str(ann)
+    wants = []
+    for name, typ in (("int", int), ("float", float), ("bool", bool), ("str", str)):
+        if name in text.replace("typing.", "").split("[")[0] or text.startswith(name) or f"{name} |" in text or f"| {name}" in text:
+            wants.append(typ)
+    if not wants or "dict" in text or "list" in text or "Any" in text:
+        return
+    ok = False
+    for typ in wants:
+        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok = True
+        elif typ is int and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        elif typ is bool and isinstance(value, bool):
+            ok = True
+        elif typ is str and isinstance(value, str):
+            ok = True
+    if not ok:
+        raise PrefoptError(
+            f'"training.{key}" = {value!r} has the wrong type: TRL expects {text}.',
+            where=where,
+            fix=f"write a value of type {' or '.join(t.__name__ for t in wants)}.",
+        )
+    del typing
+
+
+def _check_numbers(recipe: Recipe, where: str) -> None:
+    t = recipe.training
+    lr = t.get("learning_rate")
+    if lr is not None and lr <= 0:
+        raise PrefoptError(f'"training.learning_rate" = {lr!r} must be > 0.', where=where, fix="typical values are 5e-7 to 5e-6 for 7B models.")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size"):
+        v = t.get(key)
+        if v is not None and v <= 0:
+            raise PrefoptError(f'"training.{key}" = {v!r} must be a positive integer.', where=where)
+    ml, mpl = t.get("max_length"), t.get("max_prompt_length")
+    if ml is not None and mpl is not None and mpl >= ml:
+        raise PrefoptError(
+            f'"training.max_prompt_length" = {mpl} is not below "training.max_length" = {ml}: '
+            "no completion token would survive truncation.",
+            where=where,
+            fix="make max_prompt_length smaller than max_length (e.g. half of it).",
+        )
+
+
+def dump_resolved(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

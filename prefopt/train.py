@@ -1,0 +1,270 @@
+"""The training pipeline behind ``prefopt train`` and ``scripts/train.py`` (one code path).
+
+recipe → run dir (resolved.yaml) → canonical data (+ drop report) → prefopt tokenisation →
+model (+ LoRA/4-bit) → adapter → TRL trainer → train → model in safetensors, metrics.jsonl,
+manifest.json → evaluation (eval.json).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefopt.errors import PrefoptError
+from prefopt.recipe import Recipe, dump_resolved
+
+log = logging.getLogger("prefopt")
+
+
+def world_size() -> int:
+    from accelerate import PartialState
+
+    return PartialState().num_processes
+
+
+def is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def resolve_batch(recipe: Recipe, n_processes: int | None = None) -> dict[str, Any]:
+    """Apply ``training.global_batch_size``: derive gradient accumulation from the per-device batch and
+    the number of processes, refusing combinations that cannot hit the global batch exactly."""
+    t = dict(recipe.training)
+    gbs = t.pop("global_batch_size", None)
+    n = n_processes if n_processes is not None else world_size()
+    per_device = int(t.get("per_device_train_batch_size", 8))
+    if gbs is None:
+        return t
+    if gbs % (per_device * n) != 0:
+        options = [d for d in range(1, gbs + 1) if gbs % (d * n) == 0 and d <= 64]
+        raise PrefoptError(
+            f"training.global_batch_size = {gbs} cannot be reached with per_device_train_batch_size = "
+            f"{per_device} on {n} process(es): {gbs} is not a multiple of {per_device} × {n}.",
+            where="training.global_batch_size",
+            fix=f"set training.per_device_train_batch_size to one of {options[-6:]} (or change the number of processes).",
+        )
+    ga = gbs // (per_device * n)
+    given = t.get("gradient_accumulation_steps")
+    if given is not None and given != ga:
+        raise PrefoptError(
+            f"training.gradient_accumulation_steps = {given} contradicts global_batch_size = {gbs} "
+            f"(= {per_device} per device × {n} processes × {ga} accumulation steps).",
+            where="training.gradient_accumulation_steps",
+            fix="remove gradient_accumulation_steps: prefopt derives it from global_batch_size.",
+        )
+    t["gradient_accumulation_steps"] = ga
+    return t
+
+
+def prepare_data(recipe: Recipe, tokenizer, report_dir: Path | None = None):
+    """Canonical data → tokenised datasets for the trainer. Returns (train, eval, canonical_eval, report)."""
+    from prefopt.algorithms import get_adapter
+    from prefopt.data.transforms import prepare
+    from prefopt.tokenization import tokenize_dataset
+
+    adapter = get_adapter(recipe.algorithm)
+    base_dir = recipe.source_path.parent if recipe.source_path else None
+    train_ds, eval_ds, report = prepare(
+        recipe.data.train, recipe.data.eval, recipe.data, adapter.data_kind, base_dir, recipe.seed
+    )
+    max_length = recipe.training.get("max_length")
+    max_prompt_length = recipe.training.get("max_prompt_length")
+    train_tok, _ = tokenize_dataset(train_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, report)
+    eval_tok = None
+    if eval_ds is not None and len(eval_ds):
+        eval_tok, _ = tokenize_dataset(eval_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, None)
+    if recipe.data.strict:
+        report.check_strict(where=str(recipe.source_path or "data"))
+    return train_tok, eval_tok, train_ds, eval_ds, report
+
+
+def trainer_columns(ds, kind: str):
+    keep = ["prompt_ids", "chosen_ids", "rejected_ids"] if kind == "paired" else ["prompt_ids", "completion_ids", "label"]
+    return ds.select_columns([c for c in keep if c in ds.column_names])
+
+
+def build_trainer(recipe: Recipe, model, tokenizer, train_tok, eval_tok, *, output_dir: str, callbacks=None,
+                  training: dict[str, Any] | None = None):
+    """Adapter → TRL config → prefopt trainer subclass. Nothing else."""
+    from peft import PeftModel
+
+    from prefopt.algorithms import get_adapter
+
+    adapter = get_adapter(recipe.algorithm)
+    config = adapter.trl_config(recipe, output_dir=output_dir, training=training)
+    cls = adapter.trainer_class(recipe)
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "args": config,
+        "train_dataset": trainer_columns(train_tok, adapter.data_kind),
+        "eval_dataset": trainer_columns(eval_tok, adapter.data_kind) if eval_tok is not None else None,
+        "processing_class": tokenizer,
+        "callbacks": callbacks or [],
+    }
+    if adapter.uses_reference and not isinstance(model, PeftModel) and not getattr(config, "precompute_ref_log_probs", False):
+        # TRL would re-load the reference from the checkpoint path, which builtin models do not have.
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        kwargs["ref_model"] = ref
+    if recipe.algorithm in ("dpo", "ipo"):
+        lp = recipe.loss_params
+        if recipe.algorithm == "dpo" and lp.label_smoothing > 0:
+            kwargs["prefopt_loss"] = {"kind": "dpo", "label_smoothing": lp.label_smoothing}
+        elif recipe.algorithm == "ipo" and not lp.length_normalize:
+            kwargs["prefopt_loss"] = {"kind": "ipo", "length_normalize": False}
+    return cls(**kwargs)
+
+
+def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = False, resume: bool = False) -> dict:
+    """Run one recipe end to end. Returns a summary dict (also in manifest.json)."""
+    from prefopt import manifest
+    from prefopt.algorithms import get_adapter
+    from prefopt.callbacks import MetricsJsonlCallback
+    from prefopt.models import load_model
+
+    t0 = time.time()
+    adapter = get_adapter(recipe.algorithm)
+    base = Path.cwd()
+    run_dir = Path(output_dir) if output_dir else manifest.resolve_run_dir(
+        recipe.output.dir, algorithm=recipe.algorithm, seed=recipe.seed, base=base
+    )
+    main = is_main_process()
+    if main:
+        manifest.prepare_run_dir(run_dir, overwrite=overwrite or recipe.output.overwrite, resume=resume)
+        (run_dir / "resolved.yaml").write_text(dump_resolved(recipe))
+    training = resolve_batch(recipe)
+
+    model, tokenizer = load_model(recipe.model, seed=recipe.seed)
+    train_tok, eval_tok, train_ds, eval_ds, report = prepare_data(recipe, tokenizer)
+    if main:
+        report.save(run_dir / "data_report.json")
+        log.info("data: %s", report.summary())
+    _kto_weight_check(recipe, train_ds)
+
+    callbacks = [MetricsJsonlCallback(run_dir / "metrics.jsonl")]
+    trainer = build_trainer(recipe, model, tokenizer, train_tok, eval_tok, output_dir=str(run_dir / "checkpoints"),
+                            callbacks=callbacks, training=training)
+    result = trainer.train()
+
+    summary: dict[str, Any] = {
+        "status": "finished",
+        "run_dir": str(run_dir),
+        "algorithm": recipe.algorithm,
+        "trainer": adapter.describe(recipe)["trainer"],
+        "seed": recipe.seed,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "train_runtime_s": round(time.time() - t0, 2),
+        "data_fingerprint": manifest.dataset_fingerprint(train_ds),
+        "data": {"train_rows": len(train_tok), "eval_rows": len(eval_tok) if eval_tok is not None else 0},
+        "prefopt_overrides": adapter.overrides(recipe),
+        "versions": manifest.versions(),
+        "git_commit": manifest.git_commit(),
+        "hardware": manifest.hardware(),
+        "world_size": world_size(),
+        "effective": {k: training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps")},
+    }
+    if main:
+        if recipe.output.save_model:
+            save_model(trainer, tokenizer, run_dir / "model")
+        evaluation = run_evaluation(recipe, trainer.model, tokenizer, eval_ds)
+        if evaluation:
+            manifest.write_json(run_dir / "eval.json", evaluation)
+            summary["eval"] = evaluation
+        manifest.write_json(run_dir / "manifest.json", summary)
+    trainer.accelerator.wait_for_everyone()
+    return summary
+
+
+def save_model(trainer, tokenizer, path: Path) -> None:
+    """Final model (full weights or the PEFT adapter) in safetensors, with the tokenizer."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    tmp = path.with_name(path.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def _kto_weight_check(recipe: Recipe, train_ds) -> None:
+    if recipe.algorithm != "kto":
+        return
+    from prefopt.fidelity import check_kto_weights
+
+    labels = train_ds["label"]
+    n_d = sum(1 for x in labels if x)
+    msg = check_kto_weights(n_d, len(labels) - n_d, recipe.loss_params.desirable_weight, recipe.loss_params.undesirable_weight)
+    if msg:
+        log.warning(msg)
+
+
+def world_task_of(recipe: Recipe) -> str | None:
+    for src in recipe.data.train:
+        if src.source == "world":
+            return src.options.get("task") or "arith"
+    return None
+
+
+def reference_for(recipe: Recipe):
+    """The starting model (the reference for KL, also for reference-free algorithms)."""
+    from prefopt.models import load_model
+
+    ref_cfg = recipe.model.model_copy(update={"lora": None, "quantization": None})
+    model, _ = load_model(ref_cfg, seed=recipe.seed, for_training=False)
+    return model.eval()
+
+
+def run_evaluation(recipe: Recipe, model, tokenizer, eval_ds) -> dict | None:
+    """End-of-training evaluation: the ground-truth world's true reward and KL when the data comes from
+    it (see :mod:`prefopt.evaluation` for the full held-out preference metrics)."""
+    if not recipe.evaluation.enabled:
+        return None
+    task = world_task_of(recipe)
+    if task is None:
+        return None
+    from prefopt import world
+
+    model.eval()
+    ref = reference_for(recipe)
+    with torch.no_grad():
+        policy = world.evaluate_policy(model, tokenizer, task, reference=ref)
+        reference = world.evaluate_policy(ref, tokenizer, task)
+    return {"world": {"policy": policy, "reference": reference,
+                      "lift_sampled": policy["reward_sampled"] - reference["reward_sampled"],
+                      "lift_greedy": policy["reward_greedy"] - reference["reward_greedy"]}}
+
+
+def dry_run(recipe: Recipe, n_processes: int | None = None) -> dict:
+    """What TRL will receive, without loading a model: trainer class, config, every loss parameter."""
+    from prefopt.algorithms import get_adapter
+
+    adapter = get_adapter(recipe.algorithm)
+    training = resolve_batch(recipe, n_processes)
+    config = adapter.trl_config(recipe, output_dir="<run_dir>/checkpoints", training=training)
+    desc = adapter.describe(recipe)
+    n = n_processes if n_processes is not None else world_size()
+    desc["processes"] = n
+    desc["global_batch_size"] = config.per_device_train_batch_size * config.gradient_accumulation_steps * n
+    desc["trl_config"] = {k: _jsonable(v) for k, v in sorted(config.to_dict().items())}
+    desc["model"] = recipe.model.model_dump(mode="json")
+    return desc
+
+
+def _jsonable(v):
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        return str(v)

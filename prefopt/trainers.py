@@ -1,0 +1,148 @@
+"""TRL trainer subclasses: the only places where prefopt changes what TRL does.
+
+Each override is listed (with its reason) in docs/losses.md and printed by ``prefopt train --dry-run``:
+
+* **Tokenisation (all five).** Datasets arrive pre-tokenised by :mod:`prefopt.tokenization`
+  (``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` or ``completion_ids``). DPO/KTO skip their own
+  tokenisation; ORPO/CPO build their legacy ``*_input_ids``/``*_labels`` rows from the same ids
+  instead of re-tokenising and prepending BOS.
+* **cDPO** (``algorithm: dpo`` with ``label_smoothing > 0``): TRL's sigmoid loss ignores ε, so the loss
+  is :func:`prefopt.losses.dpo_loss`.
+* **Summed IPO** (``length_normalize: false``): TRL only has the averaged form, so the loss is
+  :func:`prefopt.losses.ipo_loss` with ``length_normalize=False``.
+
+Everything else — log-prob computation, reference handling (adapter-disabled base under LoRA,
+precomputed log-probs), metrics — is TRL's.
+"""
+
+from __future__ import annotations
+
+import torch
+from trl import DPOTrainer, KTOTrainer
+from trl.experimental.cpo import CPOTrainer
+from trl.experimental.orpo import ORPOTrainer
+
+
+def _is_pretokenized(dataset) -> bool:
+    return dataset is not None and hasattr(dataset, "column_names") and "prompt_ids" in dataset.column_names
+
+
+class PrefoptDPOTrainer(DPOTrainer):
+    """``trl.DPOTrainer`` on prefopt's tokenisation; swaps in prefopt's loss for cDPO / summed IPO."""
+
+    def __init__(self, *args, prefopt_loss: dict | None = None, **kwargs):
+        # prefopt_loss: None → TRL's loss; else {"kind": "dpo"|"ipo", ...parameters}
+        self.prefopt_loss = prefopt_loss
+        super().__init__(*args, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if _is_pretokenized(dataset):
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if self.prefopt_loss is None:
+            return super()._compute_loss(model, inputs, return_outputs)
+        return self._prefopt_compute_loss(model, inputs, return_outputs)
+
+    def policy_and_reference_logps(self, model, inputs):
+        """Summed completion log-probs of chosen/rejected under the policy and the reference, and the
+        completion lengths — the same forward TRL uses (fused LM head, completion mask)."""
+        completion_mask = inputs["completion_mask"]
+        shift_mask = completion_mask[..., 1:]
+        non_model = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+        model_kwargs = {k: v for k, v in inputs.items() if k not in non_model}
+        model_kwargs["use_cache"] = False
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        seq_len = shift_mask.size(1)
+        logps = outputs.log_probs[:, -seq_len:].sum(dim=1)
+        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+        if self.precompute_ref_logps:
+            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            ref = self.ref_model if self.ref_model is not None else self.model
+            ref_chosen, ref_rejected = self.compute_ref_log_probs(ref, inputs)
+        lengths = shift_mask.sum(dim=1).clamp(min=1)
+        chosen_len, rejected_len = lengths.chunk(2, dim=0)
+        return chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_len, rejected_len
+
+    def _prefopt_compute_loss(self, model, inputs, return_outputs):
+        from prefopt import losses
+
+        mode = "train" if self.model.training else "eval"
+        pc, pr, rc, rr, lc, lr = self.policy_and_reference_logps(model, inputs)
+        kind = self.prefopt_loss["kind"]
+        if kind == "dpo":
+            per_example = losses.dpo_loss(pc, pr, rc, rr, beta=self.beta, label_smoothing=self.prefopt_loss["label_smoothing"])
+        elif kind == "ipo":
+            per_example = losses.ipo_loss(
+                pc, pr, rc, rr, lc, lr, tau=self.beta, length_normalize=self.prefopt_loss["length_normalize"]
+            )
+        else:  # pragma: no cover - adapters only pass the kinds above
+            raise ValueError(f"unknown prefopt loss {kind}")
+        loss = per_example.mean()
+
+        chosen_rewards = self.beta * (pc - rc).detach()
+        rejected_rewards = self.beta * (pr - rr).detach()
+        gather = self.accelerator.gather
+        m = self._metrics[mode]
+        m["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+        m["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        m["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        m["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        m["logps/chosen"].append(gather(pc.detach()).mean().item())
+        m["logps/rejected"].append(gather(pr.detach()).mean().item())
+        if return_outputs:
+            return loss, {}
+        return loss
+
+
+class PrefoptKTOTrainer(KTOTrainer):
+    """``trl.KTOTrainer`` on prefopt's tokenisation (KL completions built the way TRL builds them)."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if not _is_pretokenized(dataset):
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if self.calculate_KL and "KL_completion_ids" not in dataset.column_names:
+            # Same mismatched pairs as TRL: rotate completions by one inside each per-device batch.
+            def add_kl(batch):
+                batch["KL_completion_ids"] = [batch["completion_ids"][-1]] + batch["completion_ids"][:-1]
+                return batch
+
+            dataset = dataset.map(add_kl, batched=True, batch_size=args.per_device_train_batch_size)
+        return dataset
+
+
+def _legacy_row(prompt_ids, chosen_ids, rejected_ids) -> dict:
+    """The row format ORPO/CPO's ``tokenize_row`` produces, built from prefopt's ids (no BOS added)."""
+    row = {"prompt_input_ids": list(prompt_ids), "prompt_attention_mask": [1] * len(prompt_ids)}
+    for side, ids in (("chosen", chosen_ids), ("rejected", rejected_ids)):
+        full = list(prompt_ids) + list(ids)
+        row[f"{side}_input_ids"] = full
+        row[f"{side}_attention_mask"] = [1] * len(full)
+        row[f"{side}_labels"] = [-100] * len(prompt_ids) + list(ids)
+    return row
+
+
+class _LegacyTokenizationMixin:
+    def tokenize_row(self, feature, model=None):
+        if "prompt_ids" in feature:
+            return _legacy_row(feature["prompt_ids"], feature["chosen_ids"], feature["rejected_ids"])
+        return super().tokenize_row(feature, model)
+
+
+class PrefoptORPOTrainer(_LegacyTokenizationMixin, ORPOTrainer):
+    """``trl.experimental.orpo.ORPOTrainer`` on prefopt's tokenisation (TRL's loss, unchanged)."""
+
+
+class PrefoptCPOTrainer(_LegacyTokenizationMixin, CPOTrainer):
+    """``trl.experimental.cpo.CPOTrainer`` (SimPO) on prefopt's tokenisation (TRL's loss with cpo_alpha=0)."""
+
+
+def model_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Summed completion log-probs of each row (plain forward; used by evaluation and tests)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (logp * completion_mask[:, 1:]).sum(-1)
