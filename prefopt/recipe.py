@@ -288,10 +288,6 @@ def trl_config_fields(algorithm: str) -> dict[str, Any]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def _format_loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if not isinstance(p, int) or True)
-
-
 def _explain_pydantic(err: ValidationError, data: dict, where: str) -> PrefoptError:
     lines = []
     for e in err.errors():
@@ -437,10 +433,12 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         recipe._source_path = Path(path).resolve()
     _validate_loss(recipe, where)
-    _validate_training(recipe, where)
+    # The fidelity guard runs before the generic training-key check so that a TRL knob prefopt owns
+    # (training.beta, training.simpo_gamma, ...) gets its specific message rather than "unknown key".
     from prefopt.fidelity import check_recipe
 
     check_recipe(recipe, where=where)
+    _validate_training(recipe, where)
     return recipe
 
 
@@ -453,7 +451,7 @@ def _validate_loss(recipe: Recipe, where: str) -> None:
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"])
             if e["type"] == "extra_forbidden":
-                hint = _loss_key_hint(recipe.algorithm, key)
+                hint = _loss_key_hint(recipe.algorithm, key, e.get("input"), recipe.loss)
                 lines.append(
                     f'unknown loss option "loss.{key}" for algorithm {recipe.algorithm}.'
                     f"{hint or did_you_mean(key, cls.model_fields)} "
@@ -464,10 +462,10 @@ def _validate_loss(recipe: Recipe, where: str) -> None:
         raise PrefoptError(" ".join(lines), where=where) from None
 
 
-def _loss_key_hint(algorithm: str, key: str) -> str:
+def _loss_key_hint(algorithm: str, key: str, value: Any = None, loss: dict | None = None) -> str:
     from prefopt.fidelity import loss_key_hint
 
-    return loss_key_hint(algorithm, key)
+    return loss_key_hint(algorithm, key, value, loss)
 
 
 def _validate_training(recipe: Recipe, where: str) -> None:

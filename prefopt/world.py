@@ -193,17 +193,21 @@ def demonstrations(task: Task, n: int, noise: float, seed: int) -> list[tuple[st
     return out
 
 
+def sft_sequence(tokenizer, prompt, completion) -> tuple[list[int], list[int]]:
+    """SFT input ids and labels (prompt masked) — prefopt's one tokenisation, as every trainer sees it."""
+    from prefopt.tokenization import encode_completion, encode_prompt
+
+    pi, ci = encode_prompt(tokenizer, prompt), encode_completion(tokenizer, prompt, completion)
+    return pi + ci, [-100] * len(pi) + ci
+
+
 def _sft_warm_start(task: Task, warm: WarmStart):
     from prefopt.models import build_builtin, load_tokenizer
-    from prefopt.tokenization import encode_completion, encode_prompt
 
     tok = load_tokenizer("builtin:" + warm.base)
     model = build_builtin(warm.base, warm.seed)
     demos = demonstrations(task, warm.demos, warm.noise, warm.seed)
-    encoded = []
-    for p, c in demos:
-        pi, ci = encode_prompt(tok, p), encode_completion(tok, p, c)
-        encoded.append((pi + ci, [-100] * len(pi) + ci))
+    encoded = [sft_sequence(tok, p, c) for p, c in demos]
     g = torch.Generator().manual_seed(warm.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=warm.learning_rate, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
