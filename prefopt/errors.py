@@ -40,5 +40,10 @@ class TrainingInterrupted(Exception):
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     """Return ' Did you mean "x"?' for the closest option, or '' when nothing is close."""
-    match = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    options = list(options)
+    match = difflib.get_close_matches(str(word), options, n=1, cutoff=0.6)
+    if not match:  # "alpa" → "lora_alpha": compare with the parts of snake_case names too
+        parts = {part: opt for opt in options for part in str(opt).split("_") if len(part) > 2}
+        close = difflib.get_close_matches(str(word), list(parts), n=1, cutoff=0.75)
+        match = [parts[close[0]]] if close else []
     return f' Did you mean "{match[0]}"?' if match else ""

@@ -361,19 +361,32 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``--set`` overrides; list items are addressed by index (``data.train.0.size=64``)."""
     data = copy.deepcopy(data)
     for text in overrides or []:
         path, value = parse_override(text)
-        cur = data
-        for part in path[:-1]:
-            if not isinstance(cur.get(part), dict):
-                cur[part] = {} if cur.get(part) is None else cur[part]
-                if not isinstance(cur[part], dict):
+        cur: Any = data
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(cur, list):
+                if not part.isdigit() or int(part) >= len(cur):
                     raise PrefoptError(
-                        f'cannot set "{".".join(path)}": "{part}" is not a section.', where="--set"
+                        f'cannot set "{".".join(path)}": "{part}" is not an index of that list (it has {len(cur)} items).',
+                        where="--set",
                     )
-            cur = cur[part]
-        cur[path[-1]] = value
+                if last:
+                    cur[int(part)] = value
+                else:
+                    cur = cur[int(part)]
+                continue
+            if not isinstance(cur, dict):
+                raise PrefoptError(f'cannot set "{".".join(path)}": "{path[i - 1]}" is not a section.', where="--set")
+            if last:
+                cur[part] = value
+            else:
+                if cur.get(part) is None:
+                    cur[part] = {}
+                cur = cur[part]
     return data
 
 

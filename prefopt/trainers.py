@@ -99,19 +99,30 @@ class PrefoptDPOTrainer(DPOTrainer):
 
 
 class PrefoptKTOTrainer(KTOTrainer):
-    """``trl.KTOTrainer`` on prefopt's tokenisation (KL completions built the way TRL builds them)."""
+    """``trl.KTOTrainer`` on prefopt's tokenisation; KL pairs independent of the per-device batch size."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if not _is_pretokenized(dataset):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         if self.calculate_KL and "KL_completion_ids" not in dataset.column_names:
-            # Same mismatched pairs as TRL: rotate completions by one inside each per-device batch.
-            def add_kl(batch):
-                batch["KL_completion_ids"] = [batch["completion_ids"][-1]] + batch["completion_ids"][:-1]
-                return batch
-
-            dataset = dataset.map(add_kl, batched=True, batch_size=args.per_device_train_batch_size)
+            dataset = add_kl_completions(dataset)
         return dataset
+
+
+def add_kl_completions(dataset):
+    """Mismatched (prompt_i, completion_j) pairs for KTO's KL reference point.
+
+    TRL rotates completions by one inside each chunk of ``per_device_train_batch_size`` rows, which
+    makes the pairs — and so the loss — depend on the per-device batch size (a 2-process run would not
+    reproduce a 1-process run with the same global batch). prefopt pairs row i with row
+    ``(i + n // 2) mod n`` of the (already shuffled) dataset instead: independent of batch size and
+    process count, and far from rows that share row i's prompt when unpaired rows come from pairs.
+    """
+    n = len(dataset)
+    completions = dataset["completion_ids"]
+    offset = max(1, n // 2)
+    kl = [completions[(i + offset) % n] for i in range(n)]
+    return dataset.add_column("KL_completion_ids", kl)
 
 
 def _legacy_row(prompt_ids, chosen_ids, rejected_ids) -> dict:
