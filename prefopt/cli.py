@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from prefopt.errors import PrefoptError
+from prefopt.errors import NonFiniteError, PrefoptError, TrainingInterrupted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PrefoptError as err:
+        if args.debug:
+            raise
+        print(f"prefopt: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except TrainingInterrupted as err:
+        print(f"prefopt: {err}", file=sys.stderr)
+        return err.exit_code
+    except NonFiniteError as err:
         if args.debug:
             raise
         print(f"prefopt: error: {err}", file=sys.stderr)

@@ -30,12 +30,16 @@ class PrefoptError(Exception):
 
 
 class TrainingInterrupted(Exception):
-    """Raised after a clean checkpoint when SIGTERM/SIGINT arrived (exit code 130 / 143)."""
+    """Raised after a clean checkpoint when SIGTERM/SIGINT arrived (exit code 128 + signal: 143 / 130)."""
 
     def __init__(self, signum: int, checkpoint: str | None):
         self.signum = signum
         self.checkpoint = checkpoint
-        super().__init__(f"interrupted by signal {signum}; checkpoint: {checkpoint}")
+        self.exit_code = 128 + signum
+        super().__init__(
+            f"training interrupted by signal {signum}; the last complete checkpoint is {checkpoint}. "
+            "Re-run the same command (or add --resume) to continue from it."
+        )
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
@@ -47,3 +51,19 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
         close = difflib.get_close_matches(str(word), list(parts), n=1, cutoff=0.75)
         match = [parts[close[0]]] if close else []
     return f' Did you mean "{match[0]}"?' if match else ""
+
+
+class NonFiniteError(Exception):
+    """Training stopped on a NaN/inf loss or gradient (exit code 3); the last checkpoint is intact."""
+
+    exit_code = 3
+
+    def __init__(self, step: int, term: str, value, checkpoint):
+        self.step, self.term, self.value, self.checkpoint = step, term, value, checkpoint
+        where = f"the last complete checkpoint ({checkpoint}) is intact" if checkpoint else "no checkpoint had been saved yet"
+        super().__init__(
+            f"training stopped at step {step}: {term} became {value} (non-finite); {where}. "
+            "Likely causes: a learning rate too high for the model (try 2-10x lower), bf16/fp16 overflow "
+            "(try float32 or bf16 instead of fp16), log-probs of empty or fully truncated completions, or a "
+            "β so small that the log-ratios explode. Fix the cause and re-run with --resume."
+        )

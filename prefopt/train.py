@@ -22,16 +22,24 @@ from prefopt.recipe import Recipe, dump_resolved
 log = logging.getLogger("prefopt")
 
 
-def world_size() -> int:
+def _state():
+    import os
+
     from accelerate import PartialState
 
-    return PartialState().num_processes
+    # Under `accelerate launch` on CPU the processes only join a gloo group when told to use the CPU
+    # (ACCELERATE_USE_CPU); without it PartialState would report a world of 1 and the global batch
+    # would be derived for the wrong number of processes.
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
+def world_size() -> int:
+    return _state().num_processes
 
 
 def is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    return _state().is_main_process
 
 
 def resolve_batch(recipe: Recipe, n_processes: int | None = None) -> dict[str, Any]:
@@ -67,8 +75,8 @@ def resolve_batch(recipe: Recipe, n_processes: int | None = None) -> dict[str, A
 def prepare_data(recipe: Recipe, tokenizer, report_dir: Path | None = None):
     """Canonical data → tokenised datasets for the trainer. Returns (train, eval, canonical_eval, report)."""
     from prefopt.algorithms import get_adapter
+    from prefopt.data.fast_tokenize import tokenize_dataset_fast
     from prefopt.data.transforms import prepare
-    from prefopt.tokenization import tokenize_dataset
 
     adapter = get_adapter(recipe.algorithm)
     base_dir = recipe.source_path.parent if recipe.source_path else None
@@ -77,12 +85,17 @@ def prepare_data(recipe: Recipe, tokenizer, report_dir: Path | None = None):
     )
     max_length = recipe.training.get("max_length")
     max_prompt_length = recipe.training.get("max_prompt_length")
-    train_tok, _ = tokenize_dataset(train_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, report)
+    # one process tokenises with worker processes; under accelerate every rank tokenises the same rows
+    # itself (deterministic), without spawning more workers
+    num_proc = None if world_size() == 1 else 1
+    train_tok, _ = tokenize_dataset_fast(train_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, report,
+                                         num_proc=num_proc)
     eval_tok = None
     if eval_ds is not None and len(eval_ds):
-        eval_tok, _ = tokenize_dataset(eval_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, None)
-    if recipe.data.strict:
-        report.check_strict(where=str(recipe.source_path or "data"))
+        eval_tok, _ = tokenize_dataset_fast(eval_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, report,
+                                            num_proc=num_proc)
+    if recipe.data.strict:  # truncation drops count too
+        report.check_strict(where=f"{recipe.source_path or 'recipe'}: data (strict: true)")
     return train_tok, eval_tok, train_ds, eval_ds, report
 
 
@@ -92,14 +105,15 @@ def trainer_columns(ds, kind: str):
 
 
 def build_trainer(recipe: Recipe, model, tokenizer, train_tok, eval_tok, *, output_dir: str, callbacks=None,
-                  training: dict[str, Any] | None = None):
+                  training: dict[str, Any] | None = None, config=None):
     """Adapter → TRL config → prefopt trainer subclass. Nothing else."""
     from peft import PeftModel
 
     from prefopt.algorithms import get_adapter
 
     adapter = get_adapter(recipe.algorithm)
-    config = adapter.trl_config(recipe, output_dir=output_dir, training=training)
+    if config is None:
+        config = adapter.trl_config(recipe, output_dir=output_dir, training=training)
     cls = adapter.trainer_class(recipe)
     kwargs: dict[str, Any] = {
         "model": model,
@@ -109,8 +123,10 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_tok, eval_tok, *, outp
         "processing_class": tokenizer,
         "callbacks": callbacks or [],
     }
-    if adapter.uses_reference and not isinstance(model, PeftModel) and not getattr(config, "precompute_ref_log_probs", False):
-        # TRL would re-load the reference from the checkpoint path, which builtin models do not have.
+    needs_copy = recipe.model.name.startswith("builtin:")
+    if adapter.uses_reference and needs_copy and not isinstance(model, PeftModel) and not getattr(config, "precompute_ref_log_probs", False):
+        # TRL loads the reference from the policy's checkpoint path (sharded under ZeRO-3); builtin
+        # models have no checkpoint, so they get an in-memory copy.
         ref = copy.deepcopy(model).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
@@ -129,7 +145,15 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
     from prefopt import manifest
     from prefopt.algorithms import get_adapter
     from prefopt.callbacks import MetricsJsonlCallback
+    from prefopt.errors import TrainingInterrupted
     from prefopt.models import load_model
+    from prefopt.resilience import (
+        CheckpointMarkerCallback,
+        NonFiniteError,
+        NonFiniteGuard,
+        SignalCallback,
+        last_complete_checkpoint,
+    )
 
     t0 = time.time()
     adapter = get_adapter(recipe.algorithm)
@@ -142,18 +166,41 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
         manifest.prepare_run_dir(run_dir, overwrite=overwrite or recipe.output.overwrite, resume=resume)
         (run_dir / "resolved.yaml").write_text(dump_resolved(recipe))
     training = resolve_batch(recipe)
+    ckpt_dir = run_dir / "checkpoints"
+    # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
+    # zero3.yaml) can shard the weights while they load.
+    config = adapter.trl_config(recipe, output_dir=str(ckpt_dir), training=training)
 
     model, tokenizer = load_model(recipe.model, seed=recipe.seed)
     train_tok, eval_tok, train_ds, eval_ds, report = prepare_data(recipe, tokenizer)
     if main:
         report.save(run_dir / "data_report.json")
-        log.info("data: %s", report.summary())
+        print(report.summary())
     _kto_weight_check(recipe, train_ds)
 
-    callbacks = [MetricsJsonlCallback(run_dir / "metrics.jsonl")]
-    trainer = build_trainer(recipe, model, tokenizer, train_tok, eval_tok, output_dir=str(run_dir / "checkpoints"),
-                            callbacks=callbacks, training=training)
-    result = trainer.train()
+    resume_from = _resume_point(ckpt_dir, resume)
+    metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
+    signals, guard = SignalCallback(), NonFiniteGuard()
+    callbacks = [metrics, CheckpointMarkerCallback(), signals, guard]
+    trainer = build_trainer(recipe, model, tokenizer, train_tok, eval_tok, output_dir=str(ckpt_dir),
+                            callbacks=callbacks, config=config)
+    signals.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        signals.uninstall()
+    if guard.tripped is not None:
+        step, term, value = guard.tripped
+        if main:
+            metrics.write({"event": "nonfinite", "step": step, "term": term, "value": str(value)})
+            manifest.write_json(run_dir / "manifest.json", {"status": "failed", "reason": f"non-finite {term}", "step": step})
+        raise NonFiniteError(step, term, value, last_complete_checkpoint(ckpt_dir))
+    if signals.received is not None:
+        last = last_complete_checkpoint(ckpt_dir)
+        if main:
+            manifest.write_json(run_dir / "manifest.json", {"status": "interrupted", "step": trainer.state.global_step,
+                                                             "checkpoint": str(last) if last else None})
+        raise TrainingInterrupted(signals.received, str(last) if last else None)
 
     summary: dict[str, Any] = {
         "status": "finished",
@@ -173,9 +220,9 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
         "world_size": world_size(),
         "effective": {k: training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps")},
     }
+    if recipe.output.save_model:
+        save_model(trainer, tokenizer, run_dir / "model")
     if main:
-        if recipe.output.save_model:
-            save_model(trainer, tokenizer, run_dir / "model")
         evaluation = run_evaluation(recipe, trainer.model, tokenizer, eval_ds)
         if evaluation:
             manifest.write_json(run_dir / "eval.json", evaluation)
@@ -185,17 +232,39 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
     return summary
 
 
-def save_model(trainer, tokenizer, path: Path) -> None:
-    """Final model (full weights or the PEFT adapter) in safetensors, with the tokenizer."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    tmp = path.with_name(path.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        import shutil
+def _resume_point(ckpt_dir: Path, resume: bool) -> Path | None:
+    """The last complete checkpoint to resume from, or None. Re-running the same command into the same
+    output dir resumes too (the run is unfinished and has a checkpoint); incomplete checkpoints (a kill
+    while saving) are removed first."""
+    from prefopt.resilience import last_complete_checkpoint, remove_incomplete_checkpoints
 
-        shutil.rmtree(path)
-    tmp.rename(path)
+    if is_main_process():
+        removed = remove_incomplete_checkpoints(ckpt_dir)
+        if removed:
+            log.warning("removed incomplete checkpoint(s) %s (interrupted while saving)", ", ".join(removed))
+    last = last_complete_checkpoint(ckpt_dir)
+    if resume and last is None:
+        log.warning("--resume: no complete checkpoint in %s; starting from the beginning", ckpt_dir)
+    if last is not None:
+        log.warning("resuming from %s", last)
+    return last
+
+
+def save_model(trainer, tokenizer, path: Path) -> None:
+    """Final model (full weights or the PEFT adapter) in safetensors, with the tokenizer.
+
+    Called on every rank: ``Trainer.save_model`` gathers ZeRO-3 / FSDP shards and writes on rank 0.
+    Written under a temporary name and renamed, so an interrupted save never looks finished."""
+    import shutil
+
+    tmp = path.with_name(path.name + ".tmp")
+    trainer.save_model(str(tmp))
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    trainer.accelerator.wait_for_everyone()
 
 
 def _kto_weight_check(recipe: Recipe, train_ds) -> None:

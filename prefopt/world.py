@@ -326,32 +326,35 @@ def sequence_logps(model, tokenizer, prompts: list[str], completions: list[str],
 
 
 # ------------------------------------------------------------------------------------------- data
-def preference_rows(task_name: str, size: int, *, split: str = "train", seed: int = 0, num_samples: int = 4,
-                    noise: float = 0.0, kind: str = "paired") -> list[dict]:
+def preference_rows(task_name: str, size: int, *, split: str = "train", seed: int = 0, num_samples: int = 8,
+                    noise: float = 0.0, kind: str = "paired", pairs_per_prompt: int = 2) -> list[dict]:
     """Preference data drawn from the reference policy (cached on disk).
 
-    For each prompt, ``num_samples`` completions are sampled from the reference at temperature 1.
-    Paired: chosen = a correct sample (the true answer when none was correct), rejected = a wrong
-    sample (a near-miss when none was wrong); with Bradley-Terry ``noise`` the sides swap with that
-    probability. Unpaired: every distinct sample labelled by its true reward (desirable = correct).
+    ``size`` prompts are drawn from the task's training split; for each, ``num_samples`` completions
+    are sampled from the reference at temperature 1. Paired: up to ``pairs_per_prompt`` pairs, each a
+    correct answer (a correct sample, or the true answer when none was correct) against a distinct
+    wrong sample (a near-miss when none was wrong); with Bradley-Terry ``noise`` the sides of a pair
+    swap with that probability. Unpaired: every distinct sample labelled by its true reward
+    (desirable = correct), plus the true answer as a desirable row when no sample was correct.
     """
     task = get_task(task_name)
     key = _key({"v": WORLD_VERSION, "task": task_name, "size": size, "split": split, "seed": seed,
-                "k": num_samples, "noise": noise, "kind": kind, "warm": asdict(WARM_STARTS[task_name])})
+                "k": num_samples, "noise": noise, "kind": kind, "ppp": pairs_per_prompt,
+                "warm": asdict(WARM_STARTS[task_name])})
     path = cache_root() / "world" / f"{task_name}-data-{key}.jsonl"
     if path.exists():
         return [json.loads(line) for line in path.read_text().splitlines()]
     with _file_lock(path.with_suffix(".lock")):
         if path.exists():
             return [json.loads(line) for line in path.read_text().splitlines()]
-        rows = _draw_rows(task, size, split, seed, num_samples, noise, kind)
+        rows = _draw_rows(task, size, split, seed, num_samples, noise, kind, pairs_per_prompt)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, path)
     return rows
 
 
-def _draw_rows(task: Task, size, split, seed, num_samples, noise, kind) -> list[dict]:
+def _draw_rows(task: Task, size, split, seed, num_samples, noise, kind, pairs_per_prompt) -> list[dict]:
     from prefopt.models import load_trained
 
     rng = random.Random(seed)
@@ -360,27 +363,32 @@ def _draw_rows(task: Task, size, split, seed, num_samples, noise, kind) -> list[
     model, tok = load_trained(reference_checkpoint(task.name))
     samples = sample(model, tok, prompts, num_samples=num_samples, temperature=1.0, seed=seed)
     rows: list[dict] = []
+    source = f"world:{task.name}"
+    from prefopt.data.schema import compute_prompt_id
+
     for p, outs in zip(prompts, samples):
-        pid = hashlib.sha256(p.encode()).hexdigest()
+        pid = compute_prompt_id(p)
+        distinct = list(dict.fromkeys(outs))
+        good = [c for c in distinct if task.reward(p, c) > 0]
+        bad = [c for c in distinct if task.reward(p, c) == 0 and c.strip()]
         if kind == "unpaired":
-            seen = set()
-            for c in outs:
-                if c in seen:
+            for c in (distinct if good else [*distinct, task.answer(p)]):
+                if not c.strip():
                     continue
-                seen.add(c)
                 r = task.reward(p, c)
                 rows.append({"prompt": p, "completion": c, "label": bool(r > 0), "prompt_id": pid,
-                             "source": f"world:{task.name}", "score": r})
+                             "source": source, "score": r})
             continue
-        good = [c for c in outs if task.reward(p, c) > 0]
-        bad = [c for c in outs if task.reward(p, c) == 0 and c.strip()]
         chosen = good[0] if good else task.answer(p)
-        rejected = rng.choice(bad) if bad else task.near_miss(p, rng)
-        sc, sr = 1.0, 0.0
-        if noise > 0 and rng.random() < noise:
-            chosen, rejected, sc, sr = rejected, chosen, sr, sc
-        rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "prompt_id": pid,
-                     "source": f"world:{task.name}", "score_chosen": sc, "score_rejected": sr})
+        rejected_all = bad[:pairs_per_prompt] or [task.near_miss(p, rng)]
+        for rejected in rejected_all:
+            c, r = chosen, rejected
+            if noise > 0 and rng.random() < noise:
+                c, r = r, c
+            # scores are the observed labels' (1 vs 0); with label noise they are unknown to the learner
+            sc, sr = (None, None) if noise > 0 else (1.0, 0.0)
+            rows.append({"prompt": p, "chosen": c, "rejected": r, "prompt_id": pid,
+                         "source": source, "score_chosen": sc, "score_rejected": sr})
     return rows
 
 
@@ -426,10 +434,10 @@ def _register_source() -> None:
     @register_source("world")
     def read_world(spec: dict, *, base_dir=None, seed: int = 0, report=None):
         """The ground-truth world as a data source: {source: world, task: arith, size: 2000,
-        kind: paired|unpaired, noise: 0.0, num_samples: 4, split: train}."""
+        kind: paired|unpaired, noise: 0.0, num_samples: 8, pairs_per_prompt: 2, split: train}."""
         from datasets import Dataset
 
-        allowed = {"task", "size", "kind", "noise", "num_samples", "split", "seed", "max_rows", "path"}
+        allowed = {"task", "size", "kind", "noise", "num_samples", "pairs_per_prompt", "split", "seed", "max_rows", "path"}
         unknown = set(spec) - allowed - {"source"}
         if unknown:
             name = sorted(unknown)[0]
@@ -443,12 +451,11 @@ def _register_source() -> None:
             int(spec.get("size") or 2000),
             split=spec.get("split") or "train",
             seed=int(spec.get("seed", seed)),
-            num_samples=int(spec.get("num_samples") or 4),
+            num_samples=int(spec.get("num_samples") or 8),
+            pairs_per_prompt=int(spec.get("pairs_per_prompt") or 2),
             noise=float(spec.get("noise") or 0.0),
             kind=spec.get("kind") or "paired",
         )
-        if report is not None:
-            report.rows_in += len(rows)
         return Dataset.from_list(rows)
 
 

@@ -52,13 +52,18 @@ class Adapter:
         kwargs.setdefault("seed", recipe.seed)
         kwargs.setdefault("data_seed", recipe.seed)
         kwargs.setdefault("report_to", "none")
-        kwargs.setdefault("save_strategy", "no")
+        # Periodic checkpoints so that a killed run resumes (prefopt train --resume); SIGTERM/SIGINT
+        # always save one. Recipes for large models set their own save_steps / save_total_limit.
+        kwargs.setdefault("save_strategy", "steps")
+        kwargs.setdefault("save_steps", 500)
+        kwargs.setdefault("save_total_limit", 2)
+        kwargs.setdefault("save_only_model", False)
         kwargs.setdefault("logging_strategy", "steps")
         kwargs.setdefault("logging_steps", 1)
         kwargs.setdefault("remove_unused_columns", False)
         kwargs.setdefault("dataloader_num_workers", 0)
-        if recipe.model.gradient_checkpointing:
-            kwargs.setdefault("gradient_checkpointing", True)
+        # TRL 1.x turns gradient checkpointing on by default (slower steps); prefopt follows the recipe.
+        kwargs.setdefault("gradient_checkpointing", recipe.model.gradient_checkpointing)
         # TRL's configs default to bf16=True, which transformers refuses on CPU: mixed precision only
         # where the recipe asks for bfloat16 and a GPU supports it.
         kwargs.setdefault("bf16", recipe.model.dtype == "bfloat16" and _cuda_bf16())

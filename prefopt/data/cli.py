@@ -1,0 +1,239 @@
+"""``prefopt data convert | inspect | sources``.
+
+``convert`` runs exactly what a recipe's ``data:`` block runs (same source, same checks, same
+transforms) and writes canonical JSONL; ``inspect`` summarises a file; ``sources`` lists the
+readers and their options. Handlers return an exit code; user errors are raised as
+:class:`~prefopt.errors.PrefoptError` for the top-level CLI to print (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prefopt.errors import PrefoptError
+
+DEFAULT_TOKENIZER = "builtin:tiny-arith"
+
+
+def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``data convert``, ``data inspect`` and ``data sources`` to an argparse subparsers object."""
+    data = subparsers.add_parser("data", help="convert, inspect and list preference datasets")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    p = sub.add_parser(
+        "convert",
+        help="read a dataset with a source and write canonical JSONL",
+        description="Read --input with --source, check every row (drops are counted in the report), convert to "
+        "--to paired|unpaired and write JSONL (or .parquet).",
+    )
+    p.add_argument("--source", required=True, help="source name (see `prefopt data sources`)")
+    p.add_argument("--input", required=True, help="local file/directory or hub dataset id")
+    p.add_argument("--split", default=None, help="split (hub datasets and dataset directories)")
+    p.add_argument("--to", required=True, choices=("paired", "unpaired"), help="kind of rows to write")
+    p.add_argument("--output", required=True, help="output .jsonl (or .parquet)")
+    p.add_argument("--report", default=None, help="write the drop report (JSON) here")
+    p.add_argument("--strict", action="store_true", help="exit with an error if any row was dropped")
+    p.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a source option (YAML value), e.g. -o binarize=best_vs_worst -o 'columns={prompt: q}'",
+    )
+    p.add_argument("--max-rows", type=int, default=None, help="read at most this many rows")
+    p.add_argument("--seed", type=int, default=42, help="seed for random draws (pairing, binarisation)")
+    p.add_argument(
+        "--pair-mode",
+        choices=("one_to_one", "all"),
+        default="one_to_one",
+        help="with --to paired on unpaired data: one pair per desirable row, or every D×U pair",
+    )
+    p.add_argument("--dedupe", action="store_true", help="drop exact duplicate rows")
+    p.add_argument(
+        "--min-score-margin", type=float, default=None, help="drop pairs with a smaller score margin"
+    )
+    p.add_argument(
+        "--format",
+        choices=("canonical", "trl", "text"),
+        default="canonical",
+        help="canonical: all columns; trl: only TRL's explicit columns; text: chat template applied "
+        "with --tokenizer",
+    )
+    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="tokenizer for --format text")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "inspect", help="counts, label balance, token lengths, duplicates and ties of a dataset"
+    )
+    p.add_argument(
+        "path", help="file/directory/hub id (canonical output of convert, or any source with --source)"
+    )
+    p.add_argument(
+        "--source", default=None, help="read with this source (default: canonical columns, by suffix)"
+    )
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="a source option")
+    p.add_argument("--split", default=None)
+    p.add_argument("--max-rows", type=int, default=None)
+    p.add_argument(
+        "--tokenizer",
+        default=DEFAULT_TOKENIZER,
+        help=f"tokenizer for length percentiles (default {DEFAULT_TOKENIZER}; 'none' to skip)",
+    )
+    p.add_argument(
+        "--max-length", type=int, default=None, help="also count rows longer than this many tokens"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("sources", help="list the data sources and their options")
+    p.add_argument("name", nargs="?", default=None, help="show one source in full")
+    p.set_defaults(func=cmd_sources)
+    return data
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` → dict, each value parsed as YAML (``true``, ``3``, ``[a, b]``, ``{a: b}``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise PrefoptError(
+                f'--option "{item}" is not KEY=VALUE.', fix="write e.g. --option keep_ties=true"
+            )
+        key, _, raw = item.partition("=")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise PrefoptError(f"--option {key}: cannot parse {raw!r} as a YAML value ({e}).") from None
+    return out
+
+
+def _section(source: str, path: str, split: str | None, max_rows: int | None, options: dict[str, Any]):
+    from prefopt.recipe import SourceSection
+
+    fields = {"source": source, "path": path, "split": split, "max_rows": max_rows, **options}
+    try:
+        return SourceSection(**{k: v for k, v in fields.items() if v is not None or k in options})
+    except Exception as e:  # pydantic validation of max_rows etc.
+        raise PrefoptError(f"invalid source arguments: {e}") from None
+
+
+def _guess_source(path: str) -> str:
+    return "parquet" if path.lower().endswith(".parquet") else "jsonl"
+
+
+def write_rows(ds: Any, path: Path, fmt: str = "canonical") -> int:
+    """Write ``ds`` as JSONL (or parquet by suffix). ``fmt="trl"`` keeps only TRL's columns."""
+    from prefopt.data.schema import data_kind
+
+    if fmt == "trl":
+        keep = (
+            ["prompt", "chosen", "rejected"]
+            if data_kind(ds) == "paired"
+            else ["prompt", "completion", "label"]
+        )
+        ds = ds.select_columns(keep)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".parquet":
+        ds.to_parquet(str(path))
+        return len(ds)
+    enc = json.JSONEncoder(ensure_ascii=False)
+    with open(path, "w", encoding="utf-8") as fh:
+        for batch in ds.iter(batch_size=1000):
+            cols = list(batch)
+            for values in zip(*(batch[c] for c in cols)):
+                fh.write(enc.encode(dict(zip(cols, values))) + "\n")
+    return len(ds)
+
+
+# ------------------------------------------------------------------------------------------- commands
+def convert(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The dataset and drop report ``convert`` would write (used by the handler and tests)."""
+    from prefopt.data.transforms import prepare
+    from prefopt.recipe import DataSection
+
+    src = _section(args.source, args.input, args.split, args.max_rows, parse_options(args.option))
+    data = DataSection(
+        train=[src],
+        transform="unpair" if args.to == "unpaired" else "pair",
+        pair_mode=args.pair_mode,
+        dedupe=args.dedupe,
+        min_score_margin=args.min_score_margin,
+        strict=False,
+        shuffle=False,
+    )
+    ds, _, report = prepare(data.train, None, data, args.to, Path.cwd(), args.seed)
+    if args.format == "text":
+        from prefopt.data.transforms import render_chat_template
+        from prefopt.models import load_tokenizer
+
+        ds = render_chat_template(ds, load_tokenizer(args.tokenizer), report)
+    return ds, report
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    ds, report = convert(args)
+    if args.report:
+        report.save(args.report)
+    print(report.summary(), file=sys.stderr)
+    if args.strict:
+        report.check_strict(where=f"prefopt data convert --strict ({args.input})")
+    n = write_rows(ds, Path(args.output), "trl" if args.format == "trl" else "canonical")
+    print(f"wrote {n:,} {args.to} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from prefopt.data.inspect import format_inspection, inspect_dataset
+    from prefopt.data.registry import source_info
+    from prefopt.data.report import DropReport
+    from prefopt.data.transforms import load_source
+
+    name = args.source or _guess_source(args.path)
+    options = parse_options(args.option)
+    info = source_info(name)
+    if info.options and "keep_ties" in info.options:
+        options.setdefault("keep_ties", True)  # count ties here rather than dropping them
+    report = DropReport(f"read {args.path}")
+    src = _section(name, args.path, args.split, args.max_rows, options)
+    ds = load_source(src, where=f"prefopt data inspect ({name})", base_dir=Path.cwd(), seed=0, report=report)
+    tokenizer = None
+    if args.tokenizer and args.tokenizer.lower() != "none":
+        from prefopt.models import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    summary = inspect_dataset(ds, tokenizer, max_length=args.max_length)
+    summary["read_report"] = report.as_dict()
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        print(format_inspection(summary, title=f"{args.path} (source {name})"))
+        print(report.summary())
+    return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from prefopt.data.registry import STANDARD_KEYS, source_info, source_names
+
+    names = [args.name] if args.name else source_names()
+    for name in names:
+        info = source_info(name)
+        kinds = f" [{', '.join(info.kinds)}]" if info.kinds else ""
+        print(f"{name}{kinds}: {info.description}")
+        if args.name and info.read.__module__ and sys.modules.get(info.read.__module__) is not None:
+            doc = (sys.modules[info.read.__module__].__doc__ or "").strip()
+            if doc:
+                print("\n" + doc + "\n")
+        if info.options:
+            print(f"    {', '.join(STANDARD_KEYS)}: path (file, directory or hub id), split, max_rows")
+            for key, opt in info.options.items():
+                default = "" if opt.default is None else f" (default {opt.default!r})"
+                print(f"    {key}: {opt.help}{default}")
+    return 0

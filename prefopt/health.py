@@ -1,0 +1,417 @@
+"""Training-health warnings: a ``TrainerCallback`` watching TRL's logged metrics (see docs/health.md).
+
+Each warning is logged (``logging.getLogger("prefopt").warning``) and written to ``metrics.jsonl`` as
+
+    {"event": "health", "warning": "<id>", "step": 40, <the numbers that triggered it>, "advice": "..."}
+
+once per *episode*: it fires when its condition becomes true and re-arms only after the condition has
+been false at a later log. A warning whose id is in ``health.stop_on`` (default: ``nonfinite``) also
+stops training (``control.should_training_stop``) after the current step.
+
+Warnings (thresholds from the recipe's ``health:`` section):
+
+``margin_stuck``   |rewards/margins| < ``margin_stuck_abs`` for ``margin_stuck_steps`` consecutive logs
+                   while the loss fell over those logs.
+``logp_collapse``  logps/chosen and logps/rejected both below their first-logged values by more than
+                   ``-logp_collapse`` nats/sequence (DPO/IPO/KTO log summed log-probs) or
+                   ``-logp_collapse_per_token`` nats/token (ORPO/SimPO log per-token averages).
+``overfit``        train loss < ``overfit_loss``, or rewards/accuracies = 1.0 for ``overfit_accuracy_steps``
+                   consecutive logs.
+``kl_high``        KL(policy ‖ reference) > ``kl_max`` (only when set). KTO: TRL's logged ``kl``. DPO/IPO:
+                   the proxy |rewards/chosen + rewards/rejected| / (2β) — the mean log-ratio
+                   log π/π_ref of the training completions, nats/sequence (TRL's rewards are β·log-ratio).
+                   With the probe on and a reference available, also the KL estimated on samples.
+``length_drift``   |L − L_ref| / L_ref > ``length_drift`` where L is the mean completion length sampled by
+                   the probe and L_ref the starting model's on the same prompts (probe only).
+``nonfinite``      NaN/inf in the loss or in the KL (logged, proxy or sampled).
+
+The probe (``health.probe_every`` > 0 steps; off by default): at train start and then at the first log
+at least ``probe_every`` steps after the previous probe, sample ``probe_prompts`` held-out prompts
+(temperature 1, fixed seed, ``probe_max_new_tokens``) and measure the mean completion length and, when
+a reference is at hand (the trainer's ``ref_model``, the adapter-disabled base of a PEFT policy, or a
+``reference_model`` passed in), the sampled KL. It runs on every process (identical inputs and seed,
+so identical results — required under ZeRO-3/FSDP, where a forward needs every rank) and writes
+``{"event": "probe", ...}`` records to metrics.jsonl from rank 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from transformers import TrainerCallback
+
+from prefopt.errors import PrefoptError, did_you_mean
+
+log = logging.getLogger("prefopt")
+
+WARNINGS = ("margin_stuck", "logp_collapse", "overfit", "kl_high", "length_drift", "nonfinite")
+
+ADVICE = {
+    "margin_stuck": (
+        "the loss falls but the chosen/rejected reward margin does not move: the preference term is not "
+        "learning (for ORPO/KTO the NLL/KL term is doing the work). Raise the learning rate or β, check that "
+        "chosen and rejected differ (data_report.json), and that the pairs are not mislabelled."
+    ),
+    "logp_collapse": (
+        "both chosen and rejected log-probs are falling: the policy pushes probability mass away from all "
+        "data, the classic DPO failure (outputs degrade even as the margin grows). Lower the learning rate, "
+        "raise β, try IPO, or add an NLL term on chosen (ORPO / cpo_alpha)."
+    ),
+    "overfit": (
+        "the training loss is near zero or the reward accuracy is pinned at 1.0: the policy separates the "
+        "training pairs perfectly and the implicit reward keeps growing without bound. Use IPO (its loss has "
+        "a finite optimum) or a larger β, fewer epochs or a lower learning rate; check eval accuracy."
+    ),
+    "kl_high": (
+        "the policy has drifted far from the reference. Raise β (DPO/IPO/KTO), lower the learning rate or "
+        "stop earlier; compare the true/held-out metrics at this checkpoint."
+    ),
+    "length_drift": (
+        "sampled completions are much longer/shorter than the reference's: a length exploit (DPO favours "
+        "longer chosen replies) or degeneration. Consider SimPO/IPO (length-normalised), a length-balanced "
+        "dataset, or a larger β."
+    ),
+    "nonfinite": (
+        "the loss or KL is NaN/inf. Lower the learning rate, enable gradient clipping (max_grad_norm), use "
+        "bf16 instead of fp16, and check the data for empty completions."
+    ),
+}
+
+# Defaults of the fields this callback reads beyond the original HealthSection (see docs/health.md).
+FIELD_DEFAULTS: dict[str, Any] = {
+    "margin_stuck_abs": 0.01,
+    "margin_stuck_steps": 10,
+    "logp_collapse": -5.0,
+    "logp_collapse_per_token": -1.0,
+    "overfit_loss": 0.05,
+    "overfit_accuracy_steps": 10,
+    "kl_max": None,
+    "length_drift": 0.5,
+    "stop_on": ["nonfinite"],
+    "probe_every": 0,
+    "probe_prompts": 8,
+    "probe_max_new_tokens": 64,
+}
+
+AVERAGED_LOGPS = ("orpo", "simpo")  # TRL logs per-token average log-probs for these
+
+
+def check_stop_on(ids, where: str = "health.stop_on") -> list[str]:
+    out = []
+    for wid in ids or []:
+        if wid not in WARNINGS:
+            raise PrefoptError(
+                f'unknown health warning "{wid}".{did_you_mean(str(wid), WARNINGS)} Warnings: {", ".join(WARNINGS)}.',
+                where=where,
+            )
+        out.append(wid)
+    return out
+
+
+def _num(v) -> float | None:
+    """A logged value as a float (TRL logs floats; some trainers log 0-d tensors; metrics.jsonl strings)."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        return float(v.item() if hasattr(v, "item") else v)
+    except (TypeError, ValueError):
+        return None
+
+
+def beta_of(recipe) -> float | None:
+    """β of the reference-based losses (τ for IPO): TRL's rewards are β · log-ratio."""
+    p = recipe.loss_params
+    if recipe.algorithm == "ipo":
+        return float(p.tau)
+    if recipe.algorithm in ("dpo", "kto"):
+        return float(p.beta)
+    return None
+
+
+def probe_prompts_for(recipe, eval_ds=None, train_ds=None, n: int | None = None) -> list[Any]:
+    """Up to ``n`` distinct prompts for the probe: the held-out split, else the world's test prompts,
+    else the first training prompts."""
+    import json
+
+    n = n or int(getattr(recipe.health, "probe_prompts", FIELD_DEFAULTS["probe_prompts"]))
+    for ds in (eval_ds,):
+        if ds is not None and len(ds):
+            seen: dict[str, Any] = {}
+            for p in ds["prompt"]:
+                seen.setdefault(json.dumps(p, sort_keys=True), p)
+                if len(seen) >= n:
+                    break
+            return list(seen.values())
+    from prefopt.train import world_task_of
+
+    task = world_task_of(recipe)
+    if task is not None:
+        from prefopt.evaluation import world_prompts
+
+        return world_prompts(task, n, recipe.seed)
+    if train_ds is not None and len(train_ds):
+        seen = {}
+        for p in train_ds.select(range(min(len(train_ds), 50 * n)))["prompt"]:
+            seen.setdefault(json.dumps(p, sort_keys=True), p)
+            if len(seen) >= n:
+                break
+        return list(seen.values())
+    return []
+
+
+class HealthCallback(TrainerCallback):
+    """Watch TRL's logged metrics and warn (and optionally stop) on the failure modes in docs/health.md.
+
+    ``health_section`` is the recipe's :class:`prefopt.recipe.HealthSection` (fields it lacks take the
+    defaults in :data:`FIELD_DEFAULTS`; keyword arguments override both), ``algorithm`` the recipe's
+    algorithm, ``metrics_writer`` a function taking one record dict (``MetricsJsonlCallback.write``).
+    ``beta`` (β, τ for IPO) is needed for the DPO/IPO KL proxy; the probe needs ``tokenizer`` (or the
+    trainer's ``processing_class``) and ``probe_prompts``.
+    """
+
+    def __init__(self, health_section=None, algorithm: str = "dpo",
+                 metrics_writer: Callable[[dict], None] | None = None, *, beta: float | None = None,
+                 probe_prompts: list[Any] | None = None, tokenizer=None, reference_model=None, seed: int = 0,
+                 **overrides):
+        unknown = set(overrides) - set(FIELD_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown HealthCallback option(s): {sorted(unknown)}")
+        cfg = {}
+        for k, default in FIELD_DEFAULTS.items():
+            cfg[k] = overrides[k] if k in overrides else getattr(health_section, k, default)
+        cfg["stop_on"] = check_stop_on(cfg["stop_on"])
+        self.cfg = cfg
+        self.algorithm = algorithm
+        self.write = metrics_writer
+        self.beta = beta
+        self.probe_prompts = list(probe_prompts or [])
+        self.tokenizer = tokenizer
+        self.reference_model = reference_model
+        self.seed = seed
+        self.fired: list[dict] = []  # every emitted warning record (also for tests and summaries)
+        self._active: dict[str, bool] = {}
+        self._margin_streak: list[tuple[float, float | None]] = []
+        self._acc_streak = 0
+        self._first_logps: tuple[float, float] | None = None
+        self._last_probe_step: int | None = None
+        self._ref_length: float | None = None
+        self._probe_kl: float | None = None
+
+    @classmethod
+    def from_recipe(cls, recipe, metrics_writer, **kwargs) -> HealthCallback:
+        """The callback for a recipe: thresholds from ``recipe.health``, β from the loss, seed."""
+        kwargs.setdefault("beta", beta_of(recipe))
+        kwargs.setdefault("seed", recipe.seed)
+        return cls(recipe.health, recipe.algorithm, metrics_writer, **kwargs)
+
+    def attach(self, trainer) -> HealthCallback:
+        """Take the reference model and tokenizer from a built trainer (for the probe's KL)."""
+        if self.reference_model is None and getattr(trainer, "ref_model", None) is not None:
+            self.reference_model = trainer.ref_model
+        if self.tokenizer is None:
+            self.tokenizer = getattr(trainer, "processing_class", None)
+        return self
+
+    # ------------------------------------------------------------------ emitting
+    def _emit(self, wid: str, state, control, numbers: dict[str, Any], message: str) -> None:
+        stop = wid in self.cfg["stop_on"]
+        rec = {"event": "health", "warning": wid, "step": state.global_step, **numbers, "advice": ADVICE[wid]}
+        if stop:
+            rec["stopped_training"] = True
+            control.should_training_stop = True  # on every rank: the inputs (gathered metrics) are identical
+        self.fired.append(rec)
+        if state.is_world_process_zero:
+            log.warning("health: %s at step %d: %s%s Advice: %s", wid, state.global_step, message,
+                        " Training stops (health.stop_on)." if stop else "", ADVICE[wid])
+            if self.write is not None:
+                self.write({k: _jsonable(v) for k, v in rec.items()})
+
+    def _episode(self, wid: str, condition: bool | None, state, control, numbers: dict, message: str) -> None:
+        """Fire once when ``condition`` becomes true; re-arm when it is false again (None: no information)."""
+        if condition is None:
+            return
+        if condition and not self._active.get(wid):
+            self._emit(wid, state, control, numbers, message)
+        self._active[wid] = bool(condition)
+
+    # ------------------------------------------------------------------ callbacks
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.tokenizer is None:
+            self.tokenizer = processing_class
+        if self._probe_enabled() and model is not None and self._ref_length is None:
+            # the starting model's mean length (before any update) is the length baseline
+            res = self._sample(model, with_kl=False)
+            self._ref_length = res["mean_length"]
+            self._last_probe_step = state.global_step
+            if state.is_world_process_zero and self.write is not None:
+                self.write({"event": "probe", "step": state.global_step, "mean_length": self._ref_length,
+                            "reference_mean_length": self._ref_length, "num_prompts": len(self.probe_prompts)})
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if not logs or any(str(k).startswith("eval_") for k in logs):
+            return
+        if "loss" not in logs and not any("/" in str(k) or k == "kl" for k in logs):
+            return  # the end-of-training summary (train_loss, train_runtime, ...)
+        loss = _num(logs.get("loss"))
+        margin = _num(logs.get("rewards/margins"))
+        acc = _num(logs.get("rewards/accuracies"))
+        lc, lr = _num(logs.get("logps/chosen")), _num(logs.get("logps/rejected"))
+
+        probe = None
+        if self._probe_enabled() and model is not None and self._probe_due(state.global_step):
+            probe = self._run_probe(model, state)
+
+        kl, kl_source = self._kl(logs, probe)
+        self._check_nonfinite(loss, kl, kl_source, state, control)
+        if loss is not None and not math.isfinite(loss):
+            return  # the other checks are meaningless on NaN numbers
+        self._check_margin(margin, loss, state, control)
+        self._check_logps(lc, lr, state, control)
+        self._check_overfit(loss, acc, state, control)
+        if self.cfg["kl_max"] is not None and kl is not None and math.isfinite(kl):
+            self._episode("kl_high", kl > self.cfg["kl_max"], state, control,
+                          {"kl": kl, "kl_source": kl_source, "kl_max": self.cfg["kl_max"]},
+                          f"KL {kl:.3f} ({kl_source}) above health.kl_max = {self.cfg['kl_max']:g}.")
+        if probe is not None and self._ref_length:
+            drift = (probe["mean_length"] - self._ref_length) / self._ref_length
+            self._episode("length_drift", abs(drift) > self.cfg["length_drift"], state, control,
+                          {"mean_length": probe["mean_length"], "reference_mean_length": self._ref_length,
+                           "relative_change": drift, "threshold": self.cfg["length_drift"]},
+                          f"mean completion length {probe['mean_length']:.1f} vs {self._ref_length:.1f} for the "
+                          f"reference ({drift:+.0%}, threshold ±{self.cfg['length_drift']:.0%}).")
+
+    # ------------------------------------------------------------------ checks
+    def _check_nonfinite(self, loss, kl, kl_source, state, control):
+        bad = {}
+        if loss is not None and not math.isfinite(loss):
+            bad["loss"] = str(loss)
+        if kl is not None and not math.isfinite(kl):
+            bad["kl"] = str(kl)
+            bad["kl_source"] = kl_source
+        if loss is None and kl is None:
+            return
+        self._episode("nonfinite", bool(bad), state, control, bad,
+                      "non-finite " + ", ".join(f"{k} = {v}" for k, v in bad.items() if k != "kl_source") + ".")
+
+    def _check_margin(self, margin, loss, state, control):
+        if margin is None:
+            return
+        if abs(margin) >= self.cfg["margin_stuck_abs"]:
+            self._margin_streak = []
+            self._episode("margin_stuck", False, state, control, {}, "")
+            return
+        self._margin_streak.append((margin, loss))
+        n = self.cfg["margin_stuck_steps"]
+        if len(self._margin_streak) < n:
+            return
+        window = self._margin_streak[-n:]
+        first_loss, last_loss = window[0][1], window[-1][1]
+        if first_loss is None or last_loss is None:
+            return
+        falling = last_loss < first_loss
+        self._episode("margin_stuck", falling, state, control,
+                      {"reward_margin": margin, "consecutive_logs": len(self._margin_streak),
+                       "loss_start": first_loss, "loss_now": last_loss, "threshold": self.cfg["margin_stuck_abs"]},
+                      f"|reward margin| = {abs(margin):.4g} < {self.cfg['margin_stuck_abs']:g} for "
+                      f"{len(self._margin_streak)} logs while the loss fell {first_loss:.4f} → {last_loss:.4f}.")
+
+    def _check_logps(self, lc, lr, state, control):
+        if lc is None or lr is None or not (math.isfinite(lc) and math.isfinite(lr)):
+            return
+        if self._first_logps is None:
+            self._first_logps = (lc, lr)
+            return
+        per_token = self.algorithm in AVERAGED_LOGPS
+        thr = self.cfg["logp_collapse_per_token"] if per_token else self.cfg["logp_collapse"]
+        dc, dr = lc - self._first_logps[0], lr - self._first_logps[1]
+        unit = "nats/token" if per_token else "nats/sequence"
+        self._episode("logp_collapse", dc < thr and dr < thr, state, control,
+                      {"logp_chosen": lc, "logp_rejected": lr, "logp_chosen_first": self._first_logps[0],
+                       "logp_rejected_first": self._first_logps[1], "shift_chosen": dc, "shift_rejected": dr,
+                       "threshold": thr, "unit": unit},
+                      f"chosen log-prob moved {dc:+.2f} and rejected {dr:+.2f} {unit} since the first log "
+                      f"(threshold {thr:g}).")
+
+    def _check_overfit(self, loss, acc, state, control):
+        if acc is not None:
+            self._acc_streak = self._acc_streak + 1 if acc >= 1.0 - 1e-9 else 0
+        by_loss = loss is not None and loss < self.cfg["overfit_loss"]
+        by_acc = self._acc_streak >= self.cfg["overfit_accuracy_steps"]
+        if loss is None and acc is None:
+            return
+        reasons = []
+        if by_loss:
+            reasons.append(f"train loss {loss:.4g} < {self.cfg['overfit_loss']:g}")
+        if by_acc:
+            reasons.append(f"reward accuracy 1.0 for {self._acc_streak} consecutive logs")
+        self._episode("overfit", by_loss or by_acc, state, control,
+                      {"loss": loss, "accuracy": acc, "accuracy_pinned_logs": self._acc_streak,
+                       "overfit_loss": self.cfg["overfit_loss"],
+                       "reason": "loss" if by_loss else "accuracy"},
+                      "; ".join(reasons) + ".")
+
+    # ------------------------------------------------------------------ KL
+    def _kl(self, logs: dict, probe: dict | None) -> tuple[float | None, str | None]:
+        """The KL signal of this log: sampled (probe) > KTO's logged kl > DPO/IPO rewards proxy."""
+        candidates: list[tuple[float, str]] = []
+        if probe is not None and probe.get("kl_to_reference") is not None:
+            candidates.append((probe["kl_to_reference"], "sampled"))
+        k = _num(logs.get("kl"))
+        if k is not None:
+            candidates.append((k, "kto_logged_kl"))
+        rc, rr = _num(logs.get("rewards/chosen")), _num(logs.get("rewards/rejected"))
+        if self.algorithm in ("dpo", "ipo") and self.beta and rc is not None and rr is not None:
+            candidates.append((abs(rc + rr) / (2 * self.beta), "rewards_proxy"))
+        if not candidates:
+            return None, None
+        for v, src in candidates:  # a non-finite signal wins (nonfinite), else the largest
+            if not math.isfinite(v):
+                return v, src
+        return max(candidates, key=lambda c: c[0])
+
+    # ------------------------------------------------------------------ probe
+    def _probe_enabled(self) -> bool:
+        return int(self.cfg["probe_every"] or 0) > 0 and bool(self.probe_prompts) and self.tokenizer is not None
+
+    def _probe_due(self, step: int) -> bool:
+        return self._last_probe_step is None or step - self._last_probe_step >= int(self.cfg["probe_every"])
+
+    def _reference_for_probe(self, model):
+        if self.reference_model is not None:
+            return self.reference_model
+        try:
+            from peft import PeftModel
+
+            if isinstance(model, PeftModel):
+                return "disable_adapter"
+        except ImportError:  # pragma: no cover - peft is a dependency
+            pass
+        return None
+
+    def _sample(self, model, with_kl: bool) -> dict:
+        from prefopt.evaluation import sampled_kl_and_length
+
+        ref = self._reference_for_probe(model) if with_kl else None
+        return sampled_kl_and_length(model, ref, self.tokenizer, self.probe_prompts, num_samples=1, temperature=1.0,
+                                     max_new_tokens=int(self.cfg["probe_max_new_tokens"]), seed=self.seed,
+                                     reference_lengths=False)
+
+    def _run_probe(self, model, state) -> dict:
+        res = self._sample(model, with_kl=True)
+        self._last_probe_step = state.global_step
+        rec = {"event": "probe", "step": state.global_step, "mean_length": res["mean_length"],
+               "reference_mean_length": self._ref_length, "num_prompts": len(self.probe_prompts)}
+        if res.get("kl_to_reference") is not None:
+            rec["kl_sampled"] = res["kl_to_reference"]
+        if state.is_world_process_zero and self.write is not None:
+            self.write({k: _jsonable(v) for k, v in rec.items()})
+        return res
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v

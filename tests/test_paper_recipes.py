@@ -1,0 +1,296 @@
+"""The paper recipes in configs/recipes/papers/: what TRL will receive (via the dry run, no model
+loaded), the global batch arithmetic, the headers, and a few-step smoke run of each on the builtin model.
+
+The expected values are the published ones (recipes.md rows cited in each file's header); a failure
+here means a recipe, an adapter or the batch logic no longer reproduces the paper's configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from prefopt.errors import PrefoptError
+from prefopt.recipe import load_recipe
+from prefopt.train import dry_run, resolve_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPERS = ROOT / "configs" / "recipes" / "papers"
+ACCELERATE = ROOT / "configs" / "accelerate"
+
+# recipe file → the launch it was published with (processes) and what TRL must receive.
+# "batch": (per-device, gradient accumulation, global) on that many processes.
+EXPECTED: dict[str, dict] = {
+    "zephyr-7b-beta-dpo-full.yaml": {
+        "processes": 8,
+        "trainer": "PrefoptDPOTrainer",
+        "config": "DPOConfig",
+        "lr": 5e-7,
+        "batch": (8, 2, 128),
+        "loss": {"loss_type": ["sigmoid"], "beta": 0.01, "label_smoothing": 0.0},
+    },
+    "zephyr-7b-beta-dpo-qlora.yaml": {
+        "processes": 1,
+        "trainer": "PrefoptDPOTrainer",
+        "config": "DPOConfig",
+        "lr": 5e-6,
+        "batch": (4, 4, 16),
+        "loss": {"loss_type": ["sigmoid"], "beta": 0.01, "label_smoothing": 0.0},
+    },
+    "ipo-zephyr-pref-align-scan.yaml": {
+        "processes": 8,
+        "trainer": "PrefoptDPOTrainer",
+        "config": "DPOConfig",
+        "lr": 5e-7,
+        "batch": (8, 2, 128),
+        "loss": {"loss_type": ["ipo"], "beta": 0.01},  # TRL's beta is IPO's τ
+    },
+    "kto-zephyr-sft-halos.yaml": {
+        "processes": 8,
+        "trainer": "PrefoptKTOTrainer",
+        "config": "KTOConfig",
+        "lr": 5e-6,
+        "batch": (4, 1, 32),
+        "loss": {"loss_type": "kto", "beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
+    },
+    "mistral-orpo-beta.yaml": {
+        "processes": 4,
+        "trainer": "PrefoptORPOTrainer",
+        "config": "ORPOConfig",
+        "lr": 5e-6,
+        "batch": (8, 1, 32),
+        "loss": {"beta": 0.1},  # TRL's beta is ORPO's λ
+    },
+}
+# SimPO (recipes.md §A2): β, γ/β, the absolute γ TRL must receive, learning rate; 2 × 16 × 4 GPUs = 128
+SIMPO = {
+    "simpo-mistral-7b-base.yaml": (2.0, 0.8, 1.6, 3e-7),
+    "simpo-mistral-7b-instruct.yaml": (2.5, 0.1, 0.25, 5e-7),
+    "simpo-llama-3-8b-base.yaml": (2.0, 0.5, 1.0, 6e-7),
+    "simpo-llama-3-8b-instruct.yaml": (2.5, 0.55, 1.375, 1e-6),
+    "simpo-llama-3-8b-instruct-v0.2.yaml": (10.0, 0.3, 3.0, 1e-6),
+    "simpo-gemma-2-9b-it.yaml": (10.0, 0.5, 5.0, 8e-7),
+}
+for _name, (_beta, _ratio, _gamma, _lr) in SIMPO.items():
+    EXPECTED[_name] = {
+        "processes": 4,
+        "trainer": "PrefoptCPOTrainer",
+        "config": "CPOConfig",
+        "lr": _lr,
+        "batch": (2, 16, 128),
+        "loss": {
+            "loss_type": "simpo",
+            "beta": _beta,
+            "simpo_gamma": _gamma,
+            "cpo_alpha": 0.0,
+            "label_smoothing": 0.0,
+        },
+        "gamma_beta_ratio": _ratio,
+    }
+
+RECIPES = sorted(EXPECTED)
+
+
+def recipe_path(name: str) -> Path:
+    return PAPERS / name
+
+
+def header(path: Path) -> str:
+    lines = path.read_text().splitlines()
+    return "\n".join(line for line in lines[: next(i for i, x in enumerate(lines) if not x.startswith("#"))])
+
+
+def test_every_paper_recipe_is_checked():
+    assert sorted(p.name for p in PAPERS.glob("*.yaml")) == RECIPES
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_header_cites_source_result_and_launch(name):
+    text = header(recipe_path(name))
+    assert text, f"{name} has no header comment"
+    assert "Source:" in text and "recipes.md" in text
+    assert "Reported result:" in text
+    launch = re.search(r"accelerate launch --config_file (configs/accelerate/\S+\.yaml)", text)
+    assert launch, f"{name}: no launch command in the header"
+    assert (ROOT / launch.group(1)).is_file()
+    assert f"--config configs/recipes/papers/{name}" in text
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_dry_run_gives_trl_the_published_loss_and_batch(name):
+    exp = EXPECTED[name]
+    recipe = load_recipe(recipe_path(name))
+    out = dry_run(recipe, n_processes=exp["processes"])
+    cfg = out["trl_config"]
+
+    assert out["trainer"].endswith("." + exp["trainer"])
+    assert out["config_class"].endswith("." + exp["config"])
+    for key, value in exp["loss"].items():
+        assert out["loss"][key] == pytest.approx(value), f"loss[{key}]"
+        assert cfg[key] == pytest.approx(value), f"trl_config[{key}]"
+    assert cfg["learning_rate"] == pytest.approx(exp["lr"])
+
+    per_device, accumulation, global_batch = exp["batch"]
+    assert cfg["per_device_train_batch_size"] == per_device
+    assert cfg["gradient_accumulation_steps"] == accumulation
+    assert per_device * accumulation * exp["processes"] == global_batch
+    assert out["global_batch_size"] == global_batch == recipe.training["global_batch_size"]
+    assert out["processes"] == exp["processes"]
+
+
+@pytest.mark.parametrize("name", sorted(SIMPO))
+def test_simpo_gamma_is_absolute_and_no_nll_term(name):
+    recipe = load_recipe(recipe_path(name))
+    beta, ratio, gamma, _ = SIMPO[name]
+    assert recipe.loss == {"beta": beta, "gamma_beta_ratio": ratio, "label_smoothing": 0.0}
+    loss = dry_run(recipe, n_processes=4)["loss"]
+    assert loss["simpo_gamma"] == pytest.approx(beta * ratio) == pytest.approx(gamma)
+    assert loss["cpo_alpha"] == 0.0  # TRL's default 1.0 would be CPO-SimPO
+
+
+def test_ipo_beta_is_tau_and_orpo_beta_is_lambda():
+    ipo = load_recipe(recipe_path("ipo-zephyr-pref-align-scan.yaml"))
+    assert dry_run(ipo, n_processes=8)["trl_config"]["beta"] == ipo.loss["tau"]
+    assert ipo.loss_params.length_normalize is True
+    orpo = load_recipe(recipe_path("mistral-orpo-beta.yaml"))
+    assert dry_run(orpo, n_processes=4)["trl_config"]["beta"] == orpo.loss["lam"]
+
+
+def test_kto_weights_meet_the_unpaired_balance_rule():
+    from prefopt.fidelity import check_kto_weights
+
+    kto = load_recipe(recipe_path("kto-zephyr-sft-halos.yaml"))
+    assert kto.data.transform == "unpair"  # one desirable + one undesirable row per pair: n_D = n_U
+    lp = kto.loss_params
+    assert check_kto_weights(1000, 1000, lp.desirable_weight, lp.undesirable_weight) is None
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if EXPECTED[n]["batch"][2] == 128])
+@pytest.mark.parametrize("processes", [1, 2, 4, 8, 16])
+def test_global_batch_holds_on_any_world_size(name, processes):
+    recipe = load_recipe(recipe_path(name))
+    t = resolve_batch(recipe, n_processes=processes)
+    assert t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] * processes == 128
+
+
+def test_unreachable_global_batch_is_refused_with_a_fix():
+    # the QLoRA recipe (16 = 4 per device × 4 accumulation on 1 GPU) cannot run on 8 GPUs
+    recipe = load_recipe(recipe_path("zephyr-7b-beta-dpo-qlora.yaml"))
+    with pytest.raises(PrefoptError) as err:
+        dry_run(recipe, n_processes=8)
+    text = str(err.value)
+    assert "global_batch_size = 16 cannot be reached" in text
+    assert "per_device_train_batch_size = 4 on 8 process(es)" in text
+    assert "per_device_train_batch_size to one of [1, 2]" in text  # 1 × 8 × 2 or 2 × 8 × 1 = 16
+    assert (
+        resolve_batch(
+            recipe.model_copy(update={"training": {**recipe.training, "per_device_train_batch_size": 2}}),
+            n_processes=8,
+        )["gradient_accumulation_steps"]
+        == 1
+    )
+
+
+def test_unreachable_global_batch_exits_2_on_the_command_line(capsys):
+    from prefopt.cli import main
+
+    path = str(recipe_path("simpo-mistral-7b-base.yaml"))
+    rc = main(["train", "--config", path, "--dry-run", "--set", "training.per_device_train_batch_size=3"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "global_batch_size = 128 cannot be reached with per_device_train_batch_size = 3" in err
+    assert "Traceback" not in err
+
+
+def test_accumulation_contradicting_the_global_batch_is_refused():
+    recipe = load_recipe(
+        recipe_path("zephyr-7b-beta-dpo-full.yaml"), ["training.gradient_accumulation_steps=4"]
+    )
+    with pytest.raises(PrefoptError, match="contradicts global_batch_size = 128"):
+        resolve_batch(recipe, n_processes=8)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_cli_dry_run_prints_the_trl_configuration(name, capsys):
+    from prefopt.cli import main
+
+    assert main(["train", "--config", str(recipe_path(name)), "--dry-run"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["algorithm"] == load_recipe(recipe_path(name)).algorithm
+    assert out["trainer"].endswith(EXPECTED[name]["trainer"])
+    assert (
+        out["trl_config"]["per_device_train_batch_size"]
+        * out["trl_config"]["gradient_accumulation_steps"]
+        * out["processes"]
+        == out["global_batch_size"]
+    )
+
+
+# ------------------------------------------------------------------------------------------- smoke
+@pytest.mark.parametrize("name", RECIPES)
+def test_smoke_recipe_keeps_algorithm_and_loss(name):
+    from prefopt.smoke import EVAL_ROWS, FIXTURES_DIR, LORA_R, MAX_ROWS, MAX_STEPS, smoke_recipe
+
+    recipe = load_recipe(recipe_path(name))
+    smoke = smoke_recipe(recipe)
+    assert smoke.algorithm == recipe.algorithm and smoke.loss == recipe.loss and smoke.seed == recipe.seed
+    assert smoke.model.name == "builtin:tiny-arith" and smoke.model.dtype == "float32"
+    assert (smoke.model.lora is None) == (recipe.model.lora is None)
+    if smoke.model.lora is not None:
+        assert smoke.model.lora.r <= LORA_R
+        assert smoke.model.lora.lora_alpha / smoke.model.lora.r == pytest.approx(
+            recipe.model.lora.lora_alpha / recipe.model.lora.r
+        )
+    assert smoke.model.chat_template == recipe.model.chat_template
+    assert smoke.data.transform == recipe.data.transform
+    for src, orig in zip(
+        smoke.data.train + (smoke.data.eval or []), recipe.data.train + (recipe.data.eval or [])
+    ):
+        assert src.source == orig.source
+        assert Path(src.path).parent == FIXTURES_DIR and Path(src.path).is_file()
+        assert src.max_rows in (MAX_ROWS, EVAL_ROWS)
+        assert {k: v for k, v in src.options.items()} == {
+            k: v for k, v in orig.options.items() if k not in ("config", "revision", "data_dir")
+        }
+    t = smoke.training
+    assert t["max_steps"] == MAX_STEPS and "global_batch_size" not in t and t["save_strategy"] == "no"
+    assert t["max_length"] == 128 and t["max_prompt_length"] == 64
+    # the same TRL mapping: identical loss parameters, same trainer and config class
+    real, small = dry_run(recipe, n_processes=EXPECTED[name]["processes"]), dry_run(smoke, n_processes=1)
+    for key in ("loss", "trainer", "config_class", "data_kind", "reference_model"):
+        assert small[key] == real[key], key
+    assert small["trl_config"]["gradient_accumulation_steps"] == 1
+    assert small["trl_config"]["bf16"] is False and small["trl_config"]["gradient_checkpointing"] is False
+    assert (
+        Path(smoke.output.dir).parent == Path(tempfile.gettempdir()) and not Path(smoke.output.dir).exists()
+    )
+
+
+def test_every_fixture_is_read_by_its_source():
+    from prefopt.data.registry import get_source
+    from prefopt.data.report import DropReport
+    from prefopt.smoke import FIXTURES, FIXTURES_DIR, MAX_ROWS
+
+    for source, file in FIXTURES.items():
+        report = DropReport(source)
+        ds = get_source(source)({"path": str(FIXTURES_DIR / file), "max_rows": MAX_ROWS}, report=report)
+        assert 8 <= len(ds) <= MAX_ROWS, (source, len(ds), report.summary())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECIPES)
+def test_smoke_run_of_every_paper_recipe(name, tmp_path):
+    from prefopt.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", str(recipe_path(name)), "--smoke", "--output-dir", str(run_dir)]) == 0
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    assert manifest["algorithm"] == load_recipe(recipe_path(name)).algorithm
+    assert manifest["global_step"] == 3
+    assert math.isfinite(manifest["train_loss"])
