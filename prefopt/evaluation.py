@@ -57,7 +57,8 @@ log = logging.getLogger("prefopt")
 SUMMED_REWARD = ("dpo", "ipo", "kto")
 AVERAGE_REWARD = ("orpo", "simpo")
 DEFAULT_MAX_PAIRS = 1000
-DEFAULT_BATCH_SIZE = 16
+DEFAULT_BATCH_SIZE = 256  # rows per forward (evaluation.batch_size)
+DEFAULT_TOKEN_BUDGET = 16384  # padded tokens per forward
 
 
 # ------------------------------------------------------------------------------------------- log-probs
@@ -65,9 +66,27 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def length_batches(lengths: Sequence[int], *, max_batch: int = DEFAULT_BATCH_SIZE,
+                   token_budget: int = DEFAULT_TOKEN_BUDGET) -> list[list[int]]:
+    """Indices grouped into batches of similar length: at most ``max_batch`` rows and ``token_budget``
+    padded tokens each (a per-forward overhead dominates small models; memory large ones)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:  # ascending lengths: the row being added is the longest so far
+        if cur and (len(cur) >= max_batch or (len(cur) + 1) * lengths[i] > token_budget):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 @torch.no_grad()
 def completion_logps(model, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_token_id: int,
-                     batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+                     batch_size: int = DEFAULT_BATCH_SIZE,
+                     token_budget: int = DEFAULT_TOKEN_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-prob of each completion given its prompt, and the completion lengths (tokens).
 
     ``sequences`` holds ``(prompt_ids, completion_ids)`` exactly as training sees them (right padding,
@@ -77,20 +96,18 @@ def completion_logps(model, sequences: Sequence[tuple[Sequence[int], Sequence[in
     was_training = model.training
     model.eval()
     device = _device(model)
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
     result = torch.zeros(len(sequences), dtype=torch.float64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        rows = [(list(sequences[i][0]), list(sequences[i][1])) for i in idx]
-        width = max(len(p) + len(c) for p, c in rows)
-        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        cmask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, (p, c) in enumerate(rows):
-            n = len(p) + len(c)
-            ids[j, :n] = torch.tensor(p + c, dtype=torch.long)
-            mask[j, :n] = 1
-            cmask[j, len(p) : n] = 1
+    total = [len(p) + len(c) for p, c in sequences]
+    for idx in length_batches(total, max_batch=batch_size, token_budget=token_budget):
+        width = max(total[i] for i in idx)
+        ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        cmask = torch.zeros((len(idx), width), dtype=torch.long)
+        for j, i in enumerate(idx):
+            p, c = list(sequences[i][0]), list(sequences[i][1])
+            ids[j, : total[i]] = torch.tensor(p + c, dtype=torch.long)
+            mask[j, : total[i]] = 1
+            cmask[j, len(p) : total[i]] = 1
         lp = model_logps(model, ids.to(device), mask.to(device), cmask.to(device)).double().cpu()
         result[idx] = lp
     if was_training:
@@ -101,7 +118,7 @@ def completion_logps(model, sequences: Sequence[tuple[Sequence[int], Sequence[in
 # ------------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def generate_completions(model, tokenizer, prompts: Sequence[Any], *, num_samples: int = 1, temperature: float = 1.0,
-                         max_new_tokens: int = 64, seed: int = 0, batch_size: int = 64) -> list[dict[str, Any]]:
+                         max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256) -> list[dict[str, Any]]:
     """Sample completions and keep their exact token ids.
 
     Returns one dict per sample: ``prompt`` (index into ``prompts``), ``prompt_ids``, ``completion_ids``
@@ -150,7 +167,7 @@ def sampled_kl_and_length(policy, reference, tokenizer, prompts: Sequence[Any], 
     ``reference`` is a model, or ``None`` for no KL; a PEFT policy may pass ``"disable_adapter"`` to use
     its own adapter-disabled base as the reference (no second copy of the weights)."""
     samples = generate_completions(policy, tokenizer, prompts, num_samples=num_samples, temperature=temperature,
-                                   max_new_tokens=max_new_tokens, seed=seed)
+                                   max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     res: dict[str, Any] = {
         "num_prompts": len(prompts),
         "samples_per_prompt": num_samples,
@@ -167,7 +184,8 @@ def sampled_kl_and_length(policy, reference, tokenizer, prompts: Sequence[Any], 
             lr, _ = completion_logps(ref_model, seqs, pad_token_id=pad, batch_size=batch_size)
             if reference_lengths:
                 ref_samples = generate_completions(ref_model, tokenizer, prompts, num_samples=num_samples,
-                                                   temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+                                                   temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                                                   batch_size=batch_size)
                 res["reference_mean_length"] = _mean([s["length"] for s in ref_samples])
                 res["length_ratio"] = _ratio(res["mean_length"], res["reference_mean_length"])
         res["kl_to_reference"] = float((lp - lr).mean())
@@ -349,7 +367,7 @@ def evaluate_models(policy, reference, tokenizer, recipe, eval_ds=None, *, data_
 
     source = data_source or ("recipe eval split" if eval_ds is not None else None)
     if eval_ds is None and task is not None:
-        eval_ds = world_eval_pairs(task, min(max_pairs, 500), seed)
+        eval_ds = world_eval_pairs(task, min(max_pairs, max_prompts), seed)
         source = f"world:{task} held-out prompts (no eval split in the recipe)"
     pairs, note = as_pairs(eval_ds, seed)
     if note:

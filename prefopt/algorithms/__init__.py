@@ -102,8 +102,8 @@ def register(adapter: type[Adapter]) -> type[Adapter]:
 
 
 def get_adapter(name: str) -> type[Adapter]:
-    if not _REGISTRY:
-        from prefopt.algorithms import dpo, ipo, kto, orpo, simpo  # noqa: F401 - registers
+    from prefopt.algorithms import dpo, ipo, kto, orpo, simpo  # noqa: F401 - registers (idempotent)
+
     if name not in _REGISTRY:
         raise PrefoptError(
             f'unknown algorithm "{name}".{did_you_mean(name, _REGISTRY)} Choose one of: {", ".join(_REGISTRY)}.',
