@@ -42,7 +42,28 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true", help="builtin model + small local sample, a few steps")
 
 
+def _in_recipe(path: str):
+    """Prefix errors raised after the recipe was read (data, batch, model) with the recipe file."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        try:
+            yield
+        except PrefoptError as err:
+            if str(path) in str(err):
+                raise
+            raise PrefoptError(str(err), where=str(path)) from None
+
+    return ctx()
+
+
 def cmd_train(args) -> int:
+    with _in_recipe(args.config):
+        return _train(args)
+
+
+def _train(args) -> int:
     from prefopt.recipe import load_recipe
 
     recipe = load_recipe(args.config, args.set)

@@ -140,7 +140,17 @@ def _resolve_pretrained(name: str, *, revision: str | None, what: str) -> str:
     return name
 
 
-def load_model(model_cfg, *, seed: int, for_training: bool = True):
+def tokenizer_for(model_cfg):
+    """The tokenizer a recipe's ``model:`` section describes (cheap: no weights are read)."""
+    return load_tokenizer(
+        model_cfg.tokenizer or model_cfg.name,
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+        chat_template=model_cfg.chat_template,
+    )
+
+
+def load_model(model_cfg, *, seed: int, for_training: bool = True, tokenizer=None):
     """Load the policy described by a recipe's ``model:`` section. Returns ``(model, tokenizer)``.
 
     LoRA wraps the model with PEFT; the TRL trainers then use the adapter-disabled base as the
@@ -149,12 +159,8 @@ def load_model(model_cfg, *, seed: int, for_training: bool = True):
     """
     name = model_cfg.name
     dtype = DTYPES.get(model_cfg.dtype, "auto")
-    tokenizer = load_tokenizer(
-        model_cfg.tokenizer or name,
-        revision=model_cfg.revision,
-        trust_remote_code=model_cfg.trust_remote_code,
-        chat_template=model_cfg.chat_template,
-    )
+    if tokenizer is None:
+        tokenizer = tokenizer_for(model_cfg)
     if model_cfg.trust_remote_code:
         log.warning(
             "model.trust_remote_code is TRUE: Python code shipped with %s will be executed. "

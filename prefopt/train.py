@@ -146,7 +146,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
     from prefopt.algorithms import get_adapter
     from prefopt.callbacks import MetricsJsonlCallback
     from prefopt.errors import TrainingInterrupted
-    from prefopt.models import load_model
+    from prefopt.models import load_model, tokenizer_for
     from prefopt.resilience import (
         CheckpointMarkerCallback,
         NonFiniteError,
@@ -171,12 +171,14 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
     # zero3.yaml) can shard the weights while they load.
     config = adapter.trl_config(recipe, output_dir=str(ckpt_dir), training=training)
 
-    model, tokenizer = load_model(recipe.model, seed=recipe.seed)
+    # data before weights: a malformed dataset fails in seconds, not after loading a 7B model
+    tokenizer = tokenizer_for(recipe.model)
     train_tok, eval_tok, train_ds, eval_ds, report = prepare_data(recipe, tokenizer)
     if main:
         report.save(run_dir / "data_report.json")
         print(report.summary())
     _kto_weight_check(recipe, train_ds)
+    model, tokenizer = load_model(recipe.model, seed=recipe.seed, tokenizer=tokenizer)
 
     resume_from = _resume_point(ckpt_dir, resume)
     metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")

@@ -326,8 +326,8 @@ def sequence_logps(model, tokenizer, prompts: list[str], completions: list[str],
 
 
 # ------------------------------------------------------------------------------------------- data
-def preference_rows(task_name: str, size: int, *, split: str = "train", seed: int = 0, num_samples: int = 8,
-                    noise: float = 0.0, kind: str = "paired", pairs_per_prompt: int = 2) -> list[dict]:
+def preference_rows(task_name: str, size: int, *, split: str = "train", seed: int = 0, num_samples: int = 4,
+                    noise: float = 0.0, kind: str = "paired", pairs_per_prompt: int = 1) -> list[dict]:
     """Preference data drawn from the reference policy (cached on disk).
 
     ``size`` prompts are drawn from the task's training split; for each, ``num_samples`` completions
@@ -434,7 +434,7 @@ def _register_source() -> None:
     @register_source("world")
     def read_world(spec: dict, *, base_dir=None, seed: int = 0, report=None):
         """The ground-truth world as a data source: {source: world, task: arith, size: 2000,
-        kind: paired|unpaired, noise: 0.0, num_samples: 8, pairs_per_prompt: 2, split: train}."""
+        kind: paired|unpaired, noise: 0.0, num_samples: 4, pairs_per_prompt: 1, split: train}."""
         from datasets import Dataset
 
         allowed = {"task", "size", "kind", "noise", "num_samples", "pairs_per_prompt", "split", "seed", "max_rows", "path"}
@@ -451,8 +451,8 @@ def _register_source() -> None:
             int(spec.get("size") or 2000),
             split=spec.get("split") or "train",
             seed=int(spec.get("seed", seed)),
-            num_samples=int(spec.get("num_samples") or 8),
-            pairs_per_prompt=int(spec.get("pairs_per_prompt") or 2),
+            num_samples=int(spec.get("num_samples") or 4),
+            pairs_per_prompt=int(spec.get("pairs_per_prompt") or 1),
             noise=float(spec.get("noise") or 0.0),
             kind=spec.get("kind") or "paired",
         )

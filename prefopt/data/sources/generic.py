@@ -214,6 +214,12 @@ def make_reader(name: str):
             data_dir=spec.get("data_dir"),
         )
         rows = list(raw.rows)
+        if not rows:
+            raise PrefoptError(
+                f"{raw.description} holds no rows (an empty dataset).",
+                where=where,
+                fix="check that the file was written completely and that `path:` points at the right file.",
+            )
         available = raw.columns or _keys(rows)
         columns = resolve_columns(spec["columns"], available, where)
         kind = _kind_of(columns, where)
