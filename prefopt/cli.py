@@ -128,12 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo")
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from prefopt.data.cli import add_data_commands
+    from prefopt.commands_eval import add_eval_commands
+    from prefopt.data.cli import add_data_commands
 
-        add_data_commands(sub)
-    except ImportError:  # pragma: no cover - the data layer ships with the package
-        pass
+    add_data_commands(sub)
+    add_eval_commands(sub)
     return parser
 
 

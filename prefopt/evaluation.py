@@ -32,7 +32,9 @@ on up to ``evaluation.max_prompts`` held-out prompts, ``evaluation.num_samples``
 * ``mean_length`` / ``reference_mean_length`` / ``length_ratio``: new tokens before EOS.
 
 ``world`` — when the training data comes from the ground-truth world: the true reward of the policy and
-of the reference (:func:`prefopt.world.evaluate_policy`) and the lift.
+of the reference (:func:`prefopt.world.evaluate_policy`: 4 samples at temperature 1 and one greedy answer
+per prompt, on ``evaluation.world_prompts`` = 300 held-out prompts — the world's own protocol, kept fixed
+so lifts compare across runs) and the lift.
 
 Everything uses prefopt's one tokenisation (:mod:`prefopt.tokenization`): the pairs are tokenised by
 :func:`~prefopt.tokenization.tokenize_dataset` with the recipe's ``max_length``/``max_prompt_length``,
@@ -59,6 +61,7 @@ AVERAGE_REWARD = ("orpo", "simpo")
 DEFAULT_MAX_PAIRS = 1000
 DEFAULT_BATCH_SIZE = 256  # rows per forward (evaluation.batch_size)
 DEFAULT_TOKEN_BUDGET = 16384  # padded tokens per forward
+DEFAULT_WORLD_PROMPTS = 300  # the world's true-reward protocol (world.evaluate_policy's default)
 
 
 # ------------------------------------------------------------------------------------------- log-probs
@@ -127,7 +130,7 @@ def generate_completions(model, tokenizer, prompts: Sequence[Any], *, num_sample
     :func:`prefopt.tokenization.encode_prompt` and the world's seeded sampling loop, so the same seed
     gives the same samples as :func:`prefopt.world.sample`."""
     from prefopt.tokenization import encode_prompt
-    from prefopt.world import _generate
+    from prefopt.world import generate as _generate
 
     was_training = model.training
     model.eval()
@@ -303,7 +306,7 @@ def world_eval_pairs(task: str, n: int, seed: int):
     return world.preference_dataset(task, size=n, split="test", seed=seed)
 
 
-def world_prompts(task: str, n: int, seed: int) -> list[str]:
+def world_test_prompts(task: str, n: int, seed: int) -> list[str]:
     from prefopt import world
 
     pool = world.get_task(task).split("test")
@@ -345,7 +348,8 @@ def _section(recipe, name: str, default):
     return getattr(recipe.evaluation, name, default)
 
 
-def evaluate_models(policy, reference, tokenizer, recipe, eval_ds=None, *, data_source: str | None = None) -> dict:
+def evaluate_models(policy, reference, tokenizer, recipe, eval_ds=None, *, data_source: str | None = None,
+                    world_prompts: int | None = None) -> dict:
     """Every evaluation metric for ``policy`` against ``reference`` (the starting model).
 
     ``eval_ds`` is the canonical held-out dataset (paired or unpaired rows) or None; without one, a
@@ -360,10 +364,13 @@ def evaluate_models(policy, reference, tokenizer, recipe, eval_ds=None, *, data_
     max_pairs = _section(recipe, "max_pairs", DEFAULT_MAX_PAIRS)
     batch_size = _section(recipe, "batch_size", DEFAULT_BATCH_SIZE)
     task = world_task_of(recipe)
-    kind, _, text = reward_definition(recipe)
+    _, _, text = reward_definition(recipe)
     result: dict[str, Any] = {"algorithm": recipe.algorithm, "reward_definition": text, "notes": []}
     policy.eval()
     reference.eval()
+    device = _device(policy)
+    if _device(reference) != device and getattr(reference, "hf_device_map", None) is None:
+        reference.to(device)  # reference_for() loads on CPU; evaluate where the policy is
 
     source = data_source or ("recipe eval split" if eval_ds is not None else None)
     if eval_ds is None and task is not None:
@@ -395,7 +402,7 @@ def evaluate_models(policy, reference, tokenizer, recipe, eval_ds=None, *, data_
         if len(prompts) > max_prompts:
             prompts = random.Random(seed).sample(prompts, max_prompts)
     elif task is not None:
-        prompts = world_prompts(task, max_prompts, seed)
+        prompts = world_test_prompts(task, max_prompts, seed)
     if prompts:
         result["sampling"] = sampled_kl_and_length(
             policy, reference, tokenizer, prompts, num_samples=ev.num_samples, temperature=ev.temperature,
@@ -408,8 +415,9 @@ def evaluate_models(policy, reference, tokenizer, recipe, eval_ds=None, *, data_
         from prefopt import world
 
         with torch.no_grad():
-            pol = world.evaluate_policy(policy, tokenizer, task, reference=reference)
-            ref = world.evaluate_policy(reference, tokenizer, task)
+            n = int(world_prompts or _section(recipe, "world_prompts", DEFAULT_WORLD_PROMPTS))
+            pol = world.evaluate_policy(policy, tokenizer, task, reference=reference, num_prompts=n)
+            ref = world.evaluate_policy(reference, tokenizer, task, num_prompts=n)
         result["world"] = {"policy": pol, "reference": ref,
                            "lift_sampled": pol["reward_sampled"] - ref["reward_sampled"],
                            "lift_greedy": pol["reward_greedy"] - ref["reward_greedy"]}
@@ -452,9 +460,12 @@ def load_run_recipe(run_dir: Path):
     return load_recipe(data=yaml.safe_load(path.read_text()))
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, write: bool = True) -> dict:
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, write: bool = True,
+                 world_prompts: int | None = None) -> dict:
     """Evaluate a finished run: reload ``run_dir/model``, rebuild the starting model as the reference,
-    evaluate on ``data`` (a canonical file) or the recipe's eval split, write ``run_dir/eval.json``."""
+    evaluate on ``data`` (a canonical file) or the recipe's eval split, write ``run_dir/eval.json``.
+    ``world_prompts`` overrides the number of held-out world prompts for the true reward (default 300,
+    ``evaluation.world_prompts`` when the recipe has it)."""
     from prefopt import manifest
     from prefopt.models import load_trained
     from prefopt.train import reference_for
@@ -481,7 +492,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, write: 
         source = "recipe eval split" if eval_ds is not None else None
     policy, tokenizer = load_trained(run_dir)
     reference = reference_for(recipe)
-    result = evaluate_models(policy, reference, tokenizer, recipe, eval_ds, data_source=source)
+    result = evaluate_models(policy, reference, tokenizer, recipe, eval_ds, data_source=source,
+                             world_prompts=world_prompts)
     result["run_dir"] = str(run_dir)
     if write:
         manifest.write_json(run_dir / "eval.json", result)

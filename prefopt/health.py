@@ -137,28 +137,26 @@ def probe_prompts_for(recipe, eval_ds=None, train_ds=None, n: int | None = None)
     import json
 
     n = n or int(getattr(recipe.health, "probe_prompts", FIELD_DEFAULTS["probe_prompts"]))
-    for ds in (eval_ds,):
-        if ds is not None and len(ds):
-            seen: dict[str, Any] = {}
-            for p in ds["prompt"]:
-                seen.setdefault(json.dumps(p, sort_keys=True), p)
-                if len(seen) >= n:
-                    break
-            return list(seen.values())
-    from prefopt.train import world_task_of
 
-    task = world_task_of(recipe)
-    if task is not None:
-        from prefopt.evaluation import world_prompts
-
-        return world_prompts(task, n, recipe.seed)
-    if train_ds is not None and len(train_ds):
-        seen = {}
-        for p in train_ds.select(range(min(len(train_ds), 50 * n)))["prompt"]:
+    def distinct(ds) -> list[Any]:
+        seen: dict[str, Any] = {}
+        for p in ds.select(range(min(len(ds), 50 * n)))["prompt"]:
             seen.setdefault(json.dumps(p, sort_keys=True), p)
             if len(seen) >= n:
                 break
         return list(seen.values())
+
+    if eval_ds is not None and len(eval_ds):
+        return distinct(eval_ds)
+    from prefopt.train import world_task_of
+
+    task = world_task_of(recipe)
+    if task is not None:
+        from prefopt.evaluation import world_test_prompts
+
+        return world_test_prompts(task, n, recipe.seed)
+    if train_ds is not None and len(train_ds):
+        return distinct(train_ds)
     return []
 
 

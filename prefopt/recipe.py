@@ -211,7 +211,19 @@ class HealthSection(_Section):
     overfit_accuracy_steps: int = Field(10, gt=0, description="Accuracy pinned at 1.0 this many logged steps.")
     kl_max: float | None = Field(None, gt=0, description="KL(policy‖reference) above this warns (nats/sequence).")
     length_drift: float = Field(0.5, gt=0, description="Relative change of mean completion length that warns.")
-    stop_on: list[str] = Field(default_factory=lambda: ["nonfinite"], description="Warnings that stop training.")
+    logp_collapse_per_token: float = Field(
+        -1.0,
+        description="ORPO/SimPO (TRL logs per-token average log-probs): both chosen and rejected shifts below "
+        "this (nats/token) = collapse.",
+    )
+    probe_every: int = Field(
+        0, ge=0, description="Every this many steps sample probe_prompts held-out prompts (length, and KL); 0 = off."
+    )
+    probe_prompts: int = Field(8, gt=0)
+    probe_max_new_tokens: int = Field(64, gt=0)
+    stop_on: list[Literal["margin_stuck", "logp_collapse", "overfit", "kl_high", "length_drift", "nonfinite"]] = Field(
+        default_factory=lambda: ["nonfinite"], description="Warnings that stop training."
+    )
 
 
 class EvaluationSection(_Section):
@@ -222,6 +234,9 @@ class EvaluationSection(_Section):
     max_prompts: int = Field(200, gt=0, description="Held-out prompts used for sampling metrics.")
     max_new_tokens: int = Field(64, gt=0)
     temperature: float = Field(1.0, ge=0)
+    max_pairs: int = Field(1000, gt=0, description="Held-out pairs scored for accuracy/margins/log-prob shifts.")
+    batch_size: int = Field(256, gt=0, description="Rows per forward/generation batch (lower for large models).")
+    world_prompts: int = Field(300, gt=0, description="Held-out world prompts for the true reward (4 samples + greedy each).")
 
 
 class ReferenceCacheSection(_Section):

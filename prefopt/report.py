@@ -254,7 +254,7 @@ def _run_section(manifest: dict | None, recipe: dict) -> list[str]:
         ("versions", ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)),
     ]
     lines += ["| | |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows if v is not None]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows if v not in (None, "")]
     for o in m.get("prefopt_overrides") or []:
         lines.append(f"| prefopt override | {_fmt(o)} |")
     lines.append("")

@@ -146,6 +146,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
     from prefopt.algorithms import get_adapter
     from prefopt.callbacks import MetricsJsonlCallback
     from prefopt.errors import TrainingInterrupted
+    from prefopt.health import HealthCallback, probe_prompts_for
     from prefopt.models import load_model, tokenizer_for
     from prefopt.resilience import (
         CheckpointMarkerCallback,
@@ -182,10 +183,12 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
 
     resume_from = _resume_point(ckpt_dir, resume)
     metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
+    health = HealthCallback.from_recipe(recipe, metrics.write, probe_prompts=probe_prompts_for(recipe, eval_ds, train_ds))
     signals, guard = SignalCallback(), NonFiniteGuard()
-    callbacks = [metrics, CheckpointMarkerCallback(), signals, guard]
+    callbacks = [metrics, health, CheckpointMarkerCallback(), signals, guard]
     trainer = build_trainer(recipe, model, tokenizer, train_tok, eval_tok, output_dir=str(ckpt_dir),
                             callbacks=callbacks, config=config)
+    health.attach(trainer)
     signals.install()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -230,6 +233,12 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
             manifest.write_json(run_dir / "eval.json", evaluation)
             summary["eval"] = evaluation
         manifest.write_json(run_dir / "manifest.json", summary)
+        from prefopt.report import write_report
+
+        try:
+            write_report(run_dir)
+        except Exception as exc:  # noqa: BLE001 - a plotting problem must not fail a finished run
+            log.warning("could not write the report: %s", exc)
     trainer.accelerator.wait_for_everyone()
     return summary
 
@@ -298,23 +307,16 @@ def reference_for(recipe: Recipe):
 
 
 def run_evaluation(recipe: Recipe, model, tokenizer, eval_ds) -> dict | None:
-    """End-of-training evaluation: the ground-truth world's true reward and KL when the data comes from
-    it (see :mod:`prefopt.evaluation` for the full held-out preference metrics)."""
+    """End-of-training evaluation (:func:`prefopt.evaluation.evaluate_models`): held-out preference
+    accuracy and margins, log-prob shifts, KL to the starting model on samples, lengths, and the
+    ground-truth world's true reward when the data comes from it."""
     if not recipe.evaluation.enabled:
         return None
-    task = world_task_of(recipe)
-    if task is None:
-        return None
-    from prefopt import world
+    from prefopt.evaluation import evaluate_models
 
     model.eval()
-    ref = reference_for(recipe)
     with torch.no_grad():
-        policy = world.evaluate_policy(model, tokenizer, task, reference=ref)
-        reference = world.evaluate_policy(ref, tokenizer, task)
-    return {"world": {"policy": policy, "reference": reference,
-                      "lift_sampled": policy["reward_sampled"] - reference["reward_sampled"],
-                      "lift_greedy": policy["reward_greedy"] - reference["reward_greedy"]}}
+        return evaluate_models(model, reference_for(recipe), tokenizer, recipe, eval_ds)
 
 
 def dry_run(recipe: Recipe, n_processes: int | None = None) -> dict:

@@ -261,7 +261,7 @@ def sample(model, tokenizer, prompts: list[str], *, num_samples: int = 1, temper
             ids[j, width - len(e) :] = torch.tensor(e)
             mask[j, width - len(e) :] = 1
         ids, mask = ids.to(device), mask.to(device)
-        new = _generate(model, ids, mask, max_new_tokens, temperature, gen, tokenizer.eos_token_id, pad)
+        new = generate(model, ids, mask, max_new_tokens, temperature, gen, tokenizer.eos_token_id, pad)
         for (i, _), row in zip(chunk, new.tolist()):
             if tokenizer.eos_token_id in row:
                 row = row[: row.index(tokenizer.eos_token_id)]
@@ -271,7 +271,7 @@ def sample(model, tokenizer, prompts: list[str], *, num_samples: int = 1, temper
     return out
 
 
-def _generate(model, ids, mask, max_new_tokens, temperature, gen, eos, pad):
+def generate(model, ids, mask, max_new_tokens, temperature, gen, eos, pad):
     """Plain sampling loop with a KV cache (deterministic under a torch.Generator)."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)

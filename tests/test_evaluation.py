@@ -60,7 +60,7 @@ def _finite(x) -> bool:
 
 
 def test_eval_of_a_tiny_dpo_run_returns_every_field(dpo_run):
-    result = evaluate_run(dpo_run)
+    result = evaluate_run(dpo_run, world_prompts=32)
     assert json.loads((dpo_run / "eval.json").read_text()) == json.loads(json.dumps(result))
     pref, samp, world = result["preference"], result["sampling"], result["world"]
     assert PREFERENCE_FIELDS <= set(pref) and SAMPLING_FIELDS <= set(samp)
@@ -74,11 +74,11 @@ def test_eval_of_a_tiny_dpo_run_returns_every_field(dpo_run):
     assert _finite(samp["kl_to_reference"]) and samp["num_prompts"] <= 16 and samp["max_new_tokens"] == 8
     assert samp["mean_length"] > 0 and samp["reference_mean_length"] > 0
     assert {"policy", "reference", "lift_sampled", "lift_greedy"} <= set(world)
-    assert 0.0 <= world["policy"]["reward_sampled"] <= 1.0
+    assert 0.0 <= world["policy"]["reward_sampled"] <= 1.0 and world["policy"]["num_prompts"] == 32
     assert result["summary"]["true_reward_lift_sampled"] == world["lift_sampled"]
 
 
-def test_eval_cli_with_a_data_file(dpo_run, tmp_path, capsys):
+def test_eval_cli_with_a_data_file(dpo_run, tmp_path, capsys, monkeypatch):
     from prefopt.commands_eval import add_eval_commands
 
     rows = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)} for a, b in
@@ -88,6 +88,7 @@ def test_eval_cli_with_a_data_file(dpo_run, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="prefopt")
     add_eval_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["eval", "--run", str(dpo_run), "--data", str(data)])
+    monkeypatch.setattr("prefopt.evaluation.DEFAULT_WORLD_PROMPTS", 16)
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "preference_accuracy" in out and "kl_to_reference" in out
@@ -101,7 +102,7 @@ def test_eval_cli_with_a_data_file(dpo_run, tmp_path, capsys):
 
 
 def test_reference_free_orpo_gets_kl_against_the_starting_model(orpo_run):
-    result = evaluate_run(orpo_run, write=False)
+    result = evaluate_run(orpo_run, write=False, world_prompts=16)
     pref, samp = result["preference"], result["sampling"]
     assert "world:arith held-out" in pref["source"]  # no eval split: the world's held-out prompts
     assert pref["reward_definition"].startswith("lambda * mean-token logp")
@@ -136,27 +137,32 @@ def test_policy_equal_to_reference_has_zero_kl_and_zero_shifts(tiny):
     assert m["logp_shift_chosen"] == 0.0 and m["reward_margin"] == 0.0 and m["accuracy"] == 0.0
 
 
-def test_sampled_ids_and_logps_match_prefopt_tokenisation(tiny):
-    """Generation starts from encode_prompt; completed samples re-encoded with encode_completion give the
-    same ids, and the log-probs equal world.sequence_logps (the tokenisation training used)."""
+def test_sampled_ids_and_logps_match_prefopt_tokenisation():
+    """Generation starts from encode_prompt and samples the same text as world.sample (same seed); a
+    finished sample's ids are what encode_completion gives for its text, and their log-probs equal
+    world.sequence_logps (the tokenisation training used). Evaluation scores the sampled ids themselves,
+    so a non-canonical sample (a random model emitting stray bytes) is scored as sampled."""
     from prefopt import world
+    from prefopt.models import load_trained
     from prefopt.tokenization import encode_completion, encode_prompt
 
-    model, tok = tiny
-    prompts = ["12+30=", "7+8="]
-    samples = generate_completions(model, tok, prompts, num_samples=4, max_new_tokens=12, seed=3)
-    texts = world.sample(model, tok, prompts, num_samples=4, max_new_tokens=12, seed=3)
-    assert [tok.decode(s["completion_ids"], skip_special_tokens=True) for s in samples] == [t for ts in texts for t in ts]
+    model, tok = load_trained(world.reference_checkpoint("arith"))
+    prompts = ["12+30=", "7+8=", "40+9="]
+    samples = generate_completions(model, tok, prompts, num_samples=4, max_new_tokens=8, seed=3)
+    texts = world.sample(model, tok, prompts, num_samples=4, max_new_tokens=8, seed=3)
+    decoded = [tok.decode(s["completion_ids"], skip_special_tokens=True) for s in samples]
+    assert decoded == [t for ts in texts for t in ts]
     done = [s for s in samples if s["completion_ids"][-1:] == [tok.eos_token_id]]
+    assert len(done) >= 6
     for s in done:
         p = prompts[s["prompt"]]
         assert s["prompt_ids"] == encode_prompt(tok, p)
         assert s["completion_ids"] == encode_completion(tok, p, tok.decode(s["completion_ids"], skip_special_tokens=True))
-    if done:
-        lp, _ = completion_logps(model, [(s["prompt_ids"], s["completion_ids"]) for s in done], pad_token_id=tok.pad_token_id)
-        ref = world.sequence_logps(model, tok, [prompts[s["prompt"]] for s in done],
-                                   [tok.decode(s["completion_ids"], skip_special_tokens=True) for s in done])
-        assert torch.allclose(lp.float(), ref.float(), atol=1e-4)
+        assert s["length"] == len(s["completion_ids"]) - 1
+    lp, _ = completion_logps(model, [(s["prompt_ids"], s["completion_ids"]) for s in done], pad_token_id=tok.pad_token_id)
+    ref = world.sequence_logps(model, tok, [prompts[s["prompt"]] for s in done],
+                               [tok.decode(s["completion_ids"], skip_special_tokens=True) for s in done])
+    assert torch.allclose(lp.float(), ref.float(), atol=1e-4)
 
 
 def test_unpaired_eval_rows_are_paired_by_prompt():
@@ -175,3 +181,16 @@ def test_length_batches_respect_rows_and_token_budget():
     assert sorted(i for b in batches for i in b) == list(range(6))
     for b in batches:
         assert len(b) <= 2 and len(b) * max(lengths[i] for i in b) <= 150 or len(b) == 1
+
+
+def test_without_held_out_data_evaluation_says_what_to_do(tiny):
+    from prefopt.evaluation import evaluate_models
+    from prefopt.recipe import load_recipe
+
+    model, tok = tiny
+    recipe = load_recipe(data={"algorithm": "simpo", "model": {"name": "builtin:tiny-arith"},
+                               "data": {"train": [{"source": "jsonl", "path": "x.jsonl"}]}})
+    res = evaluate_models(model, model, tok, recipe, None)
+    assert res["preference"] is None and res["sampling"] is None and "world" not in res
+    assert any("--data" in n for n in res["notes"])
+    assert res["reward_definition"].startswith("beta * mean-token")

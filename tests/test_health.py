@@ -247,3 +247,17 @@ def test_length_drift_from_the_probe(monkeypatch):
     assert rec["step"] == 2 and rec["mean_length"] == 7.0 and rec["reference_mean_length"] == 4.0
     assert rec["relative_change"] == pytest.approx(0.75)
     assert [r["mean_length"] for r in f.records if r["event"] == "probe"] == [4.0, 4.5, 7.0, 7.5, 4.0]
+
+
+def test_probe_prompts_come_from_the_held_out_split_first():
+    from datasets import Dataset
+
+    from prefopt.health import probe_prompts_for
+
+    recipe = _recipe("dpo")
+    held = Dataset.from_list([{"prompt": p} for p in ["1+1=", "1+1=", "2+2=", "3+3="]])
+    assert probe_prompts_for(recipe, held, None, n=2) == ["1+1=", "2+2="]
+    world = probe_prompts_for(recipe, None, None, n=3)  # world recipe: the world's test prompts
+    from prefopt import world as w
+
+    assert len(world) == 3 and set(world) <= set(w.get_task("arith").split("test"))

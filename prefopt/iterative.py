@@ -1,0 +1,258 @@
+"""Iterative (online) DPO: rounds of sample → score → pair → DPO, on the policy's own samples.
+
+Each round:
+
+1. **Sample** ``samples_per_prompt`` (k) completions for ``prompts_per_round`` training prompts from the
+   *current* policy (:func:`prefopt.world.sample`, temperature ``temperature``; prompts are fresh each
+   round while the task's training split lasts).
+2. **Score** each completion with ``scorer`` — a dotted path to a Python callable
+   ``f(prompt, completion) -> float`` (``module:function`` or ``module.function``; default
+   ``prefopt.iterative:world_reward``, the ground-truth world's true reward) — or with a reward model
+   saved by :mod:`prefopt.rlhf` (``reward_model: <run>/reward_model``).
+3. **Pair** best against worst per prompt (the highest- and lowest-scoring distinct completions; among
+   equal scores the more frequent one, i.e. the policy's dominant answer / dominant mistake). Prompts
+   whose samples all score the same (ties) give no pair and are skipped (counted).
+4. **DPO round** with :func:`prefopt.train.build_trainer` on a recipe derived from the base DPO recipe
+   (its loss and training settings, plus this section's ``loss``/``training`` overrides), on the
+   pairs tokenised by :mod:`prefopt.tokenization` — the same ids as every other trainer.
+
+**Reference.** With ``reference: initial`` (default) every round's DPO reference is the *original*
+starting policy (the world reference), as in the iterative-DPO / self-rewarding papers that keep
+π_ref fixed: TRL loads it from the starting checkpoint (the world reference's directory, or the
+initial weights saved into the run directory for a builtin base). ``reference: previous`` uses the
+previous round's policy instead (saved after each round). Evaluation — true reward and KL — is always
+against the original reference, after every round.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefopt.errors import PrefoptError
+
+log = logging.getLogger("prefopt")
+
+
+class IterativeDPOSection(BaseModel):
+    """``iterative_dpo:`` in a sweep (or a standalone config for :func:`run_iterative_dpo`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str | None = Field(None, description="Base DPO world recipe (relative to the sweep file); default: "
+                                               "the sweep's base or its first DPO entry's.")
+    rounds: int = Field(3, gt=0)
+    prompts_per_round: int = Field(1000, gt=0)
+    samples_per_prompt: int = Field(4, ge=2, description="k completions per prompt.")
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(8, gt=0)
+    scorer: str = Field("prefopt.iterative:world_reward",
+                        description="Dotted path to f(prompt, completion) -> float.")
+    reward_model: str | None = Field(None, description="A reward model directory (prefopt.rlhf); replaces scorer.")
+    reference: Literal["initial", "previous"] = "initial"
+    loss: dict[str, Any] = Field(default_factory=dict, description="DPO loss overrides, e.g. {beta: 0.1}.")
+    training: dict[str, Any] = Field(default_factory=dict, description="Training overrides for each round.")
+    overrides: list[str] = Field(default_factory=list, description="Extra `section.key=value` overrides.")
+
+
+# --------------------------------------------------------------------------------------------- scorers
+@cache
+def _prompt_tasks() -> dict[str, Any]:
+    from prefopt import world
+
+    return {p: t for t in world.TASKS.values() for p in t.all_prompts()}
+
+
+def world_reward(prompt: str, completion: str) -> float:
+    """The ground-truth world's true reward of ``completion`` for ``prompt`` (the task is found from the
+    prompt; 1.0 for the exact answer, else 0.0)."""
+    task = _prompt_tasks().get(prompt)
+    if task is None:
+        raise ValueError(f"world_reward: {prompt!r} is not a prompt of any world task")
+    return task.reward(prompt, completion)
+
+
+def load_callable(path: str) -> Callable:
+    """``package.module:function`` or ``package.module.function`` → the callable."""
+    mod_name, sep, attr = path.partition(":")
+    if not sep:
+        mod_name, _, attr = path.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise PrefoptError(f'cannot load the scorer "{path}": {exc}.', where="iterative_dpo.scorer",
+                           fix="name an importable callable as module:function, e.g. prefopt.iterative:world_reward.") from None
+    if not callable(obj):
+        raise PrefoptError(f'"{path}" is not callable.', where="iterative_dpo.scorer")
+    return obj
+
+
+def make_scorer(section: IterativeDPOSection, base_dir: Path | None = None) -> Callable[[list[str], list[str]], list[float]]:
+    """A batch scorer ``(prompts, completions) -> scores`` from the section's scorer or reward model."""
+    if section.reward_model:
+        from prefopt.rlhf import load_reward_model
+
+        p = Path(section.reward_model).expanduser()
+        if not p.is_absolute() and base_dir is not None:
+            p = base_dir / p
+        rm = load_reward_model(p)
+        return rm.score_text
+    fn = load_callable(section.scorer)
+    return lambda prompts, completions: [float(fn(p, c)) for p, c in zip(prompts, completions)]
+
+
+def best_vs_worst(prompts: list[str], samples: list[list[str]], scores: list[list[float]]) -> tuple[list[dict], dict]:
+    """One pair per prompt: best against worst distinct completion; ties (all equal) skipped."""
+    from prefopt.data.schema import compute_prompt_id
+
+    rows, ties = [], 0
+    for p, outs, sc in zip(prompts, samples, scores):
+        counts = Counter(outs)
+        best_score: dict[str, float] = {}
+        for c, s in zip(outs, sc):
+            best_score[c] = s
+        distinct = list(counts)
+        hi = max(best_score[c] for c in distinct)
+        lo = min(best_score[c] for c in distinct)
+        if hi == lo:
+            ties += 1
+            continue
+        chosen = max((c for c in distinct if best_score[c] == hi), key=lambda c: counts[c])
+        rejected = max((c for c in distinct if best_score[c] == lo), key=lambda c: counts[c])
+        rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "prompt_id": compute_prompt_id(p),
+                     "source": "iterative", "score_chosen": hi, "score_rejected": lo})
+    return rows, {"prompts": len(prompts), "pairs": len(rows), "ties_skipped": ties}
+
+
+# --------------------------------------------------------------------------------------------- rounds
+def round_recipe(section: IterativeDPOSection, base_recipe, reference_dir: str, seed: int):
+    """The DPO recipe of one round: the base recipe's DPO settings + the section's overrides, with the
+    model pointing at the reference directory (so TRL loads the reference from it)."""
+    from prefopt.recipe import load_recipe
+
+    data = base_recipe.to_dict()
+    if data["algorithm"] != "dpo":
+        data["loss"] = {}
+    data["algorithm"] = "dpo"
+    data["loss"] = {**data["loss"], **section.loss}
+    data["training"] = {**data["training"], **section.training}
+    data["seed"] = seed
+    data["model"] = {**data["model"], "name": reference_dir}
+    data["evaluation"] = {**data["evaluation"], "enabled": False}
+    try:
+        recipe = load_recipe(data=data, overrides=section.overrides)
+    except PrefoptError as err:
+        raise PrefoptError(f"the iterative DPO round recipe is invalid: {err}", where="iterative_dpo") from None
+    recipe._source_path = base_recipe.source_path
+    return recipe
+
+
+def _round_prompts(pool: list[str], n: int, r: int, rng_seed: int) -> list[str]:
+    order = list(pool)
+    random.Random(rng_seed).shuffle(order)
+    if n * r <= len(order):  # fresh prompts each round while the split lasts
+        return order[n * (r - 1) : n * r]
+    return random.Random(rng_seed + r).sample(order, min(n, len(order)))
+
+
+def run_iterative_dpo(section: IterativeDPOSection | dict, base_recipe, *, output_dir: str | Path,
+                      seed: int | None = None, evaluate: Callable | None = None) -> dict:
+    """Run the rounds; returns ``{"points": [...]}`` with one point per round (``algorithm:
+    iterative_dpo``, ``params: {round, beta}``, ``final`` on the last), each evaluated with ``evaluate``
+    (default :class:`prefopt.compare.WorldEvaluator`) against the original reference."""
+    from prefopt import world
+    from prefopt.callbacks import MetricsJsonlCallback
+    from prefopt.compare import Measure, WorldEvaluator, world_task
+    from prefopt.models import load_model
+    from prefopt.resilience import NonFiniteGuard
+    from prefopt.rlhf import _starting_checkpoint
+    from prefopt.tokenization import tokenize_dataset
+    from prefopt.train import build_trainer, resolve_batch
+
+    if isinstance(section, dict):
+        section = IterativeDPOSection(**section)
+    seed = base_recipe.seed if seed is None else seed
+    run_dir = Path(output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = world_task(base_recipe)
+    base_dir = base_recipe.source_path.parent if base_recipe.source_path else None
+    scorer = make_scorer(section, base_dir)
+    if evaluate is None:
+        evaluate = WorldEvaluator.for_task(task)
+    policy, tokenizer = load_model(base_recipe.model, seed=seed)
+    reference_dir = _starting_checkpoint(base_recipe, run_dir, policy)
+    initial_dir = reference_dir
+    pool = world.get_task(task).split("train")
+    points: list[dict] = []
+    t0 = time.perf_counter()
+    cum_cpu = 0.0
+    for r in range(1, section.rounds + 1):
+        rdir = run_dir / f"round{r}"
+        rdir.mkdir(parents=True, exist_ok=True)
+        recipe = round_recipe(section, base_recipe, reference_dir, seed)
+        with Measure() as m:
+            ts = time.perf_counter()
+            prompts = _round_prompts(pool, section.prompts_per_round, r, seed)
+            samples = world.sample(policy, tokenizer, prompts, num_samples=section.samples_per_prompt,
+                                   temperature=section.temperature, max_new_tokens=section.max_new_tokens,
+                                   seed=seed * 1000 + r)
+            flat_p = [p for p, outs in zip(prompts, samples) for _ in outs]
+            flat_c = [c for outs in samples for c in outs]
+            flat_s = scorer(flat_p, flat_c)
+            k = section.samples_per_prompt
+            scores = [flat_s[i * k : (i + 1) * k] for i in range(len(prompts))]
+            rows, stats = best_vs_worst(prompts, samples, scores)
+            stats["mean_score"] = sum(flat_s) / len(flat_s)
+            sample_s = time.perf_counter() - ts
+            log.info("iterative DPO round %d: %d pairs from %d prompts (%d ties skipped), mean score %.3f",
+                     r, stats["pairs"], stats["prompts"], stats["ties_skipped"], stats["mean_score"])
+            train_loss, steps, tripped = None, 0, None
+            tt = time.perf_counter()
+            if rows:
+                from datasets import Dataset
+
+                train_tok, _ = tokenize_dataset(Dataset.from_list(rows), "paired", tokenizer,
+                                                recipe.training.get("max_length"), recipe.training.get("max_prompt_length"))
+                training = resolve_batch(recipe)
+                training.setdefault("save_strategy", "no")
+                policy.config._name_or_path = reference_dir  # TRL's DPOTrainer loads the reference from here
+                guard = NonFiniteGuard()
+                trainer = build_trainer(recipe, policy, tokenizer, train_tok, None, output_dir=str(rdir / "checkpoints"),
+                                        callbacks=[MetricsJsonlCallback(rdir / "metrics.jsonl"), guard], training=training)
+                result = trainer.train()
+                train_loss, steps, tripped = result.training_loss, trainer.state.global_step, guard.tripped
+                policy = trainer.accelerator.unwrap_model(trainer.model)
+                del trainer
+            train_s = time.perf_counter() - tt
+            if section.reference == "previous":
+                policy.save_pretrained(rdir / "model", safe_serialization=True)
+                reference_dir = str(rdir / "model")
+            policy.config._name_or_path = initial_dir
+            evaluation = evaluate(policy)
+        cum_cpu += m.result["cpu_s"]
+        point = {
+            "name": f"iterative_dpo-round{r}-seed{seed}", "algorithm": "iterative_dpo",
+            "params": {"round": r, "beta": recipe.loss_params.beta}, "seed": seed,
+            "status": "failed" if tripped else "finished",
+            "error": f"non-finite {tripped[1]} at step {tripped[0]}" if tripped else None,
+            "final": r == section.rounds, "run_dir": str(rdir), "round": stats, "global_step": steps,
+            "train_loss": train_loss, "train_rows": stats["pairs"], "sample_s": round(sample_s, 2),
+            "train_s": round(train_s, 2), **m.result, "eval": evaluation,
+            "reference": "initial" if section.reference == "initial" else "previous round",
+            "cumulative_wall_s": round(time.perf_counter() - t0, 2), "cumulative_cpu_s": round(cum_cpu, 2),
+        }
+        points.append(point)
+        log.info("iterative DPO round %d: true reward %.3f, KL %.3f", r, evaluation.get("reward_sampled", float("nan")),
+                 evaluation.get("kl_to_reference", float("nan")))
+        if tripped:
+            break
+    return {"points": points, "wall_s": round(time.perf_counter() - t0, 2)}

@@ -1,0 +1,386 @@
+"""The RLHF baseline: a Bradley-Terry reward model trained on the same preference pairs, then the policy
+trained against it on-policy with a KL penalty to the same reference (the classic "DPO vs PPO" study).
+
+1. **Reward model** — ``trl.RewardTrainer`` (loss −log σ(r(x, y_w) − r(x, y_l))) on the base recipe's
+   world pairs, tokenised once by prefopt (:func:`prefopt.train.prepare_data`; the same rows, ids and
+   dedupe as the DPO points). Each sequence is ``prompt_ids + completion_ids`` exactly as the policy
+   sees it, EOS included; the scalar is read at the last non-pad token (the EOS). The model is a Llama
+   sequence classifier (``num_labels=1``, ``pad_token_id`` from the tokenizer): with
+   ``reward_model.init: reference`` (default) the world reference's trunk plus a fresh linear head,
+   with ``init: builtin`` a freshly initialised builtin model (``prefopt.models.builtin_config``).
+2. **Policy** — ``trl.RLOOTrainer`` (REINFORCE leave-one-out, Ahmadian et al. 2024; ``policy.trainer:
+   grpo`` picks ``trl.GRPOTrainer``) with generation by ``transformers.generate`` (``use_vllm=False``),
+   ``num_generations`` samples per prompt, at most ``max_completion_length`` new tokens, temperature 1.
+   The KL penalty is RLOO's: ``beta`` × the sequence log-ratio log π(y|x) − log π_ref(y|x) subtracted
+   from the reward (GRPO: β·KL in the loss). The reference is the world reference itself: TRL loads it
+   from the policy's checkpoint path, which for ``world:<task>`` is :func:`prefopt.world.reference_checkpoint`
+   (for a builtin base, the initial weights are saved to the run dir first). Prompts are the distinct
+   prompts of the preference data, as text.
+
+Tokenisation: RLOO/GRPO tokenise text prompts with ``processing_class(text=prompts)`` (special tokens
+on), which is :func:`prefopt.tokenization.encode_prompt` for text prompts — for the builtin byte-level
+tokenizer, no BOS either way; :func:`check_prompt_tokenisation` asserts it before training. The reward
+model is passed to TRL as a *callable* (:class:`RewardModelScorer`), not as a model: TRL scores a model
+by re-tokenising ``prompt + decoded completion`` with ``add_special_tokens=False`` and no EOS, which is
+not what the reward model was trained on; the scorer uses the generated ids, cut after the first EOS.
+
+The world's true reward is logged during training as a second reward function with weight 0
+(``rewards/true_reward/mean`` in ``metrics.jsonl``); it never reaches the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger("prefopt")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RewardModelSection(_Strict):
+    init: Literal["reference", "builtin"] = Field(
+        "reference", description="'reference': the world reference's trunk + a new scalar head; 'builtin': fresh.")
+    learning_rate: float = Field(1e-3, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
+    per_device_train_batch_size: int = Field(32, gt=0)
+    center_rewards_coefficient: float | None = Field(0.01, description="TRL's reward-centering term (None = off).")
+    extra: dict[str, Any] = Field(default_factory=dict, description="More trl.RewardConfig fields, verbatim.")
+
+
+class PolicySection(_Strict):
+    trainer: Literal["rloo", "grpo"] = "rloo"
+    beta: float | list[float] = Field(0.05, description="KL coefficient; a list gives one policy (and point) each.")
+    learning_rate: float = Field(3e-4, gt=0)
+    max_steps: int = Field(150, gt=0)
+    per_device_train_batch_size: int = Field(32, gt=0, description="Completions per step (prompts × generations).")
+    num_generations: int = Field(4, ge=2)
+    max_completion_length: int = Field(8, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: int = 5
+    extra: dict[str, Any] = Field(default_factory=dict, description="More trl.RLOOConfig / GRPOConfig fields.")
+
+
+class RLHFSection(_Strict):
+    """``rlhf:`` in a sweep (or a standalone config for :func:`run_rlhf`)."""
+
+    base: str | None = Field(None, description="World DPO recipe for model + data (relative to the sweep file); "
+                                               "default: the sweep's base or its first DPO entry's.")
+    reward_model: RewardModelSection = Field(default_factory=RewardModelSection)
+    policy: PolicySection = Field(default_factory=PolicySection)
+    log_true_reward: bool = Field(True, description="Log the true reward (weight 0) while training the policy.")
+    max_prompts: int | None = Field(None, gt=0, description="Cap on the number of training prompts.")
+
+
+# --------------------------------------------------------------------------------------------- scoring
+class RewardModelScorer:
+    """A TRL reward function backed by a sequence-classification reward model, on prefopt's ids.
+
+    Called by RLOO/GRPO as ``f(prompts=..., completions=..., completion_ids=..., **kw)``; scores
+    ``encode_prompt(prompt) + completion_ids`` (cut after the first EOS, which is kept). Also usable as
+    ``scorer(prompt, completion)`` (text), tokenised with :func:`prefopt.tokenization.encode_completion`."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, model, tokenizer, batch_size: int = 256):
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+
+    @torch.no_grad()
+    def score_ids(self, sequences: list[list[int]]) -> list[float]:
+        pad = self.tokenizer.pad_token_id
+        device = next(self.model.parameters()).device
+        out: list[float] = []
+        for s in range(0, len(sequences), self.batch_size):
+            chunk = sequences[s : s + self.batch_size]
+            width = max(len(x) for x in chunk)
+            ids = torch.full((len(chunk), width), pad)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, x in enumerate(chunk):
+                ids[j, : len(x)] = torch.tensor(x)
+                mask[j, : len(x)] = 1
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            out.extend(logits[:, 0].float().cpu().tolist())
+        return out
+
+    def sequences(self, prompts, completion_ids) -> list[list[int]]:
+        from prefopt.tokenization import encode_prompt
+
+        eos = self.tokenizer.eos_token_id
+        seqs = []
+        for p, c in zip(prompts, completion_ids):
+            c = list(c)
+            if eos in c:
+                c = c[: c.index(eos) + 1]
+            seqs.append(encode_prompt(self.tokenizer, p) + c)
+        return seqs
+
+    def __call__(self, prompts=None, completions=None, completion_ids=None, **_):
+        if isinstance(prompts, str):  # scorer(prompt, completion) — the iterative-DPO calling convention
+            return self.score_text([prompts], [completions])[0]
+        if completion_ids is None:
+            return self.score_text(prompts, completions)
+        return self.score_ids(self.sequences(prompts, completion_ids))
+
+    def score_text(self, prompts: list[str], completions: list[str]) -> list[float]:
+        from prefopt.tokenization import encode_completion, encode_prompt
+
+        return self.score_ids([encode_prompt(self.tokenizer, p) + encode_completion(self.tokenizer, p, c)
+                               for p, c in zip(prompts, completions)])
+
+
+class TrueReward:
+    """The world task's true reward as a TRL reward function (logged with weight 0)."""
+
+    __name__ = "true_reward"
+
+    def __init__(self, task: str):
+        from prefopt import world
+
+        self.task = world.get_task(task)
+
+    def __call__(self, prompts=None, completions=None, **_):
+        return [self.task.reward(p, c) for p, c in zip(prompts, completions)]
+
+
+def load_reward_model(path: str | Path):
+    """A reward model saved by :func:`run_rlhf` (``<run>/reward_model``) as a scorer."""
+    from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
+
+    from prefopt.models import BUILTIN_DIR
+
+    path = Path(path)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception:  # noqa: BLE001 - the builtin tokenizer
+        tok = PreTrainedTokenizerFast.from_pretrained(str(BUILTIN_DIR))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    return RewardModelScorer(model, tok)
+
+
+# --------------------------------------------------------------------------------------------- stages
+def _starting_checkpoint(recipe, run_dir: Path, policy) -> str:
+    """A directory holding the starting policy's weights (TRL loads the reference from it)."""
+    import os
+
+    path = getattr(policy.config, "_name_or_path", "") or ""
+    if path and os.path.isdir(path):
+        return path
+    out = run_dir / "reference"
+    policy.save_pretrained(out, safe_serialization=True)
+    policy.config._name_or_path = str(out)
+    return str(out)
+
+
+def build_reward_model(section: RewardModelSection, recipe, tokenizer, seed: int):
+    from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
+
+    name = recipe.model.name
+    if section.init == "builtin" or name.startswith("builtin:"):
+        from prefopt.models import builtin_config
+
+        key = name.split(":", 1)[1] if name.startswith("builtin:") else "tiny-arith"
+        config = builtin_config(key)
+        config.num_labels = 1
+        config.pad_token_id = tokenizer.pad_token_id
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForSequenceClassification(config)
+        return model
+    if name.startswith("world:"):
+        from prefopt import world
+
+        path = str(world.reference_checkpoint(name.split(":", 1)[1]))
+    else:
+        from prefopt.models import _resolve_pretrained
+
+        path = _resolve_pretrained(name, revision=recipe.model.revision, what="model")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the new head's initialisation
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def reward_pairs(paired_tok):
+    """Tokenised DPO pairs → RewardTrainer rows: full sequences ``prompt + chosen`` / ``prompt + rejected``."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({
+        "chosen_ids": [p + c for p, c in zip(paired_tok["prompt_ids"], paired_tok["chosen_ids"])],
+        "rejected_ids": [p + r for p, r in zip(paired_tok["prompt_ids"], paired_tok["rejected_ids"])],
+    })
+
+
+def train_reward_model(section: RewardModelSection, recipe, tokenizer, paired_tok, run_dir: Path, seed: int):
+    from trl import RewardConfig, RewardTrainer
+
+    from prefopt.callbacks import MetricsJsonlCallback
+
+    model = build_reward_model(section, recipe, tokenizer, seed)
+    cfg = RewardConfig(
+        output_dir=str(run_dir / "rm-checkpoints"), learning_rate=section.learning_rate,
+        num_train_epochs=section.num_train_epochs, max_steps=section.max_steps,
+        per_device_train_batch_size=section.per_device_train_batch_size,
+        center_rewards_coefficient=section.center_rewards_coefficient,
+        seed=seed, data_seed=seed, report_to="none", save_strategy="no", logging_steps=10,
+        activation_checkpointing=False, bf16=False, max_length=None, dataloader_num_workers=0,
+        **section.extra,
+    )
+    trainer = RewardTrainer(model=model, args=cfg, train_dataset=reward_pairs(paired_tok), processing_class=tokenizer,
+                            callbacks=[MetricsJsonlCallback(run_dir / "reward_model_metrics.jsonl")])
+    result = trainer.train()
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    model.save_pretrained(run_dir / "reward_model", safe_serialization=True)
+    tokenizer.save_pretrained(run_dir / "reward_model")
+    return model, {"global_step": trainer.state.global_step, "train_loss": result.training_loss}
+
+
+def reward_model_accuracy(scorer: RewardModelScorer, pairs: list[dict]) -> float | None:
+    """Fraction of held-out pairs the reward model ranks right."""
+    if not pairs:
+        return None
+    prompts = [r["prompt"] for r in pairs]
+    rc = torch.tensor(scorer.score_text(prompts, [r["chosen"] for r in pairs]))
+    rr = torch.tensor(scorer.score_text(prompts, [r["rejected"] for r in pairs]))
+    return float((rc > rr).double().mean())
+
+
+def check_prompt_tokenisation(trainer, tokenizer, prompts: list[str]) -> None:
+    """TRL's generation must start from exactly the ids prefopt trains and evaluates on."""
+    from prefopt.tokenization import encode_prompt
+
+    theirs = trainer._tokenize_prompts(list(prompts))[0]
+    ours = [encode_prompt(tokenizer, p) for p in prompts]
+    if [list(t) for t in theirs] != ours:
+        raise RuntimeError(f"TRL tokenises prompts differently from prefopt: {theirs[:2]} vs {ours[:2]}")
+
+
+def train_policy(section: PolicySection, beta: float, recipe, reward_scorer, task: str, prompts: list[str],
+                 run_dir: Path, seed: int, log_true_reward: bool = True):
+    from datasets import Dataset
+
+    from prefopt.callbacks import MetricsJsonlCallback
+    from prefopt.models import load_model
+    from prefopt.resilience import NonFiniteGuard
+
+    if section.trainer == "rloo":
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+    else:
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+    policy, tokenizer = load_model(recipe.model, seed=seed)
+    ref_path = _starting_checkpoint(recipe, run_dir, policy)
+    funcs: list[Callable] = [reward_scorer]
+    weights = [1.0]
+    if log_true_reward:
+        funcs.append(TrueReward(task))
+        weights.append(0.0)
+    cfg = Config(
+        output_dir=str(run_dir / "checkpoints"), beta=beta, learning_rate=section.learning_rate,
+        max_steps=section.max_steps, per_device_train_batch_size=section.per_device_train_batch_size,
+        num_generations=section.num_generations, max_completion_length=section.max_completion_length,
+        temperature=section.temperature, lr_scheduler_type=section.lr_scheduler_type,
+        warmup_steps=section.warmup_steps, reward_weights=weights, use_vllm=False,
+        seed=seed, data_seed=seed, report_to="none", save_strategy="no", logging_steps=10,
+        activation_checkpointing=False, bf16=False, dataloader_num_workers=0,
+        **section.extra,
+    )
+    guard = NonFiniteGuard()
+    trainer = Trainer(model=policy, reward_funcs=funcs, args=cfg, train_dataset=Dataset.from_dict({"prompt": prompts}),
+                      processing_class=tokenizer, callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl"), guard])
+    check_prompt_tokenisation(trainer, tokenizer, prompts[:64])
+    ref_model = getattr(trainer, "ref_model", None)
+    ref_from = getattr(getattr(ref_model, "config", None), "_name_or_path", None)
+    result = trainer.train()
+    if guard.tripped:
+        raise RuntimeError(f"RLHF policy: non-finite {guard.tripped[1]} at step {guard.tripped[0]}")
+    policy = trainer.accelerator.unwrap_model(trainer.model).eval()
+    info = {"trainer": f"{type(trainer).__module__}.{type(trainer).__qualname__}", "global_step": trainer.state.global_step,
+            "train_loss": result.training_loss, "reference_checkpoint": ref_from or ref_path}
+    return policy, tokenizer, info
+
+
+# --------------------------------------------------------------------------------------------- entry point
+def run_rlhf(section: RLHFSection | dict, base_recipe, *, output_dir: str | Path, seed: int | None = None,
+             evaluate: Callable | None = None, data_cache=None) -> dict:
+    """Reward model, then one policy per ``policy.beta``; each policy is evaluated like the DPO points.
+
+    ``base_recipe`` is a world recipe (a :class:`prefopt.recipe.Recipe`; its algorithm's data kind is
+    used only to find the paired data — any algorithm works, its loss is ignored). Returns
+    ``{"reward_model": {...}, "points": [...]}``; each point has ``algorithm: rlhf``, ``params:
+    {beta}``, ``eval`` (the ``evaluate`` result, default :class:`prefopt.compare.WorldEvaluator`),
+    timings and peak memory."""
+    from prefopt.compare import Measure, WorldEvaluator, world_task
+    from prefopt.models import load_tokenizer
+    from prefopt.recipe import load_recipe
+
+    if isinstance(section, dict):
+        section = RLHFSection(**section)
+    seed = base_recipe.seed if seed is None else seed
+    run_dir = Path(output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = world_task(base_recipe)
+    # the same paired data as the DPO points: the base recipe as DPO, same data section and seed
+    data = base_recipe.to_dict()
+    data.update(algorithm="dpo", loss={}, seed=seed)
+    recipe = load_recipe(data=data)
+    recipe._source_path = base_recipe.source_path
+    tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.name)
+    if data_cache is None:
+        from prefopt.compare import TokenizedCache
+
+        data_cache = TokenizedCache()
+    if evaluate is None:
+        evaluate = WorldEvaluator.for_task(task)
+    t0 = time.perf_counter()
+    with Measure() as m_rm:
+        train_tok, _eval_tok, train_ds, _, _report = data_cache.get(recipe, tokenizer)
+        rm, rm_info = train_reward_model(section.reward_model, recipe, tokenizer, train_tok, run_dir, seed)
+        scorer = RewardModelScorer(rm, tokenizer)
+        rm_info["heldout_accuracy"] = reward_model_accuracy(scorer, getattr(evaluate, "pairs", []))
+        rm_info["train_pairs"] = len(train_tok)
+    log.info("rlhf: reward model trained (%d steps), held-out pair accuracy %s, %.0fs", rm_info["global_step"],
+             rm_info["heldout_accuracy"], m_rm.result["wall_s"])
+    rm_info.update(m_rm.result)
+    prompts = list(dict.fromkeys(train_ds["prompt"]))
+    if section.max_prompts:
+        prompts = prompts[: section.max_prompts]
+    betas = section.policy.beta if isinstance(section.policy.beta, list) else [section.policy.beta]
+    points = []
+    for beta in betas:
+        pdir = run_dir / f"beta{beta:g}"
+        pdir.mkdir(parents=True, exist_ok=True)
+        with Measure() as m:
+            policy, tok, info = train_policy(section.policy, beta, recipe, scorer, task, prompts, pdir, seed,
+                                             section.log_true_reward)
+            t_train = m_rm.result["wall_s"]  # the shared reward model is part of every RLHF point's cost
+            evaluation = evaluate(policy)
+        point = {
+            "name": f"rlhf-beta{beta:g}-seed{seed}", "algorithm": "rlhf", "params": {"beta": beta}, "seed": seed,
+            "status": "finished", "run_dir": str(pdir), **info, "train_rows": len(prompts),
+            "train_s": round(m.result["wall_s"] - evaluation.get("eval_s", 0.0) + t_train, 2),
+            "wall_s": round(m.result["wall_s"] + m_rm.result["wall_s"], 2),
+            "cpu_s": round(m.result["cpu_s"] + m_rm.result["cpu_s"], 2),
+            "peak_rss_mb": max(m.result["peak_rss_mb"], m_rm.result["peak_rss_mb"]),
+            "peak_rss_delta_mb": max(m.result["peak_rss_delta_mb"], m_rm.result["peak_rss_delta_mb"]),
+            "reward_model": rm_info, "eval": evaluation,
+        }
+        points.append(point)
+        del policy
+    return {"reward_model": rm_info, "points": points, "wall_s": round(time.perf_counter() - t0, 2)}
