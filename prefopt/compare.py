@@ -14,7 +14,7 @@ iterative (online) DPO (:mod:`prefopt.iterative`), and measures every point the 
   reference), so the column compares policies, not loss scales; ``logp_accuracy`` is the ranking by
   log π alone;
 * **wall time** (and process CPU time, which does not depend on how busy a shared machine is) and
-  **peak memory** (resident set size sampled every 20 ms while the point runs; the CUDA peak too on
+  **peak memory** (resident set size sampled every 50 ms while the point runs; the CUDA peak too on
   a GPU).
 
 Outputs, under the sweep's ``output`` directory: one run directory per point (``resolved.yaml``,
@@ -93,7 +93,8 @@ class CompareEvaluation(_Strict):
     samples_per_prompt: int = Field(4, gt=0, description="Sampled completions per prompt (T = 1).")
     max_new_tokens: int = Field(8, gt=0)
     seed: int = Field(1234, description="Sampling seed (the same for every point).")
-    pref_pairs: int = Field(300, ge=0, description="Held-out preference pairs (world test split); 0 = skip.")
+    pref_prompts: int = Field(300, ge=0, description="Held-out prompts the preference pairs are drawn from "
+                                                     "(world test split, up to 2 pairs each); 0 = skip.")
 
 
 class Sweep(_Strict):
@@ -107,6 +108,9 @@ class Sweep(_Strict):
     reuse_tokenized: bool = Field(True, description="Tokenise once per (data, kind, seed, tokenizer, lengths).")
     reference_cache: bool = Field(True, description="Set reference_cache.enabled on points that use a reference.")
     save_models: bool = Field(False, description="Save each point's model under its run dir.")
+    threads: int | None = Field(1, gt=0, description=(
+        "torch intra-op threads while the sweep runs (null: torch's default). 1 is fastest for the tiny world "
+        "model and does not collapse when other processes share the cores."))
     output: str = Field("runs/compare-{timestamp}", description="Output dir (relative to the working dir).")
 
     _source_path: Path | None = None
@@ -284,7 +288,7 @@ class Measure:
     than that can be missed; ``ru_maxrss`` cannot be used per point because it only grows over the
     process's life. On a GPU the CUDA allocator's peak is reset and read too."""
 
-    def __init__(self, interval: float = 0.02):
+    def __init__(self, interval: float = 0.05):
         self.interval = interval
         self.result: dict[str, float] = {}
 
@@ -345,7 +349,7 @@ class WorldEvaluator:
         self.task, self.reference, self.tokenizer = task, reference, tokenizer
         self.settings = settings or CompareEvaluation()
         s = self.settings
-        self.pairs = world.preference_rows(task, s.pref_pairs, split="test", seed=s.seed) if s.pref_pairs else []
+        self.pairs = world.preference_rows(task, s.pref_prompts, split="test", seed=s.seed) if s.pref_prompts else []
         self._ref_lp = self._logps(reference) if self.pairs else None
         self.reference_result = self._sampling(reference, with_kl=False)
         self.reference_result["kl_to_reference"] = 0.0
@@ -552,15 +556,26 @@ def run_sweep(sweep: Sweep, *, output_dir: str | Path | None = None, rerun: bool
     ``only`` restricts the run to some of: the grid's algorithms, ``rlhf``, ``iterative_dpo``."""
     import torch
 
+    plan = plan_sweep(sweep, only)
+    threads_before = torch.get_num_threads()
+    if sweep.threads:
+        torch.set_num_threads(sweep.threads)
+    try:
+        return _run_plan(sweep, plan, output_dir=output_dir, rerun=rerun)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
+    import torch
+
     from prefopt import manifest, world
     from prefopt.models import load_trained
     from prefopt.recipe import dump_resolved
 
-    plan = plan_sweep(sweep, only)
     points, task = plan.points, plan.task
     run_rlhf, run_iter = plan.rlhf is not None, plan.iterative_dpo is not None
     rlhf_section, iter_section, side_bases = plan.rlhf, plan.iterative_dpo, plan.side_bases
-
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(output_dir) if output_dir else Path(sweep.output.format(timestamp=stamp)).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -763,7 +778,7 @@ def format_markdown(summary: dict) -> str:
         "",
         f"True reward: mean exact-answer reward on {ev['num_prompts']} held-out prompts, {ev['samples_per_prompt']} "
         f"samples each at T = 1 (sampled) and one greedy answer; KL(π‖π_ref) on those samples (nats/sequence). "
-        f"Pref. acc.: held-out pairs ({ev['pref_pairs']}, world test split) ranked by log π − log π_ref "
+        f"Pref. acc.: held-out pairs (drawn from {ev['pref_prompts']} world test prompts) ranked by log π − log π_ref "
         "(summed over the reply, the same for every algorithm); logp acc.: ranked by log π alone. "
         "Wall/CPU s and peak RSS cover training and evaluation of the point (rlhf: reward model + policy; "
         "iterative DPO: cumulative up to that round, sampling and per-round evaluation included); train s is "

@@ -172,6 +172,13 @@ class ORPOLoss(_Loss):
     """Hong et al. 2024 (ORPO): NLL(chosen) − λ·log σ(log-odds ratio)."""
 
     lam: float = Field(0.1, gt=0, description="λ: weight of the odds-ratio term (TRL's `beta`).")
+    nll_on_prompt: bool = Field(
+        False,
+        description=(
+            "false (default, the paper's L_SFT = −log P(y_w|x)): the NLL term covers the chosen completion's "
+            "tokens, averaged per example. true: TRL's / the reference code's NLL over prompt + completion tokens."
+        ),
+    )
 
 
 class SimPOLoss(_Loss):

@@ -38,9 +38,11 @@ process writes; on a hit the main process reads and broadcasts the (small) array
 not see the cache directory.
 
 **Wiring.** :class:`ReferenceCacheMixin` goes in front of ``trl.DPOTrainer``/``trl.KTOTrainer`` in the
-prefopt trainer classes; with ``reference_cache={...}`` it replaces TRL's ``_precompute_ref_logps``
-(which always recomputes, or reuses a file in the datasets cache whose key omits ``max_length``,
-``ld_alpha`` and the autocast precision). The TRL config must have ``precompute_ref_log_probs=True``.
+prefopt trainer classes; with ``reference_cache={...}`` it replaces TRL's ``_precompute_ref_logps``.
+(TRL 1.16 reuses its own precomputed log-probs only for a dataset loaded from files and an identical
+config: its key is the tokenised dataset's fingerprint, which hashes the whole config — β included —
+through a closure, so no two points of a sweep share them, and in-memory datasets never do.) The TRL
+config must have ``precompute_ref_log_probs=True``.
 """
 
 from __future__ import annotations

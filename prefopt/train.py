@@ -131,6 +131,8 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_tok, eval_tok, *, outp
         for p in ref.parameters():
             p.requires_grad_(False)
         kwargs["ref_model"] = ref
+    if recipe.algorithm == "orpo":
+        kwargs["nll_on_prompt"] = recipe.loss_params.nll_on_prompt
     if recipe.algorithm in ("dpo", "ipo"):
         lp = recipe.loss_params
         if recipe.algorithm == "dpo" and lp.label_smoothing > 0:

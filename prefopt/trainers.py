@@ -144,7 +144,24 @@ class _LegacyTokenizationMixin:
 
 
 class PrefoptORPOTrainer(_LegacyTokenizationMixin, ORPOTrainer):
-    """``trl.experimental.orpo.ORPOTrainer`` on prefopt's tokenisation (TRL's loss, unchanged)."""
+    """``trl.experimental.orpo.ORPOTrainer`` on prefopt's tokenisation.
+
+    The odds-ratio term is TRL's. The NLL term is the paper's by default (Hong et al. 2024, Eq. 2:
+    L_SFT = −(1/m)·log P(y_w|x), the chosen completion's mean token NLL, per example): TRL's is one
+    token-mean over prompt *and* completion tokens of the whole batch, which on short answers after long
+    prompts is mostly language modelling of the prompt. ``loss.nll_on_prompt: true`` keeps TRL's.
+    """
+
+    def __init__(self, *args, nll_on_prompt: bool = False, **kwargs):
+        self.nll_on_prompt = nll_on_prompt
+        super().__init__(*args, **kwargs)
+
+    def concatenated_forward(self, model, batch):
+        out = super().concatenated_forward(model, batch)
+        if self.nll_on_prompt:
+            return out
+        chosen_avg_logps = out[0]  # average log-prob of each chosen completion (labels mask the prompt)
+        return (*out[:4], -chosen_avg_logps.mean(), *out[5:])
 
 
 class PrefoptCPOTrainer(_LegacyTokenizationMixin, CPOTrainer):

@@ -131,10 +131,10 @@ class WarmStart:
 
     base: str = "tiny-arith"
     seed: int = 0
-    steps: int = 700
+    steps: int = 1200
     batch_size: int = 64
     learning_rate: float = 3e-3
-    noise: float = 0.25  # fraction of demonstrations that are near-misses
+    noise: float = 0.4  # fraction of demonstrations that are near-misses
     demos: int = 20000
 
 
@@ -371,16 +371,18 @@ def _draw_rows(task: Task, size, split, seed, num_samples, noise, kind, pairs_pe
         distinct = list(dict.fromkeys(outs))
         good = [c for c in distinct if task.reward(p, c) > 0]
         bad = [c for c in distinct if task.reward(p, c) == 0 and c.strip()]
-        if kind == "unpaired":
-            for c in (distinct if good else [*distinct, task.answer(p)]):
-                if not c.strip():
-                    continue
-                r = task.reward(p, c)
-                rows.append({"prompt": p, "completion": c, "label": bool(r > 0), "prompt_id": pid,
-                             "source": source, "score": r})
-            continue
         chosen = good[0] if good else task.answer(p)
         rejected_all = bad[:pairs_per_prompt] or [task.near_miss(p, rng)]
+        if kind == "unpaired":
+            # the unpaired view of the same pairs (as KTO's paper compares): one desirable and one
+            # undesirable row per pair, so the labels are balanced and λ_D = λ_U = 1 fits the 1:1–4:3 rule
+            for rejected in rejected_all:
+                flip = noise > 0 and rng.random() < noise
+                rows.append({"prompt": p, "completion": chosen, "label": not flip, "prompt_id": pid,
+                             "source": source, "score": None if noise > 0 else 1.0})
+                rows.append({"prompt": p, "completion": rejected, "label": flip, "prompt_id": pid,
+                             "source": source, "score": None if noise > 0 else 0.0})
+            continue
         for rejected in rejected_all:
             c, r = chosen, rejected
             if noise > 0 and rng.random() < noise:

@@ -23,6 +23,7 @@ def _common(algorithm: str, out: Path, per_device: int) -> list[str]:
         "--config", str(QUICKSTART / f"{algorithm}.yaml"), "--output-dir", str(out),
         "--set", f"training.per_device_train_batch_size={per_device}", "--set", "training.global_batch_size=8",
         "--set", "training.max_steps=4", "--set", "training.logging_steps=1", "--set", "training.warmup_steps=0",
+        "--set", "training.learning_rate=1e-3",
         "--set", "data.train.0.size=48", "--set", "evaluation.enabled=false",
     ]
 

@@ -61,6 +61,7 @@ CASES = [
     pytest.param("ipo", {"tau": 0.2, "length_normalize": False}, True, id="ipo-summed"),
     pytest.param("kto", {"beta": 0.5, "desirable_weight": 1.2, "undesirable_weight": 1.0}, None, id="kto"),
     pytest.param("orpo", {"lam": 0.5}, None, id="orpo"),
+    pytest.param("orpo", {"lam": 0.5, "nll_on_prompt": True}, None, id="orpo-trl-nll"),
     pytest.param("simpo", {"beta": 2.0, "gamma_beta_ratio": 0.5}, None, id="simpo"),
     pytest.param(
         "simpo", {"beta": 2.0, "gamma_beta_ratio": 0.5, "label_smoothing": 0.2}, None, id="simpo-ls"
@@ -173,20 +174,22 @@ def _independent_loss(algorithm: str, lp, policy, ref, tok) -> tuple[torch.Tenso
         # prompt + chosen completion except each sequence's first (nothing predicts it): prompt tokens and EOS
         # included, padding excluded.
         all_tokens = torch.cat([s.per_token for s in chosen])
-        parts["nll"] = -all_tokens.mean()
+        avg_c, avg_r = losses.average_logps(pc, lc), losses.average_logps(pr, lr)
+        # prefopt's default (nll_on_prompt false) is the paper's L_SFT: each chosen completion's mean token
+        # NLL, averaged over the batch — orpo_loss's own default nll
+        parts["nll"] = -all_tokens.mean() if lp.nll_on_prompt else -avg_c.mean()
         # two other token sets, to show the test pins TRL's down: the response only (the paper's L_SFT,
         # orpo_loss's default) and prompt + response without EOS (the reference code masks pad = EOS)
         parts["other_nlls"] = {
             "response only": -(pc.sum() / lc.sum()),
             "without EOS": -torch.cat([s.per_token[~s.is_eos] for s in chosen]).mean(),
         }
-        avg_c, avg_r = losses.average_logps(pc, lc), losses.average_logps(pr, lr)
         parts["avg"] = torch.cat([avg_c, avg_r]).detach()
         parts["log_odds"] = losses.orpo_log_odds(avg_c, avg_r)
         parts["odds_term"] = losses.orpo_loss(
             pc, pr, lc, lr, lam=lp.lam, nll=0.0
         ).mean()  # −λ·mean(ls(log_odds))
-        per_example = losses.orpo_loss(pc, pr, lc, lr, lam=lp.lam, nll=parts["nll"])
+        per_example = losses.orpo_loss(pc, pr, lc, lr, lam=lp.lam, nll=parts["nll"] if lp.nll_on_prompt else None)
     else:  # simpo: CPOTrainer averages over the completion tokens (average_log_prob=True for loss_type="simpo")
         per_example = losses.simpo_loss(
             pc,
@@ -307,7 +310,8 @@ def test_trainer_loss_and_gradients_match_prefopt_losses(algorithm, loss, overri
         assert abs((trainer_loss.item() - m["nll_loss"][-1]) - parts["odds_term"].item()) <= LOSS_TOL
         # both log1mexp branches are used (average log-prob above and below −ln 2)
         assert (parts["avg"] > -0.6931).any() and (parts["avg"] < -0.6931).any(), parts["avg"]
-        for name, other in parts["other_nlls"].items():
-            assert abs(m["nll_loss"][-1] - other.item()) > 100 * LOSS_TOL, (
-                f"TRL's NLL token set is not '{name}'"
-            )
+        if lp.nll_on_prompt:
+            for name, other in parts["other_nlls"].items():
+                assert abs(m["nll_loss"][-1] - other.item()) > 100 * LOSS_TOL, (
+                    f"TRL's NLL token set is not '{name}'"
+                )
