@@ -176,7 +176,7 @@ def ensure_integration() -> list[str]:
 
 
 def batching_off() -> None:
-    """prefopt without length grouping and without the split forward (to isolate other overheads)."""
+    """prefopt without the split forward and without length grouping: exactly TRL's work per step."""
     from prefopt.batching import LengthGroupingMixin
 
     LengthGroupingMixin._split_enabled = lambda self: False
@@ -185,11 +185,11 @@ def batching_off() -> None:
 
 def prefopt_recipe(data_path: Path, out_dir: Path, *, algorithm: str = "dpo", batch: int, steps: int | None = None,
                    epochs: float | None = None, max_length: int, beta: float = 0.1, lora: dict | None = None,
-                   cache_dir: Path | None = None, seed: int = SEED):
+                   cache_dir: Path | None = None, seed: int = SEED, training: dict[str, Any] | None = None):
     from prefopt.recipe import Recipe
 
-    training: dict[str, Any] = {"per_device_train_batch_size": batch, "learning_rate": 1e-5, "max_length": max_length,
-                                "logging_steps": 1, "lr_scheduler_type": "constant"}
+    training = {"per_device_train_batch_size": batch, "learning_rate": 1e-5, "max_length": max_length,
+                "logging_steps": 1, "lr_scheduler_type": "constant", **(training or {})}
     if steps is not None:
         training["max_steps"] = steps
     if epochs is not None:

@@ -9,6 +9,10 @@ weights should exist: DPO's peak should be SFT's.
   the 2B sequences (prompt + chosen, prompt + rejected) of the same pairs, 2B sequences per step, tokenised
   by prefopt (the same ids).
 
+Both sides take the pairs in file order (``train_sampling_strategy: sequential``), so step k of DPO and
+step k of SFT hold the same tokens (length grouping would put the longest pairs first, SFT's random
+sampler would not, and the peak follows the longest batch).
+
 Each run is a fresh interpreter (``OMP_NUM_THREADS=1``) that first imports the same modules (torch,
 transformers, trl, peft, prefopt.train), then records its RSS (``baseline``), runs ``--steps`` steps and
 reports its peak RSS (``ru_maxrss``). Runs alternate (ABBA), ``--reps`` each (default 5); the ratio is
@@ -70,22 +74,27 @@ def worker(args) -> dict:
     out = Path(args.out)
     if args.worker == "dpo":
         recipe = common.prefopt_recipe(Path(args.data), out, batch=args.batch, steps=args.steps,
-                                       max_length=args.max_length, lora=lora)
+                                       max_length=args.max_length, lora=lora,
+                                       training={"train_sampling_strategy": "sequential"})
         train_mod.train(recipe, output_dir=str(out), overwrite=True)
     else:
         tok = load_tokenizer(f"builtin:{common.MODEL}")
         pairs = [json.loads(x) for x in Path(args.data).read_text().splitlines()]
         tok_ds, _ = tokenize_dataset_fast(Dataset.from_list(pairs), "paired", tok, max_length=args.max_length,
                                           report=DropReport(), num_proc=1)
-        rows = [{"input_ids": r["prompt_ids"] + r[s], "completion_mask": [0] * len(r["prompt_ids"]) + [1] * len(r[s])}
-                for r in tok_ds for s in ("chosen_ids", "rejected_ids")]
+        rows = []  # batch k = [chosen of pairs kB..kB+B-1, rejected of the same pairs]: DPO's (2B, L) batch
+        for k in range(0, len(tok_ds), args.batch):
+            group = [tok_ds[i] for i in range(k, min(k + args.batch, len(tok_ds)))]
+            rows += [{"input_ids": r["prompt_ids"] + r[s], "completion_mask": [0] * len(r["prompt_ids"]) + [1] * len(r[s])}
+                     for s in ("chosen_ids", "rejected_ids") for r in group]
         model = build_builtin(common.MODEL, common.SEED)
         if lora:
             model = apply_lora(model, ModelSection(name=f"builtin:{common.MODEL}", lora=lora))
         cfg = SFTConfig(output_dir=str(out), per_device_train_batch_size=2 * args.batch, learning_rate=1e-5,
                         max_length=args.max_length, max_steps=args.steps, report_to="none", save_strategy="no",
                         bf16=False, gradient_checkpointing=False, completion_only_loss=True, disable_tqdm=True,
-                        seed=common.SEED, logging_steps=1, lr_scheduler_type="constant")
+                        seed=common.SEED, logging_steps=1, lr_scheduler_type="constant",
+                        train_sampling_strategy="sequential")
         SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok).train()
     return {"peak_mb": peak_mb(), "baseline_mb": base, "notes": notes}
 

@@ -7,8 +7,9 @@
 * **prefopt** — ``prefopt.train.train(recipe)``: the same pairs through the ``jsonl`` reader, prefopt's
   tokenisation, the same weights built in memory, the same TRL config values (fp32, no gradient
   checkpointing, lr, batch, steps), metrics.jsonl and manifest. Evaluation and model saving are off on
-  both sides. Measured twice: as shipped (length-grouped batches + split forward) and with both off
-  (``prefopt, batching off``: what the rest of prefopt costs).
+  both sides. Measured twice: as shipped (batches drawn at random as TRL's; the split forward on, so
+  fewer padding slots are computed) and with the split forward off (``prefopt-off``: exactly TRL's work,
+  so the ratio is what the rest of prefopt costs — the fixed costs of data report, manifest, plots).
 
 Each run is a fresh interpreter with ``OMP_NUM_THREADS=1``; the timed region starts after imports and
 ends when ``train`` returns. Runs alternate (ABBA), ``--reps`` each (default 5); the ratio is the median

@@ -10,13 +10,17 @@ For one epoch of batches of ``--batch`` pairs, TRL's own ``DataCollatorForPrefer
 batch and we count:
 
 * **plain TRL** — ``RandomSampler`` (TRL's default), one ``(2B, L)`` forward: ``2B × L`` slots;
-* **grouped only** — :class:`prefopt.batching.PreferenceLengthGroupedSampler`, one ``(2B, L)`` forward;
-* **split only** — random batches, :func:`prefopt.batching.install_split_forward`'s row groups;
-* **prefopt** — grouped batches and the split forward (what prefopt runs by default for paired data).
+* **prefopt** (default) — random batches as TRL's, and the split forward
+  (:func:`prefopt.batching.install_split_forward`): rows sorted by length and cut into ≤ 4 groups, each
+  padded to its own longest row;
+* **group_by_length only** — :class:`prefopt.batching.PreferenceLengthGroupedSampler`, one ``(2B, L)``
+  forward (what batching alone can do: chosen-vs-rejected padding stays);
+* **prefopt with group_by_length** — grouped batches and the split forward (opt-in:
+  ``training.train_sampling_strategy: group_by_length``).
 
 A few batches also go through a real model (builtin tiny-arith with TRL's fused LM head and prefopt's
 split forward) with a hook counting the tokens the backbone actually receives, to check that the
-count above is what the forward processes. Target: prefopt ≤ 1.10.
+count above is what the forward processes. Target: prefopt (default) ≤ 1.10.
 
     python benchmarks/padding.py [--rows 4000] [--batch 8] [--quick]
 """
@@ -122,30 +126,30 @@ def main(argv: list[str] | None = None) -> int:
     grouped_batches = PreferenceLengthGroupedSampler(lengths, bs, seed=args.seed).batches()
 
     rows = {}
-    for name, batches, split in (("plain TRL (random batches, one padded forward)", random_batches, False),
-                                 ("grouped batches only", grouped_batches, False),
-                                 ("split forward only", random_batches, True),
-                                 ("prefopt (grouped + split forward)", grouped_batches, True)):
+    names = {"trl": "plain TRL (random batches, one padded forward)",
+             "prefopt": "prefopt default (random batches, split forward)",
+             "grouped": "group_by_length only (one padded forward)",
+             "grouped+split": "prefopt with group_by_length (+ split forward)"}
+    for key, batches, split in (("trl", random_batches, False), ("prefopt", random_batches, True),
+                                ("grouped", grouped_batches, False), ("grouped+split", grouped_batches, True)):
         slots, real = count(ds, collator, batches, split)
-        rows[name] = slots / real
+        rows[key] = slots / real
     within_pair = float(np.sum(2 * lengths) / np.sum(
         [min(len(p) + len(c), args.max_length) + min(len(p) + len(r), args.max_length)
          for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]))
-    measured, predicted = measured_slots(ds, collator, grouped_batches)
+    measured, predicted = measured_slots(ds, collator, random_batches)
 
     print(f"{n:,} UltraFeedback-shaped pairs (max_length {args.max_length}), batches of {bs} pairs; "
           f"{time.perf_counter() - t0:.0f}s")
     print(f"{'batching':52s} slots / real tokens")
-    for name, r in rows.items():
-        print(f"{name:52s} {r:6.3f}")
+    for key, r in rows.items():
+        print(f"{names[key]:52s} {r:6.3f}")
     print(f"{'floor of any (2B, L) layout (chosen vs rejected)':52s} {within_pair:6.3f}")
     print(f"model check: backbone received {measured:,} token slots for 3 batches; predicted {predicted:,}")
     assert measured == predicted, "the split forward did not process what batch_token_slots predicts"
-    ratio = rows["prefopt (grouped + split forward)"]
-    common.report("padding", ratio, TARGET, {
-        "plain_trl": round(rows["plain TRL (random batches, one padded forward)"], 4),
-        "grouped_only": round(rows["grouped batches only"], 4),
-        "split_only": round(rows["split forward only"], 4),
+    common.report("padding", rows["prefopt"], TARGET, {
+        "plain_trl": round(rows["trl"], 4), "group_by_length_only": round(rows["grouped"], 4),
+        "group_by_length_and_split": round(rows["grouped+split"], 4),
         "pair_layout_floor": round(within_pair, 4), "rows": n, "batch_pairs": bs,
     })
     return 0

@@ -5,7 +5,7 @@ Where the padding comes from. TRL's DPO collator puts a batch of B pairs into on
 (chosen rows, then rejected rows), ``L`` the longest of all 2B sequences. Two things inflate it:
 
 1. *between pairs*: random batches mix short and long pairs. :class:`PreferenceLengthGroupedSampler`
-   batches pairs of similar length (key: ``len(prompt) + max(len(chosen), len(rejected))``, capped at
+   (opt-in, see below) batches pairs of similar length (key: ``len(prompt) + max(len(chosen), len(rejected))``, capped at
    ``max_length``): shuffle, cut into mega-batches, sort each by length, cut into *global* batches
    (per-device batch × processes × accumulation steps), shuffle their order (longest first, so an
    out-of-memory shows at step 1). Each global batch is sorted, so the per-device micro-batches
@@ -22,13 +22,20 @@ Where the padding comes from. TRL's DPO collator puts a batch of B pairs into on
    a real token never sees the padding, so every output is the same computation on fewer tokens
    (equal up to float rounding); the caller — TRL's loss — sees the same tensors.
 
-Does it change the loss? The split forward: no (same per-token log-probs). The sampler changes which
-pairs share a batch, not any pair's loss; the DPO/IPO/ORPO/SimPO batch loss is a mean of per-pair terms,
-every pair is used once per epoch and the batch order is shuffled, so each step's expected gradient is
-still the full-data gradient (batches are length-correlated, so its variance differs from random
-batches). It is on by default for paired data. KTO is different: its KL reference point z0 is a batch
-mean, so batch composition enters every example's loss, and TRL requires sequential sampling for its
-KL pairing — length grouping stays off for unpaired data (the split forward stays on).
+Does it change the loss? The split forward: no — the same per-token log-probs (equal up to float
+rounding), the same loss and gradients, on for every algorithm by default. The sampler changes which
+pairs share a batch, not any pair's loss: the DPO/IPO/ORPO/SimPO batch loss is a mean of per-pair
+terms, every pair is used once per epoch and the batch order is shuffled, so each step's expected
+gradient is still the full-data gradient. But the batches are length-correlated, and length is rarely
+independent of content (in UltraFeedback the chosen reply is longer on average; in prefopt's world the
+length of an answer tells its kind of error), so the steps are correlated and training can change: on
+the IPO quickstart, grouping turned the greedy true-reward lift from ≥ −0.03 (the CI bound) to −0.13.
+So grouping is **opt-in**: ``training.train_sampling_strategy: group_by_length`` (the TrainingArguments
+name; transformers' own ``LengthGroupedSampler`` would read an ``input_ids`` column preference data does
+not have, and split pairs), or ``length_grouping=True`` on the trainer. The split forward alone already
+removes most padding (see ``benchmarks/padding.py``). KTO: its KL reference point z0 is a batch mean, so
+batch composition enters every example's loss, and TRL requires sequential sampling for its KL pairing —
+never grouped by default.
 
 Metrics: ``padding/fraction`` (share of the token slots the forward processed that are padding, after
 the split) and ``padding/fraction_layout`` (the same for the collator's rectangular layout), logged
@@ -51,7 +58,7 @@ from torch.utils.data import Sampler
 log = logging.getLogger("prefopt")
 
 MEGA_BATCH_MULT = 50
-MAX_GROUPS = 3
+MAX_GROUPS = 4
 GROUP_PENALTY = 0.05  # an extra forward call must save more than 5 % of the token slots to be worth it
 
 
@@ -143,7 +150,7 @@ def plan_row_groups(lengths: Sequence[int] | np.ndarray, max_groups: int = MAX_G
     """Split rows into at most ``max_groups`` groups of consecutive lengths (sorted, longest first),
     each padded to its own longest row, minimising token slots × (1 + penalty per extra group).
     Returns ``([(row indices, group length), ...], token slots)``."""
-    lengths = np.asarray(lengths, dtype=np.int64)
+    lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 2)  # a forward needs two positions
     n = len(lengths)
     order = np.argsort(-lengths, kind="stable")
     srt = lengths[order]
@@ -211,8 +218,8 @@ def install_split_forward(model, *, max_groups: int = MAX_GROUPS, penalty: float
         lengths = _right_padded_lengths(mask)
         if lengths is None or mask.size(1) < 2:
             return inner(fused_lm_head=True, **kwargs)
-        groups, slots = plan_row_groups(lengths.cpu().numpy(), max_groups, penalty)
-        if len(groups) < 2 or min(g for _, g in groups) < 2:
+        groups, _ = plan_row_groups(lengths.cpu().numpy(), max_groups, penalty)
+        if len(groups) < 2:
             return inner(fused_lm_head=True, **kwargs)
         return _run_groups(inner, kwargs, groups, mask.size(0), mask.size(1))
 
@@ -265,7 +272,7 @@ def batch_token_slots(inputs: dict[str, Any], *, split: bool, max_groups: int = 
         layout += int(m.numel())
         if split and m.size(1) >= 2:
             groups, slots = plan_row_groups(lengths, max_groups, penalty)
-            processed += slots if len(groups) > 1 and min(g for _, g in groups) >= 2 else int(m.numel())
+            processed += slots if len(groups) > 1 else int(m.numel())
         else:
             processed += int(m.numel())
     if not masks and "chosen_attention_mask" in inputs:
@@ -278,10 +285,12 @@ def batch_token_slots(inputs: dict[str, Any], *, split: bool, max_groups: int = 
 class LengthGroupingMixin:
     """Mix in front of a TRL trainer class (DPO, KTO, ORPO, CPO)::
 
-        class PrefoptDPOTrainer(ReferenceCacheMixin, LengthGroupingMixin, DPOTrainer)
+        class PrefoptDPOTrainer(LengthGroupingMixin, ReferenceCacheMixin, DPOTrainer)
 
-    ``length_grouping``: None → on for paired data, off for unpaired (KTO); it replaces only the
-    default ``train_sampling_strategy="random"`` (an explicit ``sequential``/``group_by_length`` wins).
+    Length grouping is on when ``train_sampling_strategy`` is ``group_by_length`` (pairs kept together,
+    grouped by pair length: what that setting should mean for preference data). ``length_grouping=True``
+    also turns it on under the default ``random`` (for API users); ``sequential`` and ``batch_rebalance``
+    are respected.
     ``split_forward``: None → on, except under DeepSpeed/FSDP (multi-call forwards not validated there).
     """
 
@@ -315,21 +324,31 @@ class LengthGroupingMixin:
 
     # -- sampler
     def _length_grouping_on(self, dataset) -> bool:
-        if self._prefopt_length_grouping is not None:
+        strategy = getattr(self.args, "train_sampling_strategy", "random")
+        if strategy == "group_by_length":  # transformers' own sampler cannot read preference rows
+            return True
+        if strategy == "random" and self._prefopt_length_grouping is not None:
             return bool(self._prefopt_length_grouping)
-        cols = set(getattr(dataset, "column_names", []) or [])
-        return bool({"chosen_ids", "chosen_input_ids"} & cols)
+        return False
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
-        if (ds is not None and getattr(self.args, "train_sampling_strategy", "random") == "random"
-                and hasattr(ds, "column_names") and self._length_grouping_on(ds)):
+        if ds is not None and hasattr(ds, "column_names") and self._length_grouping_on(ds):
             lengths = pair_lengths(ds, getattr(self.args, "max_length", None))
             if lengths is not None and len(lengths) == len(ds):
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
                 group = self._train_batch_size * self.args.gradient_accumulation_steps * max(1, self.args.world_size)
                 return PreferenceLengthGroupedSampler(lengths, group, seed=seed)
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers' group_by_length eval sampler reads an `input_ids` column preference data lacks
+        if getattr(self.args, "train_sampling_strategy", None) == "group_by_length" and \
+                pair_lengths(eval_dataset.select(range(min(1, len(eval_dataset))))) is not None:
+            from torch.utils.data import SequentialSampler
+
+            return SequentialSampler(eval_dataset)
+        return super()._get_eval_sampler(eval_dataset)
 
     # -- metrics
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -502,6 +502,16 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def world_identity(task: str) -> dict:
+    """What a finished point's numbers depend on besides its recipe: the world reference (its directory
+    name is keyed by the warm start), the world's data version and the library versions."""
+    from prefopt import manifest, world
+
+    return {"reference": world.reference_checkpoint(task).name, "world_version": world.WORLD_VERSION,
+            "data_version": getattr(world, "DATA_VERSION", None),
+            "versions": {k: v for k, v in manifest.versions().items() if k in ("torch", "transformers", "trl", "peft")}}
+
+
 class Plan:
     """What a sweep will run: validated grid points, the rlhf / iterative DPO sections and their base
     recipes, and the world task (one per sweep)."""
@@ -588,7 +598,7 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
     ref, tok = load_trained(world.reference_checkpoint(task))
     ref.eval()
     evaluator = WorldEvaluator(task, ref, tok, sweep.evaluation)
-    eval_fp = sweep.evaluation.model_dump()
+    eval_fp = {**sweep.evaluation.model_dump(), "world": world_identity(task)}
     data_cache = TokenizedCache(sweep.reuse_tokenized)
     results: list[dict] = []
     for i, point in enumerate(points, 1):

@@ -526,9 +526,10 @@ class ReferenceCacheMixin:
     columns are used as they are (TRL would recompute them and fail on the duplicate columns).
     ``trainer.reference_cache_events`` lists what each dataset got (hit/miss, key, seconds)."""
 
-    def __init__(self, *args, reference_cache: dict[str, Any] | None = None, **kwargs):
+    def __init__(self, *args, reference_cache: dict[str, Any] | None = None, reference_first: bool = True, **kwargs):
         self.reference_cache_config = reference_cache
         self.reference_cache_events: list[dict[str, Any]] = []
+        self.reference_first = reference_first
         if reference_cache is not None and not getattr(kwargs.get("args"), "precompute_ref_log_probs", True):
             raise ValueError("reference_cache needs precompute_ref_log_probs=True in the TRL config")
         super().__init__(*args, **kwargs)
@@ -545,6 +546,24 @@ class ReferenceCacheMixin:
         return attach_reference_logps(self, dataset, name=name, batch_size=batch_size,
                                       cache=ReferenceCache(cfg.get("dir")), identity=cfg.get("identity"),
                                       extra=cfg.get("extra"))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """On-the-fly reference (no precompute): run the reference forward *before* the policy forward.
+        TRL runs it after, while the policy's activations are held for backward, so the reference's
+        transient activations stack on top of them (about one layer's worth of extra peak memory).
+        Same forward, same numbers: the batch just carries the reference columns, as with precompute."""
+        if self.precompute_ref_logps or not self.reference_first or not isinstance(inputs, dict):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        cols = PAIRED_COLUMNS if _family(self) == "paired" else UNPAIRED_COLUMNS
+        first, second = self.compute_ref_log_probs(_reference_model(self), inputs)
+        inputs = {**inputs, cols[0]: first}
+        if second is not None:
+            inputs[cols[1]] = second
+        self.precompute_ref_logps = True  # TRL (and prefopt's losses) read the columns from the batch
+        try:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        finally:
+            self.precompute_ref_logps = False
 
 
 def trainer_kwargs(recipe, *, enabled: bool | None = None) -> dict[str, Any]:

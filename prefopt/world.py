@@ -43,7 +43,8 @@ from prefopt.errors import PrefoptError, did_you_mean
 
 log = logging.getLogger("prefopt")
 
-WORLD_VERSION = 1  # bump when a task, the warm start or the sampling changes: invalidates caches
+WORLD_VERSION = 1  # bump when a task or the warm start changes: invalidates every cache
+DATA_VERSION = 2  # bump when the preference data drawn from the reference changes
 
 
 # ------------------------------------------------------------------------------------------- tasks
@@ -338,7 +339,7 @@ def preference_rows(task_name: str, size: int, *, split: str = "train", seed: in
     (desirable = correct), plus the true answer as a desirable row when no sample was correct.
     """
     task = get_task(task_name)
-    key = _key({"v": WORLD_VERSION, "task": task_name, "size": size, "split": split, "seed": seed,
+    key = _key({"v": WORLD_VERSION, "data_v": DATA_VERSION, "task": task_name, "size": size, "split": split, "seed": seed,
                 "k": num_samples, "noise": noise, "kind": kind, "ppp": pairs_per_prompt,
                 "warm": asdict(WARM_STARTS[task_name])})
     path = cache_root() / "world" / f"{task_name}-data-{key}.jsonl"

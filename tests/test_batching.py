@@ -114,7 +114,7 @@ def test_padding_drops_against_random_batches():
 def test_plan_row_groups_is_optimal():
     rng = random.Random(0)
     for _ in range(50):
-        lens = [rng.randint(1, 50) for _ in range(rng.randint(1, 9))]
+        lens = [rng.randint(2, 50) for _ in range(rng.randint(1, 9))]
         groups, slots = plan_row_groups(lens, max_groups=3, penalty=0.0)
         assert sorted(i for g, _ in groups for i in g) == list(range(len(lens)))
         assert slots == sum(len(g) * gl for g, gl in groups) and all(max(lens[i] for i in g) == gl for g, gl in groups)
@@ -152,9 +152,10 @@ def test_pairs_stay_together_and_padding_is_logged(tmp_path):
     ds = _tagged_pairs(16)
     tok = load_tokenizer("builtin:tiny-arith")
     model = build_builtin("tiny-arith", 0)
-    t = DPO(model=model, ref_model=build_builtin("tiny-arith", 0), args=_config(tmp_path), train_dataset=ds,
-            processing_class=tok)
+    t = DPO(model=model, ref_model=build_builtin("tiny-arith", 0), args=_config(tmp_path, train_sampling_strategy="group_by_length"),
+            train_dataset=ds, eval_dataset=ds, processing_class=tok)
     assert isinstance(t._get_train_sampler(), PreferenceLengthGroupedSampler)
+    assert isinstance(t._get_eval_sampler(t.eval_dataset), SequentialSampler)  # not transformers' input_ids one
     seen = []
     for batch in t.get_train_dataloader():
         ids, comp = batch["input_ids"], batch["completion_mask"]
@@ -176,15 +177,20 @@ def test_pairs_stay_together_and_padding_is_logged(tmp_path):
     assert logged and all(0 <= h["padding/fraction"] <= h["padding/fraction_layout"] < 1 for h in logged)
 
 
-def test_explicit_strategy_wins_and_kto_is_not_grouped(tmp_path):
+def test_grouping_is_opt_in_explicit_strategies_win_and_kto_is_not_grouped(tmp_path):
     tok = load_tokenizer("builtin:tiny-arith")
     ds = _tagged_pairs(8)
-    seq = DPO(model=build_builtin("tiny-arith", 0), ref_model=build_builtin("tiny-arith", 0),
-              args=_config(tmp_path, train_sampling_strategy="sequential"), train_dataset=ds, processing_class=tok)
-    assert isinstance(seq._get_train_sampler(), SequentialSampler)
-    off = DPO(model=build_builtin("tiny-arith", 0), ref_model=build_builtin("tiny-arith", 0), args=_config(tmp_path),
-              train_dataset=ds, processing_class=tok, length_grouping=False)
-    assert isinstance(off._get_train_sampler(), RandomSampler)
+
+    def dpo(**kw):
+        strategy = kw.pop("strategy", None)
+        args = _config(tmp_path, **({"train_sampling_strategy": strategy} if strategy else {}))
+        return DPO(model=build_builtin("tiny-arith", 0), ref_model=build_builtin("tiny-arith", 0), args=args,
+                   train_dataset=ds, processing_class=tok, **kw)
+
+    assert isinstance(dpo()._get_train_sampler(), RandomSampler)  # default: TRL's random batches
+    assert isinstance(dpo(strategy="group_by_length")._get_train_sampler(), PreferenceLengthGroupedSampler)
+    assert isinstance(dpo(length_grouping=True)._get_train_sampler(), PreferenceLengthGroupedSampler)
+    assert isinstance(dpo(strategy="sequential", length_grouping=True)._get_train_sampler(), SequentialSampler)
     rows = [{"prompt_ids": r["prompt_ids"], "completion_ids": r["chosen_ids"], "label": i % 2 == 0} for i, r in enumerate(ds)]
     kto_ds = add_kl_completions(Dataset.from_list(rows))
     cfg = KTOConfig(output_dir=str(tmp_path / "k"), per_device_train_batch_size=4, report_to="none", bf16=False,

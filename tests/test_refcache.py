@@ -322,3 +322,42 @@ def test_cache_dir_default_follows_prefopt_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
     assert ReferenceCache().root == tmp_path / "ref"
     assert ReferenceCache(tmp_path / "x").root == tmp_path / "x"
+
+
+# ------------------------------------------------------------------------------- reference first
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
+def test_reference_first_gives_trl_loss_and_gradients(tmp_path, peft):
+    """Without precompute the mixin runs the reference forward before the policy's (less peak memory):
+    loss and gradients are TRL's own."""
+    from peft import LoraConfig, get_peft_model
+
+    ds = Dataset.from_list(_rows(6))
+    out = []
+    for first in (False, True):
+        torch.manual_seed(0)
+        model = build_builtin("tiny-arith", 0)
+        kw = {}
+        if peft:
+            model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM",
+                                                     init_lora_weights=False))
+        else:
+            with torch.no_grad():  # a policy that differs from its reference
+                for p in model.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
+            kw["ref_model"] = build_builtin("tiny-arith", 0)
+        t = DPO(model=model, args=_dpo_config(tmp_path, precompute_ref_log_probs=False, per_device_train_batch_size=6),
+                train_dataset=ds, processing_class=load_tokenizer("builtin:tiny-arith"), reference_first=first, **kw)
+        t.model.train()
+        batch = t.data_collator([ds[i] for i in range(len(ds))])
+        loss = t.compute_loss(t.model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in t.model.named_parameters() if p.grad is not None}
+        out.append((loss.detach(), grads, {k: v[-1] for k, v in t._metrics["train"].items()}))
+        assert not t.precompute_ref_logps
+    (l0, g0, m0), (l1, g1, m1) = out
+    torch.testing.assert_close(l1, l0, rtol=0, atol=1e-6)
+    assert g0.keys() == g1.keys() and g0
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-7, msg=n)
+    for k in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert m1[k] == pytest.approx(m0[k], abs=1e-6), k
