@@ -69,7 +69,10 @@ def test_eval_of_a_tiny_dpo_run_returns_every_field(dpo_run):
     for k in ("reward_margin", "logp_shift_chosen", "logp_shift_rejected", "logp_chosen", "reference_logp_chosen"):
         assert _finite(pref[k]), k
     # DPO's implicit reward is β·(lp − lp_ref): the margin is β times the difference of the shifts
-    assert pref["reward_margin"] == pytest.approx(0.1 * (pref["logp_shift_chosen"] - pref["logp_shift_rejected"]))
+    import yaml
+
+    beta = yaml.safe_load((dpo_run / "resolved.yaml").read_text())["loss"]["beta"]
+    assert pref["reward_margin"] == pytest.approx(beta * (pref["logp_shift_chosen"] - pref["logp_shift_rejected"]))
     assert pref["logp_chosen"] - pref["reference_logp_chosen"] == pytest.approx(pref["logp_shift_chosen"])
     assert _finite(samp["kl_to_reference"]) and samp["num_prompts"] <= 16 and samp["max_new_tokens"] == 8
     assert samp["mean_length"] > 0 and samp["reference_mean_length"] > 0
