@@ -81,7 +81,7 @@ def prepare_data(recipe: Recipe, tokenizer, report_dir: Path | None = None):
     adapter = get_adapter(recipe.algorithm)
     base_dir = recipe.source_path.parent if recipe.source_path else None
     train_ds, eval_ds, report = prepare(
-        recipe.data.train, recipe.data.eval, recipe.data, adapter.data_kind, base_dir, recipe.seed
+        recipe.data.train, recipe.data.eval, recipe.data, recipe.algorithm, base_dir, recipe.seed
     )
     max_length = recipe.training.get("max_length")
     max_prompt_length = recipe.training.get("max_prompt_length")
