@@ -128,11 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo")
     p.set_defaults(func=cmd_demo)
 
+    from prefopt.commands_compare import add_compare_commands
     from prefopt.commands_eval import add_eval_commands
     from prefopt.data.cli import add_data_commands
 
     add_data_commands(sub)
     add_eval_commands(sub)
+    add_compare_commands(sub)
     return parser
 
 

@@ -169,6 +169,11 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
         manifest.prepare_run_dir(run_dir, overwrite=overwrite or recipe.output.overwrite, resume=resume)
         (run_dir / "resolved.yaml").write_text(dump_resolved(recipe))
     training = resolve_batch(recipe)
+    if recipe.reference_cache.enabled:
+        log.warning(
+            "reference_cache.enabled: the shared reference log-prob cache (prefopt/refcache.py) is not wired "
+            "into `prefopt train` yet; reference log-probs are computed as TRL does"
+        )
     ckpt_dir = run_dir / "checkpoints"
     # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
     # zero3.yaml) can shard the weights while they load.
