@@ -52,8 +52,16 @@ def pin_threads(n: int = 1) -> None:
 
 def worker_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               TQDM_DISABLE="1", PYTHONWARNINGS="ignore", TRANSFORMERS_VERBOSITY="error", ACCELERATE_USE_CPU="true")
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TQDM_DISABLE="1",
+        PYTHONWARNINGS="ignore",
+        TRANSFORMERS_VERBOSITY="error",
+        ACCELERATE_USE_CPU="true",
+    )
     env.setdefault("PREFOPT_CACHE", str(Path(tempfile.gettempdir()) / "prefopt-bench-cache"))
     env.update(extra)
     return env
@@ -62,8 +70,13 @@ def worker_env(**extra: str) -> dict[str, str]:
 def machine() -> dict[str, Any]:
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "cores": len(os.sched_getaffinity(0)), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": len(os.sched_getaffinity(0)),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -96,7 +109,9 @@ def text_pairs(n: int, seed: int = 0, scale: float = 0.05) -> list[dict[str, str
             words.append(rng.choice(WORDS))
         return " ".join(words)[:k].strip() or "x"
 
-    return [{"prompt": text(100, 1500), "chosen": text(200, 4000), "rejected": text(200, 4000)} for _ in range(n)]
+    return [
+        {"prompt": text(100, 1500), "chosen": text(200, 4000), "rejected": text(200, 4000)} for _ in range(n)
+    ]
 
 
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -133,9 +148,12 @@ def ensure_integration() -> list[str]:
     from prefopt.refcache import ReferenceCacheMixin
 
     notes = []
-    for name, mixins in (("PrefoptDPOTrainer", (LengthGroupingMixin, ReferenceCacheMixin)),
-                         ("PrefoptKTOTrainer", (LengthGroupingMixin, ReferenceCacheMixin)),
-                         ("PrefoptORPOTrainer", (LengthGroupingMixin,)), ("PrefoptCPOTrainer", (LengthGroupingMixin,))):
+    for name, mixins in (
+        ("PrefoptDPOTrainer", (LengthGroupingMixin, ReferenceCacheMixin)),
+        ("PrefoptKTOTrainer", (LengthGroupingMixin, ReferenceCacheMixin)),
+        ("PrefoptORPOTrainer", (LengthGroupingMixin,)),
+        ("PrefoptCPOTrainer", (LengthGroupingMixin,)),
+    ):
         cls = getattr(T, name)
         missing = tuple(m for m in mixins if not issubclass(cls, m))
         if missing:
@@ -144,8 +162,18 @@ def ensure_integration() -> list[str]:
     if "refcache" not in inspect.getsource(train_mod.build_trainer):
         original = train_mod.build_trainer
 
-        def build_trainer(recipe, model, tokenizer, train_tok, eval_tok, *, output_dir, callbacks=None,
-                          training=None, config=None):
+        def build_trainer(
+            recipe,
+            model,
+            tokenizer,
+            train_tok,
+            eval_tok,
+            *,
+            output_dir,
+            callbacks=None,
+            training=None,
+            config=None,
+        ):
             from prefopt import refcache
             from prefopt.algorithms import get_adapter
 
@@ -159,16 +187,38 @@ def ensure_integration() -> list[str]:
                 extra["length_grouping"] = None if "train_sampling_strategy" not in recipe.training else False
             cls = adapter.trainer_class(recipe)
             if extra:
-                wrapped = type(cls.__name__, (cls,), {"__init__": lambda self, *a, **k: cls.__init__(self, *a, **{**extra, **k})})
+                wrapped = type(
+                    cls.__name__,
+                    (cls,),
+                    {"__init__": lambda self, *a, **k: cls.__init__(self, *a, **{**extra, **k})},
+                )
                 orig_tc = adapter.trainer_class
                 adapter.trainer_class = classmethod(lambda c, r: wrapped)
                 try:
-                    return original(recipe, model, tokenizer, train_tok, eval_tok, output_dir=output_dir,
-                                    callbacks=callbacks, training=training, config=config)
+                    return original(
+                        recipe,
+                        model,
+                        tokenizer,
+                        train_tok,
+                        eval_tok,
+                        output_dir=output_dir,
+                        callbacks=callbacks,
+                        training=training,
+                        config=config,
+                    )
                 finally:
                     adapter.trainer_class = orig_tc
-            return original(recipe, model, tokenizer, train_tok, eval_tok, output_dir=output_dir,
-                            callbacks=callbacks, training=training, config=config)
+            return original(
+                recipe,
+                model,
+                tokenizer,
+                train_tok,
+                eval_tok,
+                output_dir=output_dir,
+                callbacks=callbacks,
+                training=training,
+                config=config,
+            )
 
         train_mod.build_trainer = build_trainer
         notes.append("prefopt.train.build_trainer: reference_cache wiring applied in memory")
@@ -183,13 +233,31 @@ def batching_off() -> None:
     LengthGroupingMixin._length_grouping_on = lambda self, ds: False
 
 
-def prefopt_recipe(data_path: Path, out_dir: Path, *, algorithm: str = "dpo", batch: int, steps: int | None = None,
-                   epochs: float | None = None, max_length: int, beta: float = 0.1, lora: dict | None = None,
-                   cache_dir: Path | None = None, seed: int = SEED, training: dict[str, Any] | None = None):
+def prefopt_recipe(
+    data_path: Path,
+    out_dir: Path,
+    *,
+    algorithm: str = "dpo",
+    batch: int,
+    steps: int | None = None,
+    epochs: float | None = None,
+    max_length: int,
+    beta: float = 0.1,
+    lora: dict | None = None,
+    cache_dir: Path | None = None,
+    seed: int = SEED,
+    training: dict[str, Any] | None = None,
+):
     from prefopt.recipe import Recipe
 
-    training = {"per_device_train_batch_size": batch, "learning_rate": 1e-5, "max_length": max_length,
-                "logging_steps": 1, "lr_scheduler_type": "constant", **(training or {})}
+    training = {
+        "per_device_train_batch_size": batch,
+        "learning_rate": 1e-5,
+        "max_length": max_length,
+        "logging_steps": 1,
+        "lr_scheduler_type": "constant",
+        **(training or {}),
+    }
     if steps is not None:
         training["max_steps"] = steps
     if epochs is not None:
@@ -198,9 +266,12 @@ def prefopt_recipe(data_path: Path, out_dir: Path, *, algorithm: str = "dpo", ba
     if lora:
         model["lora"] = lora
     data = {
-        "algorithm": algorithm, "seed": seed, "model": model,
+        "algorithm": algorithm,
+        "seed": seed,
+        "model": model,
         "data": {"train": [{"source": "jsonl", "path": str(data_path)}], "shuffle": False, "dedupe": False},
-        "loss": {"beta": beta}, "training": training,
+        "loss": {"beta": beta},
+        "training": training,
         "output": {"dir": str(out_dir), "save_model": False, "overwrite": True},
         "evaluation": {"enabled": False},
     }
@@ -209,16 +280,38 @@ def prefopt_recipe(data_path: Path, out_dir: Path, *, algorithm: str = "dpo", ba
     return Recipe(**data)
 
 
-def trl_dpo_config(out_dir: Path, *, batch: int, steps: int | None = None, epochs: float | None = None,
-                   max_length: int, beta: float = 0.1, precompute: bool = False, seed: int = SEED):
+def trl_dpo_config(
+    out_dir: Path,
+    *,
+    batch: int,
+    steps: int | None = None,
+    epochs: float | None = None,
+    max_length: int,
+    beta: float = 0.1,
+    precompute: bool = False,
+    seed: int = SEED,
+):
     """The plain TRL config with the same settings prefopt gives TRL (no gradient checkpointing, fp32)."""
     from trl import DPOConfig
 
-    kw: dict[str, Any] = dict(output_dir=str(out_dir), per_device_train_batch_size=batch, learning_rate=1e-5,
-                              max_length=max_length, logging_steps=1, lr_scheduler_type="constant", beta=beta,
-                              report_to="none", save_strategy="no", bf16=False, gradient_checkpointing=False,
-                              seed=seed, data_seed=seed, precompute_ref_log_probs=precompute, disable_tqdm=True,
-                              dataloader_num_workers=0)
+    kw: dict[str, Any] = dict(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=batch,
+        learning_rate=1e-5,
+        max_length=max_length,
+        logging_steps=1,
+        lr_scheduler_type="constant",
+        beta=beta,
+        report_to="none",
+        save_strategy="no",
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=seed,
+        data_seed=seed,
+        precompute_ref_log_probs=precompute,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     if steps is not None:
         kw["max_steps"] = steps
     if epochs is not None:
@@ -255,17 +348,27 @@ def step_timer():
     return StepTimer()
 
 
-def run_worker(script: Path, args: list[str], env: dict[str, str] | None = None, timeout: int = 3600) -> dict[str, Any]:
+def run_worker(
+    script: Path, args: list[str], env: dict[str, str] | None = None, timeout: int = 3600
+) -> dict[str, Any]:
     """Run ``script --worker ...`` in a fresh interpreter; its last stdout line is a JSON object."""
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env or worker_env(), cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or worker_env(),
+        cwd=REPO,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"worker {script.name} {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     return json.loads(lines[-1])
 
 
-def alternate(a, b, reps: int, label_a: str = "A", label_b: str = "B", verbose: bool = True) -> tuple[list, list]:
+def alternate(
+    a, b, reps: int, label_a: str = "A", label_b: str = "B", verbose: bool = True
+) -> tuple[list, list]:
     """Run a() and b() alternately (A, B, B, A, A, B, …: ABBA order cancels a linear drift in load)."""
     ra, rb = [], []
     for i in range(reps):
@@ -275,14 +378,19 @@ def alternate(a, b, reps: int, label_a: str = "A", label_b: str = "B", verbose: 
             r = f()
             (ra if f is a else rb).append(r)
             if verbose:
-                print(f"  rep {i + 1}/{reps} {label_a if f is a else label_b}: {summarize(r)} "
-                      f"({time.perf_counter() - t0:.0f}s wall)", flush=True)
+                print(
+                    f"  rep {i + 1}/{reps} {label_a if f is a else label_b}: {summarize(r)} "
+                    f"({time.perf_counter() - t0:.0f}s wall)",
+                    flush=True,
+                )
     return ra, rb
 
 
 def summarize(r: Any) -> str:
     if isinstance(r, dict):
-        return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items() if k != "notes")
+        return ", ".join(
+            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items() if k != "notes"
+        )
     return str(r)
 
 
@@ -290,7 +398,9 @@ def median(xs) -> float:
     return float(statistics.median(xs))
 
 
-def report(name: str, ratio: float, target: float, extra: dict[str, Any] | None = None, lower_is_better: bool = True) -> dict:
+def report(
+    name: str, ratio: float, target: float, extra: dict[str, Any] | None = None, lower_is_better: bool = True
+) -> dict:
     met = ratio <= target if lower_is_better else ratio >= target
     res = {"benchmark": name, "ratio": round(ratio, 4), "target": target, "met": bool(met), **(extra or {})}
     print(f"\n{name}: ratio {ratio:.3f} (target ≤ {target}) → {'MET' if met else 'NOT MET'}")

@@ -63,34 +63,69 @@ def main(argv: list[str] | None = None) -> int:
     n_batches = args.rounds + 1
     pairs = common.text_pairs(args.batch * n_batches, seed=2, scale=args.scale)
     tok = load_tokenizer(f"builtin:{common.MODEL}")
-    tok_ds, _ = tokenize_dataset_fast(Dataset.from_list(pairs), "paired", tok, max_length=args.max_length,
-                                      report=DropReport(), num_proc=1)
+    tok_ds, _ = tokenize_dataset_fast(
+        Dataset.from_list(pairs), "paired", tok, max_length=args.max_length, report=DropReport(), num_proc=1
+    )
     tok_ds = tok_ds.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
-    recipe = common.prefopt_recipe(tmp / "unused.jsonl", tmp / "run", batch=args.batch, steps=1,
-                                   max_length=args.max_length, cache_dir=tmp / "refcache")
+    recipe = common.prefopt_recipe(
+        tmp / "unused.jsonl",
+        tmp / "run",
+        batch=args.batch,
+        steps=1,
+        max_length=args.max_length,
+        cache_dir=tmp / "refcache",
+    )
     adapter = get_adapter("dpo")
 
     def dpo_trainer(split: bool):
         config = adapter.trl_config(recipe, output_dir=str(tmp / f"dpo-{split}"))
         config.precompute_ref_log_probs = True
-        return T.PrefoptDPOTrainer(model=build_builtin(common.MODEL, common.SEED), args=config, train_dataset=tok_ds,
-                                   processing_class=tok, split_forward=split, **refcache.trainer_kwargs(recipe))
+        return T.PrefoptDPOTrainer(
+            model=build_builtin(common.MODEL, common.SEED),
+            args=config,
+            train_dataset=tok_ds,
+            processing_class=tok,
+            split_forward=split,
+            **refcache.trainer_kwargs(recipe),
+        )
 
     dpo = dpo_trainer(True)  # computes and stores the reference log-probs (not timed)
     dpo_nosplit = dpo_trainer(False)  # reads them from the cache
     assert [e["hit"] for e in dpo_nosplit.reference_cache_events] == [True]
 
-    sft_rows = [{"input_ids": r["prompt_ids"] + r[side], "completion_mask": [0] * len(r["prompt_ids"]) + [1] * len(r[side])}
-                for r in tok_ds for side in ("chosen_ids", "rejected_ids")]
-    sft_cfg = SFTConfig(output_dir=str(tmp / "sft"), per_device_train_batch_size=2 * args.batch, learning_rate=1e-5,
-                        max_length=args.max_length, report_to="none", save_strategy="no", bf16=False,
-                        gradient_checkpointing=False, completion_only_loss=True, disable_tqdm=True, seed=common.SEED)
-    sft = SFTTrainer(model=build_builtin(common.MODEL, common.SEED), args=sft_cfg, train_dataset=Dataset.from_list(sft_rows),
-                     processing_class=tok)
+    sft_rows = [
+        {
+            "input_ids": r["prompt_ids"] + r[side],
+            "completion_mask": [0] * len(r["prompt_ids"]) + [1] * len(r[side]),
+        }
+        for r in tok_ds
+        for side in ("chosen_ids", "rejected_ids")
+    ]
+    sft_cfg = SFTConfig(
+        output_dir=str(tmp / "sft"),
+        per_device_train_batch_size=2 * args.batch,
+        learning_rate=1e-5,
+        max_length=args.max_length,
+        report_to="none",
+        save_strategy="no",
+        bf16=False,
+        gradient_checkpointing=False,
+        completion_only_loss=True,
+        disable_tqdm=True,
+        seed=common.SEED,
+    )
+    sft = SFTTrainer(
+        model=build_builtin(common.MODEL, common.SEED),
+        args=sft_cfg,
+        train_dataset=Dataset.from_list(sft_rows),
+        processing_class=tok,
+    )
 
     def batches_for(k):
         rows = [dpo.train_dataset[i] for i in range(k * args.batch, (k + 1) * args.batch)]
-        sft_batch = [sft.train_dataset[2 * i + j] for j in (0, 1) for i in range(k * args.batch, (k + 1) * args.batch)]
+        sft_batch = [
+            sft.train_dataset[2 * i + j] for j in (0, 1) for i in range(k * args.batch, (k + 1) * args.batch)
+        ]
         return dpo.data_collator(rows), dpo_nosplit.data_collator(rows), sft.data_collator(sft_batch)
 
     runners = {}
@@ -108,16 +143,21 @@ def main(argv: list[str] | None = None) -> int:
         opt.zero_grad(set_to_none=True)
         return {"wall": time.perf_counter() - t0, "cpu": common.cpu_seconds() - c0, "loss": float(loss)}
 
-    print(f"limit: DPO step (cached reference) vs SFT step, builtin:{common.MODEL}, {args.batch} pairs "
-          f"(= {2 * args.batch} sequences) per step, {args.rounds} rounds; machine {common.machine()}", flush=True)
+    print(
+        f"limit: DPO step (cached reference) vs SFT step, builtin:{common.MODEL}, {args.batch} pairs "
+        f"(= {2 * args.batch} sequences) per step, {args.rounds} rounds; machine {common.machine()}",
+        flush=True,
+    )
     for n in notes:
         print(f"  note: {n}")
     order = ["dpo", "dpo-nosplit", "sft"]
     results: dict[str, list] = {k: [] for k in order}
     for k in range(n_batches):
         b_dpo, b_nosplit, b_sft = batches_for(k)
-        assert torch.equal(b_nosplit["input_ids"], b_sft["input_ids"]), "DPO and SFT batches must hold the same tokens"
-        rot = order[k % 3:] + order[:k % 3]
+        assert torch.equal(b_nosplit["input_ids"], b_sft["input_ids"]), (
+            "DPO and SFT batches must hold the same tokens"
+        )
+        rot = order[k % 3 :] + order[: k % 3]
         got = {name: step(name, {"dpo": b_dpo, "dpo-nosplit": b_nosplit, "sft": b_sft}[name]) for name in rot}
         real = int(b_sft["attention_mask"].sum())
         if k == 0:
@@ -125,24 +165,38 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for name in order:
             results[name].append(got[name])
-        print(f"  round {k}/{args.rounds} ({real} real tokens, layout {tuple(b_sft['input_ids'].shape)}): "
-              + "  ".join(f"{name} {got[name]['cpu']:.2f}s" for name in order), flush=True)
+        print(
+            f"  round {k}/{args.rounds} ({real} real tokens, layout {tuple(b_sft['input_ids'].shape)}): "
+            + "  ".join(f"{name} {got[name]['cpu']:.2f}s" for name in order),
+            flush=True,
+        )
 
     def ratio(a, b, field):
         return common.median([x[field] / y[field] for x, y in zip(results[a], results[b])])
 
     for name in order:
-        print(f"{name:12s} median step {common.median([r['cpu'] for r in results[name]]):.2f}s cpu "
-              f"{common.median([r['wall'] for r in results[name]]):.2f}s wall")
-    print(f"prefopt DPO (as shipped, split forward) / SFT: {ratio('dpo', 'sft', 'cpu'):.3f} cpu, "
-          f"{ratio('dpo', 'sft', 'wall'):.3f} wall")
-    common.report("limit", ratio("dpo-nosplit", "sft", "cpu"), TARGET, {
-        "measure": "CPU seconds per optimizer step, same (2B, L) tokens; DPO split forward off",
-        "nosplit_wall": round(ratio("dpo-nosplit", "sft", "wall"), 4),
-        "shipped_cpu": round(ratio("dpo", "sft", "cpu"), 4),
-        "shipped_wall": round(ratio("dpo", "sft", "wall"), 4),
-        "rounds": args.rounds, "batch_pairs": args.batch, "notes": notes,
-    })
+        print(
+            f"{name:12s} median step {common.median([r['cpu'] for r in results[name]]):.2f}s cpu "
+            f"{common.median([r['wall'] for r in results[name]]):.2f}s wall"
+        )
+    print(
+        f"prefopt DPO (as shipped, split forward) / SFT: {ratio('dpo', 'sft', 'cpu'):.3f} cpu, "
+        f"{ratio('dpo', 'sft', 'wall'):.3f} wall"
+    )
+    common.report(
+        "limit",
+        ratio("dpo-nosplit", "sft", "cpu"),
+        TARGET,
+        {
+            "measure": "CPU seconds per optimizer step, same (2B, L) tokens; DPO split forward off",
+            "nosplit_wall": round(ratio("dpo-nosplit", "sft", "wall"), 4),
+            "shipped_cpu": round(ratio("dpo", "sft", "cpu"), 4),
+            "shipped_wall": round(ratio("dpo", "sft", "wall"), 4),
+            "rounds": args.rounds,
+            "batch_pairs": args.batch,
+            "notes": notes,
+        },
+    )
     return 0
 
 

@@ -73,28 +73,58 @@ def worker(args) -> dict:
     base = rss_mb()
     out = Path(args.out)
     if args.worker == "dpo":
-        recipe = common.prefopt_recipe(Path(args.data), out, batch=args.batch, steps=args.steps,
-                                       max_length=args.max_length, lora=lora,
-                                       training={"train_sampling_strategy": "sequential"})
+        recipe = common.prefopt_recipe(
+            Path(args.data),
+            out,
+            batch=args.batch,
+            steps=args.steps,
+            max_length=args.max_length,
+            lora=lora,
+            training={"train_sampling_strategy": "sequential"},
+        )
         train_mod.train(recipe, output_dir=str(out), overwrite=True)
     else:
         tok = load_tokenizer(f"builtin:{common.MODEL}")
         pairs = [json.loads(x) for x in Path(args.data).read_text().splitlines()]
-        tok_ds, _ = tokenize_dataset_fast(Dataset.from_list(pairs), "paired", tok, max_length=args.max_length,
-                                          report=DropReport(), num_proc=1)
+        tok_ds, _ = tokenize_dataset_fast(
+            Dataset.from_list(pairs),
+            "paired",
+            tok,
+            max_length=args.max_length,
+            report=DropReport(),
+            num_proc=1,
+        )
         rows = []  # batch k = [chosen of pairs kB..kB+B-1, rejected of the same pairs]: DPO's (2B, L) batch
         for k in range(0, len(tok_ds), args.batch):
             group = [tok_ds[i] for i in range(k, min(k + args.batch, len(tok_ds)))]
-            rows += [{"input_ids": r["prompt_ids"] + r[s], "completion_mask": [0] * len(r["prompt_ids"]) + [1] * len(r[s])}
-                     for s in ("chosen_ids", "rejected_ids") for r in group]
+            rows += [
+                {
+                    "input_ids": r["prompt_ids"] + r[s],
+                    "completion_mask": [0] * len(r["prompt_ids"]) + [1] * len(r[s]),
+                }
+                for s in ("chosen_ids", "rejected_ids")
+                for r in group
+            ]
         model = build_builtin(common.MODEL, common.SEED)
         if lora:
             model = apply_lora(model, ModelSection(name=f"builtin:{common.MODEL}", lora=lora))
-        cfg = SFTConfig(output_dir=str(out), per_device_train_batch_size=2 * args.batch, learning_rate=1e-5,
-                        max_length=args.max_length, max_steps=args.steps, report_to="none", save_strategy="no",
-                        bf16=False, gradient_checkpointing=False, completion_only_loss=True, disable_tqdm=True,
-                        seed=common.SEED, logging_steps=1, lr_scheduler_type="constant",
-                        train_sampling_strategy="sequential")
+        cfg = SFTConfig(
+            output_dir=str(out),
+            per_device_train_batch_size=2 * args.batch,
+            learning_rate=1e-5,
+            max_length=args.max_length,
+            max_steps=args.steps,
+            report_to="none",
+            save_strategy="no",
+            bf16=False,
+            gradient_checkpointing=False,
+            completion_only_loss=True,
+            disable_tqdm=True,
+            seed=common.SEED,
+            logging_steps=1,
+            lr_scheduler_type="constant",
+            train_sampling_strategy="sequential",
+        )
         SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok).train()
     return {"peak_mb": peak_mb(), "baseline_mb": base, "notes": notes}
 
@@ -119,32 +149,62 @@ def main(argv: list[str] | None = None) -> int:
         args.reps, args.steps = min(args.reps, 2), 1
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     data = common.write_jsonl(common.text_pairs(args.pairs, seed=3, scale=args.scale), tmp / "pairs.jsonl")
-    base = ["--data", str(data), "--batch", str(args.batch), "--steps", str(args.steps), "--max-length",
-            str(args.max_length), "--lora", args.lora]
+    base = [
+        "--data",
+        str(data),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--max-length",
+        str(args.max_length),
+        "--lora",
+        args.lora,
+    ]
     env = common.worker_env(PREFOPT_CACHE=str(tmp / "prefopt-cache"))
     me = Path(__file__)
-    print(f"memory: {'LoRA r16' if args.lora != 'none' else 'full fine-tuning'} DPO vs SFT, builtin:{common.MODEL}, "
-          f"{args.batch} pairs per step, {args.steps} steps, {args.reps} rounds; machine {common.machine()}", flush=True)
+    print(
+        f"memory: {'LoRA r16' if args.lora != 'none' else 'full fine-tuning'} DPO vs SFT, builtin:{common.MODEL}, "
+        f"{args.batch} pairs per step, {args.steps} steps, {args.reps} rounds; machine {common.machine()}",
+        flush=True,
+    )
     results: dict[str, list] = {"dpo": [], "sft": []}
     for i in range(args.reps):
-        for kind in (("dpo", "sft") if i % 2 == 0 else ("sft", "dpo")):
+        for kind in ("dpo", "sft") if i % 2 == 0 else ("sft", "dpo"):
             r = common.run_worker(me, ["--worker", kind, "--out", str(tmp / f"{kind}-{i}"), *base], env)
             results[kind].append(r)
-            print(f"  round {i + 1}/{args.reps} {kind}: peak {r['peak_mb']:.0f} MB (baseline after imports "
-                  f"{r['baseline_mb']:.0f} MB, +{r['peak_mb'] - r['baseline_mb']:.0f} MB)", flush=True)
+            print(
+                f"  round {i + 1}/{args.reps} {kind}: peak {r['peak_mb']:.0f} MB (baseline after imports "
+                f"{r['baseline_mb']:.0f} MB, +{r['peak_mb'] - r['baseline_mb']:.0f} MB)",
+                flush=True,
+            )
     ratio = common.median([a["peak_mb"] / b["peak_mb"] for a, b in zip(results["dpo"], results["sft"])])
-    growth = common.median([(a["peak_mb"] - a["baseline_mb"]) / (b["peak_mb"] - b["baseline_mb"])
-                            for a, b in zip(results["dpo"], results["sft"])])
+    growth = common.median(
+        [
+            (a["peak_mb"] - a["baseline_mb"]) / (b["peak_mb"] - b["baseline_mb"])
+            for a, b in zip(results["dpo"], results["sft"])
+        ]
+    )
     for k in ("dpo", "sft"):
-        print(f"{k}: median peak {common.median([r['peak_mb'] for r in results[k]]):.0f} MB, "
-              f"median growth over baseline {common.median([r['peak_mb'] - r['baseline_mb'] for r in results[k]]):.0f} MB")
+        print(
+            f"{k}: median peak {common.median([r['peak_mb'] for r in results[k]]):.0f} MB, "
+            f"median growth over baseline {common.median([r['peak_mb'] - r['baseline_mb'] for r in results[k]]):.0f} MB"
+        )
     print(f"growth over the post-import baseline, DPO / SFT: {growth:.3f}")
-    common.report("memory", ratio, TARGET, {
-        "measure": "peak RSS (ru_maxrss) of the whole process",
-        "growth_ratio": round(growth, 4), "lora": args.lora, "reps": args.reps, "steps": args.steps,
-        "dpo_peak_mb": round(common.median([r["peak_mb"] for r in results["dpo"]]), 1),
-        "sft_peak_mb": round(common.median([r["peak_mb"] for r in results["sft"]]), 1),
-    })
+    common.report(
+        "memory",
+        ratio,
+        TARGET,
+        {
+            "measure": "peak RSS (ru_maxrss) of the whole process",
+            "growth_ratio": round(growth, 4),
+            "lora": args.lora,
+            "reps": args.reps,
+            "steps": args.steps,
+            "dpo_peak_mb": round(common.median([r["peak_mb"] for r in results["dpo"]]), 1),
+            "sft_peak_mb": round(common.median([r["peak_mb"] for r in results["sft"]]), 1),
+        },
+    )
     return 0
 
 

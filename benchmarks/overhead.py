@@ -55,8 +55,13 @@ def worker(args) -> dict:
         t1 = time.perf_counter()
         trainer.train()
         t2, c2 = time.perf_counter(), common.cpu_seconds()
-        return {"total_s": t2 - t0, "cpu_s": c2 - c0, "train_s": t2 - t1, "step_cpu_s": common.median(timer.cpu),
-                "steps": trainer.state.global_step}
+        return {
+            "total_s": t2 - t0,
+            "cpu_s": c2 - c0,
+            "train_s": t2 - t1,
+            "step_cpu_s": common.median(timer.cpu),
+            "steps": trainer.state.global_step,
+        }
     import datasets
 
     import prefopt.train as train_mod
@@ -65,7 +70,9 @@ def worker(args) -> dict:
     notes = common.ensure_integration()
     if args.worker == "prefopt-off":
         common.batching_off()
-    recipe = common.prefopt_recipe(Path(args.data), out, batch=args.batch, steps=args.steps, max_length=args.max_length)
+    recipe = common.prefopt_recipe(
+        Path(args.data), out, batch=args.batch, steps=args.steps, max_length=args.max_length
+    )
     timing = {}
     timer = common.step_timer()
     build = train_mod.build_trainer
@@ -88,8 +95,14 @@ def worker(args) -> dict:
     t0, c0 = time.perf_counter(), common.cpu_seconds()
     summary = train_mod.train(recipe, output_dir=str(out), overwrite=True)
     t3, c3 = time.perf_counter(), common.cpu_seconds()
-    return {"total_s": t3 - t0, "cpu_s": c3 - c0, "train_s": timing["t2"] - timing["t1"],
-            "step_cpu_s": common.median(timer.cpu), "steps": summary["global_step"], "notes": notes}
+    return {
+        "total_s": t3 - t0,
+        "cpu_s": c3 - c0,
+        "train_s": timing["t2"] - timing["t1"],
+        "step_cpu_s": common.median(timer.cpu),
+        "steps": summary["global_step"],
+        "notes": notes,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,24 +126,44 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     data = common.write_jsonl(common.text_pairs(args.pairs, seed=0, scale=args.scale), tmp / "pairs.jsonl")
     mdir = common.model_dir(tmp)
-    base = ["--data", str(data), "--model-dir", str(mdir), "--batch", str(args.batch), "--steps", str(args.steps),
-            "--max-length", str(args.max_length)]
-    env = common.worker_env(PREFOPT_CACHE=str(tmp / "prefopt-cache"), HF_DATASETS_CACHE=str(tmp / "hf-datasets"))
+    base = [
+        "--data",
+        str(data),
+        "--model-dir",
+        str(mdir),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--max-length",
+        str(args.max_length),
+    ]
+    env = common.worker_env(
+        PREFOPT_CACHE=str(tmp / "prefopt-cache"), HF_DATASETS_CACHE=str(tmp / "hf-datasets")
+    )
     me = Path(__file__)
 
     def run(kind, i):
-        return lambda: common.run_worker(me, ["--worker", kind, "--out", str(tmp / f"{kind}-{i}"), *base], env)
+        return lambda: common.run_worker(
+            me, ["--worker", kind, "--out", str(tmp / f"{kind}-{i}"), *base], env
+        )
 
-    print(f"overhead: DPO, builtin:{common.MODEL}, {args.pairs} pairs, batch {args.batch}, {args.steps} steps, "
-          f"{args.reps} rounds; machine {common.machine()}", flush=True)
+    print(
+        f"overhead: DPO, builtin:{common.MODEL}, {args.pairs} pairs, batch {args.batch}, {args.steps} steps, "
+        f"{args.reps} rounds; machine {common.machine()}",
+        flush=True,
+    )
     results: dict[str, list] = {"trl": [], "prefopt": [], "prefopt-off": []}
     for i in range(args.reps):
         order = ["trl", "prefopt", "prefopt-off"] if i % 2 == 0 else ["prefopt-off", "prefopt", "trl"]
         for kind in order:
             r = run(kind, i)()
             results[kind].append(r)
-            print(f"  round {i + 1}/{args.reps} {kind:12s} total {r['total_s']:6.1f}s wall {r['cpu_s']:6.1f}s cpu"
-                  f"  median step {r['step_cpu_s']:5.2f}s cpu  steps {r['steps']}", flush=True)
+            print(
+                f"  round {i + 1}/{args.reps} {kind:12s} total {r['total_s']:6.1f}s wall {r['cpu_s']:6.1f}s cpu"
+                f"  median step {r['step_cpu_s']:5.2f}s cpu  steps {r['steps']}",
+                flush=True,
+            )
     notes = results["prefopt"][0].get("notes") or []
     for n in notes:
         print(f"  note: {n}")
@@ -139,23 +172,36 @@ def main(argv: list[str] | None = None) -> int:
         return [a[field] / b[field] for a, b in zip(results[kind], results["trl"])]
 
     fields = ("cpu_s", "total_s", "step_cpu_s")
-    table = {f"{kind}/{field}": common.median(ratios(kind, field)) for kind in ("prefopt", "prefopt-off") for field in fields}
+    table = {
+        f"{kind}/{field}": common.median(ratios(kind, field))
+        for kind in ("prefopt", "prefopt-off")
+        for field in fields
+    }
     print(f"\n{'':30s} {'median':>9s} {'ratio to TRL (median of rounds)':>32s}")
     for kind in ("trl", "prefopt", "prefopt-off"):
         for field in fields:
             med = common.median([r[field] for r in results[kind]])
             rt = "" if kind == "trl" else f"{table[f'{kind}/{field}']:.3f}"
             print(f"{kind + ' ' + field:30s} {med:9.2f} {rt:>32s}")
-    common.report("overhead", table["prefopt/cpu_s"], TARGET, {
-        "measure": "CPU seconds of the whole run (fresh process, after imports)",
-        "prefopt_wall": round(table["prefopt/total_s"], 4),
-        "prefopt_step": round(table["prefopt/step_cpu_s"], 4),
-        "prefopt_batching_off_cpu": round(table["prefopt-off/cpu_s"], 4),
-        "prefopt_batching_off_wall": round(table["prefopt-off/total_s"], 4),
-        "prefopt_batching_off_step": round(table["prefopt-off/step_cpu_s"], 4),
-        "trl_cpu_s_median": round(common.median([r["cpu_s"] for r in results["trl"]]), 2),
-        "reps": args.reps, "pairs": args.pairs, "batch": args.batch, "steps": args.steps, "notes": notes,
-    })
+    common.report(
+        "overhead",
+        table["prefopt/cpu_s"],
+        TARGET,
+        {
+            "measure": "CPU seconds of the whole run (fresh process, after imports)",
+            "prefopt_wall": round(table["prefopt/total_s"], 4),
+            "prefopt_step": round(table["prefopt/step_cpu_s"], 4),
+            "prefopt_batching_off_cpu": round(table["prefopt-off/cpu_s"], 4),
+            "prefopt_batching_off_wall": round(table["prefopt-off/total_s"], 4),
+            "prefopt_batching_off_step": round(table["prefopt-off/step_cpu_s"], 4),
+            "trl_cpu_s_median": round(common.median([r["cpu_s"] for r in results["trl"]]), 2),
+            "reps": args.reps,
+            "pairs": args.pairs,
+            "batch": args.batch,
+            "steps": args.steps,
+            "notes": notes,
+        },
+    )
     return 0
 
 

@@ -86,14 +86,21 @@ def measured_slots(ds, collator, batches, n: int = 3) -> tuple[int, int]:
     add_fused_lm_head(model)
     install_split_forward(model)
     seen = []
-    model.model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["input_ids"].numel()), with_kwargs=True)
+    model.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
     predicted = measured = 0
     with torch.no_grad():
         for b in batches[:n]:
             batch = collator([ds[int(i)] for i in b])
             seen.clear()
             labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, fused_lm_head=True)
+            model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=labels,
+                fused_lm_head=True,
+            )
             measured += sum(seen)
             predicted += batch_token_slots(batch, split=True)[2]
     return measured, predicted
@@ -122,36 +129,58 @@ def main(argv: list[str] | None = None) -> int:
     lengths = pair_lengths(ds, args.max_length)
     n, bs = len(ds), args.batch
     perm = np.random.default_rng(args.seed).permutation(n)
-    random_batches = [perm[i:i + bs] for i in range(0, n, bs)]
+    random_batches = [perm[i : i + bs] for i in range(0, n, bs)]
     grouped_batches = PreferenceLengthGroupedSampler(lengths, bs, seed=args.seed).batches()
 
     rows = {}
-    names = {"trl": "plain TRL (random batches, one padded forward)",
-             "prefopt": "prefopt default (random batches, split forward)",
-             "grouped": "group_by_length only (one padded forward)",
-             "grouped+split": "prefopt with group_by_length (+ split forward)"}
-    for key, batches, split in (("trl", random_batches, False), ("prefopt", random_batches, True),
-                                ("grouped", grouped_batches, False), ("grouped+split", grouped_batches, True)):
+    names = {
+        "trl": "plain TRL (random batches, one padded forward)",
+        "prefopt": "prefopt default (random batches, split forward)",
+        "grouped": "group_by_length only (one padded forward)",
+        "grouped+split": "prefopt with group_by_length (+ split forward)",
+    }
+    for key, batches, split in (
+        ("trl", random_batches, False),
+        ("prefopt", random_batches, True),
+        ("grouped", grouped_batches, False),
+        ("grouped+split", grouped_batches, True),
+    ):
         slots, real = count(ds, collator, batches, split)
         rows[key] = slots / real
-    within_pair = float(np.sum(2 * lengths) / np.sum(
-        [min(len(p) + len(c), args.max_length) + min(len(p) + len(r), args.max_length)
-         for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]))
+    within_pair = float(
+        np.sum(2 * lengths)
+        / np.sum(
+            [
+                min(len(p) + len(c), args.max_length) + min(len(p) + len(r), args.max_length)
+                for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])
+            ]
+        )
+    )
     measured, predicted = measured_slots(ds, collator, random_batches)
 
-    print(f"{n:,} UltraFeedback-shaped pairs (max_length {args.max_length}), batches of {bs} pairs; "
-          f"{time.perf_counter() - t0:.0f}s")
+    print(
+        f"{n:,} UltraFeedback-shaped pairs (max_length {args.max_length}), batches of {bs} pairs; "
+        f"{time.perf_counter() - t0:.0f}s"
+    )
     print(f"{'batching':52s} slots / real tokens")
     for key, r in rows.items():
         print(f"{names[key]:52s} {r:6.3f}")
     print(f"{'floor of any (2B, L) layout (chosen vs rejected)':52s} {within_pair:6.3f}")
     print(f"model check: backbone received {measured:,} token slots for 3 batches; predicted {predicted:,}")
     assert measured == predicted, "the split forward did not process what batch_token_slots predicts"
-    common.report("padding", rows["prefopt"], TARGET, {
-        "plain_trl": round(rows["trl"], 4), "group_by_length_only": round(rows["grouped"], 4),
-        "group_by_length_and_split": round(rows["grouped+split"], 4),
-        "pair_layout_floor": round(within_pair, 4), "rows": n, "batch_pairs": bs,
-    })
+    common.report(
+        "padding",
+        rows["prefopt"],
+        TARGET,
+        {
+            "plain_trl": round(rows["trl"], 4),
+            "group_by_length_only": round(rows["grouped"], 4),
+            "group_by_length_and_split": round(rows["grouped+split"], 4),
+            "pair_layout_floor": round(within_pair, 4),
+            "rows": n,
+            "batch_pairs": bs,
+        },
+    )
     return 0
 
 

@@ -25,8 +25,14 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 BENCHMARKS = ("padding", "limit", "memory", "overhead", "sweep", "data")
-TARGETS = {"overhead": "≤ 1.02", "sweep": "≤ 0.80", "limit": "≤ 1.05", "padding": "≤ 1.10", "memory": "≤ 1.10",
-           "data": "60k rows < 60 s"}
+TARGETS = {
+    "overhead": "≤ 1.02",
+    "sweep": "≤ 0.80",
+    "limit": "≤ 1.05",
+    "padding": "≤ 1.10",
+    "memory": "≤ 1.10",
+    "data": "60k rows < 60 s",
+}
 
 
 def run(name: str, quick: bool) -> dict:
@@ -36,7 +42,9 @@ def run(name: str, quick: bool) -> dict:
     elif quick:
         args.append("--quick")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=common.worker_env())
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=common.worker_env()
+    )
     lines = []
     for line in proc.stdout:
         print(f"[{name}] {line}", end="", flush=True)
@@ -45,14 +53,17 @@ def run(name: str, quick: bool) -> dict:
     res = {"benchmark": name, "rc": proc.returncode, "seconds": round(time.perf_counter() - t0)}
     for line in lines:
         if line.startswith("RESULT "):
-            res.update(json.loads(line[len("RESULT "):]))
+            res.update(json.loads(line[len("RESULT ") :]))
     if name == "data":
         for line in lines:
             m = re.match(r"total for ([\d,]+) rows:\s+([\d.]+)s wall", line)
             if m:
                 rows, secs = int(m.group(1).replace(",", "")), float(m.group(2))
-                res.update(ratio=None, value=f"{rows:,} rows in {secs:.1f}s ({rows / secs:,.0f} rows/s)",
-                           met=secs * 60000 / rows < 60)
+                res.update(
+                    ratio=None,
+                    value=f"{rows:,} rows in {secs:.1f}s ({rows / secs:,.0f} rows/s)",
+                    met=secs * 60000 / rows < 60,
+                )
     return res
 
 
@@ -66,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     results = [run(name, args.quick) for name in (args.only or BENCHMARKS)]
     print("\n| benchmark | ratio | target | met | seconds |\n|---|---|---|---|---|")
     for r in results:
-        value = r.get("value") or (f"{r['ratio']:.3f}" if r.get("ratio") is not None else f"failed (rc {r['rc']})")
+        value = r.get("value") or (
+            f"{r['ratio']:.3f}" if r.get("ratio") is not None else f"failed (rc {r['rc']})"
+        )
         met = {True: "yes", False: "**no**"}.get(r.get("met"), "?")
         print(f"| {r['benchmark']} | {value} | {TARGETS[r['benchmark']]} | {met} | {r['seconds']} |")
     if args.json:

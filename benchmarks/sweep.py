@@ -61,12 +61,24 @@ def worker(args) -> dict:
                 ds = load_dataset("json", data_files=args.data, split="train")
             else:
                 ds = Dataset.from_list([json.loads(x) for x in Path(args.data).read_text().splitlines()])
-            cfg = common.trl_dpo_config(out / f"beta{beta}", batch=args.batch, epochs=1, max_length=args.max_length,
-                                        beta=beta, precompute=True)
+            cfg = common.trl_dpo_config(
+                out / f"beta{beta}",
+                batch=args.batch,
+                epochs=1,
+                max_length=args.max_length,
+                beta=beta,
+                precompute=True,
+            )
             trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
             trainer.train()
-            runs.append({"beta": beta, "wall_s": time.perf_counter() - r0, "cpu_s": common.cpu_seconds() - rc0,
-                         "steps": trainer.state.global_step})
+            runs.append(
+                {
+                    "beta": beta,
+                    "wall_s": time.perf_counter() - r0,
+                    "cpu_s": common.cpu_seconds() - rc0,
+                    "steps": trainer.state.global_step,
+                }
+            )
         return {"wall_s": time.perf_counter() - t0, "cpu_s": common.cpu_seconds() - c0, "runs": runs}
 
     import prefopt.train as train_mod
@@ -83,13 +95,32 @@ def worker(args) -> dict:
     t0, c0 = time.perf_counter(), common.cpu_seconds()
     for beta in betas:
         r0, rc0 = time.perf_counter(), common.cpu_seconds()
-        recipe = common.prefopt_recipe(Path(args.data), out / f"beta{beta}", batch=args.batch, epochs=1,
-                                       max_length=args.max_length, beta=beta, cache_dir=Path(args.cache_dir))
+        recipe = common.prefopt_recipe(
+            Path(args.data),
+            out / f"beta{beta}",
+            batch=args.batch,
+            epochs=1,
+            max_length=args.max_length,
+            beta=beta,
+            cache_dir=Path(args.cache_dir),
+        )
         summary = train_mod.train(recipe, output_dir=str(out / f"beta{beta}"), overwrite=True)
         events = getattr(trainers[-1], "reference_cache_events", [])
-        runs.append({"beta": beta, "wall_s": time.perf_counter() - r0, "cpu_s": common.cpu_seconds() - rc0,
-                     "steps": summary["global_step"], "cache": [("hit" if e["hit"] else "miss") for e in events]})
-    return {"wall_s": time.perf_counter() - t0, "cpu_s": common.cpu_seconds() - c0, "runs": runs, "notes": notes}
+        runs.append(
+            {
+                "beta": beta,
+                "wall_s": time.perf_counter() - r0,
+                "cpu_s": common.cpu_seconds() - rc0,
+                "steps": summary["global_step"],
+                "cache": [("hit" if e["hit"] else "miss") for e in events],
+            }
+        )
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": common.cpu_seconds() - c0,
+        "runs": runs,
+        "notes": notes,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 rounds, 8 pairs")
     ap.add_argument("--with-in-memory", action="store_true", help="also TRL on an in-memory dataset")
     ap.add_argument("--worker", choices=("prefopt", "trl-mem", "trl-file"))
-    ap.add_argument("--data"), ap.add_argument("--model-dir"), ap.add_argument("--out"), ap.add_argument("--cache-dir")
+    (
+        ap.add_argument("--data"),
+        ap.add_argument("--model-dir"),
+        ap.add_argument("--out"),
+        ap.add_argument("--cache-dir"),
+    )
     ap.add_argument("--betas", default=",".join(map(str, BETAS)))
     args = ap.parse_args(argv)
     if args.worker:
@@ -114,23 +150,53 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     data = common.write_jsonl(common.text_pairs(args.pairs, seed=1, scale=args.scale), tmp / "pairs.jsonl")
     mdir = common.model_dir(tmp)
-    base = ["--data", str(data), "--model-dir", str(mdir), "--batch", str(args.batch), "--max-length", str(args.max_length)]
+    base = [
+        "--data",
+        str(data),
+        "--model-dir",
+        str(mdir),
+        "--batch",
+        str(args.batch),
+        "--max-length",
+        str(args.max_length),
+    ]
     me = Path(__file__)
     kinds = ("prefopt", "trl-file", "trl-mem") if args.with_in_memory else ("prefopt", "trl-file")
-    print(f"sweep: DPO β ∈ {BETAS}, builtin:{common.MODEL}, {args.pairs} pairs × 1 epoch per β, batch {args.batch}, "
-          f"{args.reps} rounds; machine {common.machine()}", flush=True)
+    print(
+        f"sweep: DPO β ∈ {BETAS}, builtin:{common.MODEL}, {args.pairs} pairs × 1 epoch per β, batch {args.batch}, "
+        f"{args.reps} rounds; machine {common.machine()}",
+        flush=True,
+    )
     results: dict[str, list] = {k: [] for k in kinds}
     for i in range(args.reps):
-        for kind in (kinds if i % 2 == 0 else kinds[::-1]):
+        for kind in kinds if i % 2 == 0 else kinds[::-1]:
             round_dir = tmp / f"{kind}-{i}"
-            env = common.worker_env(PREFOPT_CACHE=str(round_dir / "prefopt-cache"),
-                                    HF_DATASETS_CACHE=str(round_dir / "hf-datasets"))  # cold caches every round
-            r = common.run_worker(me, ["--worker", kind, "--out", str(round_dir / "out"),
-                                       "--cache-dir", str(round_dir / "refcache"), *base], env)
+            env = common.worker_env(
+                PREFOPT_CACHE=str(round_dir / "prefopt-cache"),
+                HF_DATASETS_CACHE=str(round_dir / "hf-datasets"),
+            )  # cold caches every round
+            r = common.run_worker(
+                me,
+                [
+                    "--worker",
+                    kind,
+                    "--out",
+                    str(round_dir / "out"),
+                    "--cache-dir",
+                    str(round_dir / "refcache"),
+                    *base,
+                ],
+                env,
+            )
             results[kind].append(r)
-            detail = " ".join(f"{x['cpu_s']:.0f}" + (f"[{','.join(x['cache'])}]" if "cache" in x else "") for x in r["runs"])
-            print(f"  round {i + 1}/{args.reps} {kind:9s} {r['wall_s']:6.1f}s wall {r['cpu_s']:6.1f}s cpu  "
-                  f"per run cpu: {detail}", flush=True)
+            detail = " ".join(
+                f"{x['cpu_s']:.0f}" + (f"[{','.join(x['cache'])}]" if "cache" in x else "") for x in r["runs"]
+            )
+            print(
+                f"  round {i + 1}/{args.reps} {kind:9s} {r['wall_s']:6.1f}s wall {r['cpu_s']:6.1f}s cpu  "
+                f"per run cpu: {detail}",
+                flush=True,
+            )
             shutil.rmtree(round_dir, ignore_errors=True)
     for n in results["prefopt"][0].get("notes") or []:
         print(f"  note: {n}")
@@ -140,12 +206,16 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{'':10s} {'median cpu s':>13s} {'median wall s':>14s}")
     for k in kinds:
-        print(f"{k:10s} {common.median([r['cpu_s'] for r in results[k]]):13.1f} "
-              f"{common.median([r['wall_s'] for r in results[k]]):14.1f}")
+        print(
+            f"{k:10s} {common.median([r['cpu_s'] for r in results[k]]):13.1f} "
+            f"{common.median([r['wall_s'] for r in results[k]]):14.1f}"
+        )
     extra = {
         "measure": "CPU seconds of the 4-run sweep (fresh process, cold caches)",
         "vs_trl_wall": round(ratio("prefopt", "trl-file", "wall_s"), 4),
-        "reps": args.reps, "pairs": args.pairs, "batch": args.batch,
+        "reps": args.reps,
+        "pairs": args.pairs,
+        "batch": args.batch,
     }
     print(f"prefopt / TRL: {ratio('prefopt', 'trl-file', 'cpu_s'):.3f} cpu, {extra['vs_trl_wall']:.3f} wall")
     if "trl-mem" in kinds:

@@ -103,8 +103,15 @@ class PreferenceLengthGroupedSampler(Sampler[int]):
 
     Every index appears once per epoch. Only the last batch can be short, and it stays last."""
 
-    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, *, seed: int = 0,
-                 mega_batch_mult: int = MEGA_BATCH_MULT, longest_first: bool = True):
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        mega_batch_mult: int = MEGA_BATCH_MULT,
+        longest_first: bool = True,
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -126,9 +133,9 @@ class PreferenceLengthGroupedSampler(Sampler[int]):
         perm = rng.permutation(n)
         batches: list[np.ndarray] = []
         for start in range(0, n, self.mega):
-            mega = perm[start:start + self.mega]
+            mega = perm[start : start + self.mega]
             mega = mega[np.argsort(-self.lengths[mega], kind="stable")]
-            batches.extend(mega[i:i + bs] for i in range(0, len(mega), bs))
+            batches.extend(mega[i : i + bs] for i in range(0, len(mega), bs))
         tail = batches.pop() if batches and len(batches[-1]) < bs else None
         order = rng.permutation(len(batches))
         batches = [batches[i] for i in order]
@@ -145,8 +152,9 @@ class PreferenceLengthGroupedSampler(Sampler[int]):
 
 
 # ----------------------------------------------------------------------------------------- split forward
-def plan_row_groups(lengths: Sequence[int] | np.ndarray, max_groups: int = MAX_GROUPS,
-                    penalty: float = GROUP_PENALTY) -> tuple[list[tuple[np.ndarray, int]], int]:
+def plan_row_groups(
+    lengths: Sequence[int] | np.ndarray, max_groups: int = MAX_GROUPS, penalty: float = GROUP_PENALTY
+) -> tuple[list[tuple[np.ndarray, int]], int]:
     """Split rows into at most ``max_groups`` groups of consecutive lengths (sorted, longest first),
     each padded to its own longest row, minimising token slots × (1 + penalty per extra group).
     Returns ``([(row indices, group length), ...], token slots)``."""
@@ -172,7 +180,9 @@ def plan_row_groups(lengths: Sequence[int] | np.ndarray, max_groups: int = MAX_G
         cut = np.argmin(cand, axis=1)
         dp.append(cand[np.arange(n + 1), cut])
         cuts.append(cut)
-    costs = [dp[k][n] * (1 + penalty * (k - 1)) if dp[k][n] < inf else np.inf for k in range(1, max_groups + 1)]
+    costs = [
+        dp[k][n] * (1 + penalty * (k - 1)) if dp[k][n] < inf else np.inf for k in range(1, max_groups + 1)
+    ]
     k = int(np.argmin(costs)) + 1
     total = int(dp[k][n])
     groups, i = [], n
@@ -236,7 +246,9 @@ def _run_groups(inner, kwargs: dict[str, Any], groups, n_rows: int, width: int):
     outs, order = [], []
     for rows, g_len in groups:
         idx = torch.as_tensor(rows, device=device, dtype=torch.long)
-        sub = {k: kwargs[k].index_select(0, idx)[:, :g_len] for k in ("input_ids", "attention_mask", "labels")}
+        sub = {
+            k: kwargs[k].index_select(0, idx)[:, :g_len] for k in ("input_ids", "attention_mask", "labels")
+        }
         if "use_cache" in kwargs:
             sub["use_cache"] = kwargs["use_cache"]
         outs.append(inner(fused_lm_head=True, **sub))
@@ -250,8 +262,12 @@ def _run_groups(inner, kwargs: dict[str, Any], groups, n_rows: int, width: int):
         if any(p is None for p in parts):
             merged[name] = None
             continue
-        padded = [torch.cat([p, p.new_zeros(p.size(0), width - 1 - p.size(1))], dim=1) if p.size(1) < width - 1 else p
-                  for p in parts]
+        padded = [
+            torch.cat([p, p.new_zeros(p.size(0), width - 1 - p.size(1))], dim=1)
+            if p.size(1) < width - 1
+            else p
+            for p in parts
+        ]
         merged[name] = torch.cat(padded, dim=0).index_select(0, inverse)
     denom = num_items if num_items is not None else merged["label_mask"].sum().clamp(min=1)
     loss = -merged["log_probs"].sum() / denom
@@ -259,8 +275,9 @@ def _run_groups(inner, kwargs: dict[str, Any], groups, n_rows: int, width: int):
 
 
 # ----------------------------------------------------------------------------------------- metrics
-def batch_token_slots(inputs: dict[str, Any], *, split: bool, max_groups: int = MAX_GROUPS,
-                      penalty: float = GROUP_PENALTY) -> tuple[int, int, int]:
+def batch_token_slots(
+    inputs: dict[str, Any], *, split: bool, max_groups: int = MAX_GROUPS, penalty: float = GROUP_PENALTY
+) -> tuple[int, int, int]:
     """``(real tokens, slots in the collator's layout, slots the forward processes)`` for one batch
     (DPO/KTO inputs with ``attention_mask`` [+ ``KL_attention_mask``]; ORPO/CPO with
     ``chosen_attention_mask``/``rejected_attention_mask``, concatenated and padded together)."""
@@ -294,7 +311,9 @@ class LengthGroupingMixin:
     ``split_forward``: None → on, except under DeepSpeed/FSDP (multi-call forwards not validated there).
     """
 
-    def __init__(self, *args, length_grouping: bool | None = None, split_forward: bool | None = None, **kwargs):
+    def __init__(
+        self, *args, length_grouping: bool | None = None, split_forward: bool | None = None, **kwargs
+    ):
         self._prefopt_length_grouping = length_grouping
         self._prefopt_split = split_forward
         super().__init__(*args, **kwargs)
@@ -337,14 +356,20 @@ class LengthGroupingMixin:
             lengths = pair_lengths(ds, getattr(self.args, "max_length", None))
             if lengths is not None and len(lengths) == len(ds):
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-                group = self._train_batch_size * self.args.gradient_accumulation_steps * max(1, self.args.world_size)
+                group = (
+                    self._train_batch_size
+                    * self.args.gradient_accumulation_steps
+                    * max(1, self.args.world_size)
+                )
                 return PreferenceLengthGroupedSampler(lengths, group, seed=seed)
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):
         # transformers' group_by_length eval sampler reads an `input_ids` column preference data lacks
-        if getattr(self.args, "train_sampling_strategy", None) == "group_by_length" and \
-                pair_lengths(eval_dataset.select(range(min(1, len(eval_dataset))))) is not None:
+        if (
+            getattr(self.args, "train_sampling_strategy", None) == "group_by_length"
+            and pair_lengths(eval_dataset.select(range(min(1, len(eval_dataset))))) is not None
+        ):
             from torch.utils.data import SequentialSampler
 
             return SequentialSampler(eval_dataset)
@@ -354,7 +379,9 @@ class LengthGroupingMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training and isinstance(inputs, dict):
             self._log_padding(inputs)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
 
     def _log_padding(self, inputs) -> None:
         real, layout, processed = batch_token_slots(inputs, split=self._split_enabled())

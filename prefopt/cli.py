@@ -28,17 +28,27 @@ def _setup_env() -> None:
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("prefopt").setLevel(logging.INFO)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="recipe YAML")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a recipe value (typed)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a recipe value (typed)",
+    )
     p.add_argument("--output-dir", help="run directory (overrides output.dir)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in the output dir")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved TRL configuration; load no model")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved TRL configuration; load no model"
+    )
     p.add_argument("--smoke", action="store_true", help="builtin model + small local sample, a few steps")
 
 
@@ -89,15 +99,21 @@ def _print_summary(summary: dict) -> None:
     if not is_main_process():
         return
     print(f"\nrun dir: {summary['run_dir']}")
-    print(f"algorithm: {summary['algorithm']}  steps: {summary['global_step']}  train loss: {summary['train_loss']:.4f}  "
-          f"time: {summary['train_runtime_s']:.1f}s")
+    print(
+        f"algorithm: {summary['algorithm']}  steps: {summary['global_step']}  train loss: {summary['train_loss']:.4f}  "
+        f"time: {summary['train_runtime_s']:.1f}s"
+    )
     world = (summary.get("eval") or {}).get("world")
     if world:
         pol, ref = world["policy"], world["reference"]
-        print(f"true reward (sampled, T=1): reference {ref['reward_sampled']:.3f} → trained {pol['reward_sampled']:.3f} "
-              f"({world['lift_sampled']:+.3f})")
-        print(f"true reward (greedy):       reference {ref['reward_greedy']:.3f} → trained {pol['reward_greedy']:.3f} "
-              f"({world['lift_greedy']:+.3f})")
+        print(
+            f"true reward (sampled, T=1): reference {ref['reward_sampled']:.3f} → trained {pol['reward_sampled']:.3f} "
+            f"({world['lift_sampled']:+.3f})"
+        )
+        print(
+            f"true reward (greedy):       reference {ref['reward_greedy']:.3f} → trained {pol['reward_greedy']:.3f} "
+            f"({world['lift_greedy']:+.3f})"
+        )
         print(f"KL(policy ‖ reference) on samples: {pol.get('kl_to_reference', float('nan')):.3f} nats")
 
 

@@ -19,10 +19,17 @@ def add_compare_commands(subparsers) -> None:
     )
     p.add_argument("--config", required=True, metavar="SWEEP.yaml", help="sweep file (see configs/sweeps/)")
     p.add_argument("--output-dir", help="output directory (overrides the sweep's `output`)")
-    p.add_argument("--only", action="append", default=[], metavar="NAME",
-                   help="run only these: a grid algorithm, rlhf or iterative_dpo (repeatable)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only these: a grid algorithm, rlhf or iterative_dpo (repeatable)",
+    )
     p.add_argument("--rerun", action="store_true", help="run points again even if finished in the output dir")
-    p.add_argument("--dry-run", action="store_true", help="list the points (validated recipes); train nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the points (validated recipes); train nothing"
+    )
     p.set_defaults(func=cmd_compare)
 
 
@@ -32,13 +39,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.config)
     if args.dry_run:
         plan = plan_sweep(sweep, args.only or None)
-        listing = [{"name": p.name, "algorithm": p.algorithm, "params": p.params, "seed": p.seed,
-                    "base": str(p.recipe.source_path)} for p in plan.points]
+        listing = [
+            {
+                "name": p.name,
+                "algorithm": p.algorithm,
+                "params": p.params,
+                "seed": p.seed,
+                "base": str(p.recipe.source_path),
+            }
+            for p in plan.points
+        ]
         for side in ("rlhf", "iterative_dpo"):
             section = getattr(plan, side)
             if section is not None:
-                listing.append({"name": side, "seeds": sweep.seeds, "base": str(plan.side_bases[side].source_path),
-                                "config": section.model_dump(mode="json")})
+                listing.append(
+                    {
+                        "name": side,
+                        "seeds": sweep.seeds,
+                        "base": str(plan.side_bases[side].source_path),
+                        "config": section.model_dump(mode="json"),
+                    }
+                )
         print(json.dumps(listing, indent=2, default=str))
         return 0
     summary = run_sweep(sweep, output_dir=args.output_dir, rerun=args.rerun, only=args.only or None)

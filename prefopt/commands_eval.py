@@ -20,10 +20,13 @@ def add_eval_commands(subparsers) -> None:
         ),
     )
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="the directory `prefopt train` wrote")
-    p.add_argument("--data", metavar="PATH",
-                   help="held-out preference data: a JSONL/JSON/parquet file of {prompt, chosen, rejected} rows "
-                        "(text or messages; unpaired {prompt, completion, label} rows are paired by prompt). "
-                        "Default: the recipe's eval split.")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="held-out preference data: a JSONL/JSON/parquet file of {prompt, chosen, rejected} rows "
+        "(text or messages; unpaired {prompt, completion, label} rows are paired by prompt). "
+        "Default: the recipe's eval split.",
+    )
     p.add_argument("--json", action="store_true", help="print the whole eval.json instead of the summary")
     p.set_defaults(func=cmd_eval)
 

@@ -66,8 +66,15 @@ log = logging.getLogger("prefopt")
 ALGORITHM_ORDER = ("reference", "dpo", "ipo", "kto", "orpo", "simpo", "rlhf", "iterative_dpo")
 MAIN_PARAM = {"dpo": "beta", "ipo": "tau", "kto": "beta", "orpo": "lam", "simpo": "beta"}
 SYMBOLS = {
-    "beta": "β", "tau": "τ", "lam": "λ", "gamma_beta_ratio": "γ/β", "label_smoothing": "ε",
-    "desirable_weight": "λ_D", "undesirable_weight": "λ_U", "learning_rate": "lr", "round": "round",
+    "beta": "β",
+    "tau": "τ",
+    "lam": "λ",
+    "gamma_beta_ratio": "γ/β",
+    "label_smoothing": "ε",
+    "desirable_weight": "λ_D",
+    "undesirable_weight": "λ_U",
+    "learning_rate": "lr",
+    "round": "round",
 }
 
 
@@ -80,7 +87,9 @@ class GridEntry(_Strict):
     """One algorithm of the grid. List values under ``loss``/``training`` are swept (product)."""
 
     algorithm: Literal["dpo", "ipo", "kto", "orpo", "simpo"]
-    base: str | None = Field(None, description="Base recipe (relative to the sweep file); default: the sweep's `base`.")
+    base: str | None = Field(
+        None, description="Base recipe (relative to the sweep file); default: the sweep's `base`."
+    )
     loss: dict[str, Any] = Field(default_factory=dict, description="Loss parameters; lists are swept.")
     training: dict[str, Any] = Field(default_factory=dict, description="TRL config fields; lists are swept.")
     overrides: list[str] = Field(default_factory=list, description="Extra `section.key=value` overrides.")
@@ -93,24 +102,41 @@ class CompareEvaluation(_Strict):
     samples_per_prompt: int = Field(4, gt=0, description="Sampled completions per prompt (T = 1).")
     max_new_tokens: int = Field(8, gt=0)
     seed: int = Field(1234, description="Sampling seed (the same for every point).")
-    pref_prompts: int = Field(300, ge=0, description="Held-out prompts the preference pairs are drawn from "
-                                                     "(world test split, up to 2 pairs each); 0 = skip.")
+    pref_prompts: int = Field(
+        300,
+        ge=0,
+        description="Held-out prompts the preference pairs are drawn from "
+        "(world test split, up to 2 pairs each); 0 = skip.",
+    )
 
 
 class Sweep(_Strict):
     base: str | None = Field(None, description="Default base recipe, relative to the sweep file.")
     grid: list[GridEntry] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    overrides: list[str] = Field(default_factory=list, description="`section.key=value` for every grid point.")
+    overrides: list[str] = Field(
+        default_factory=list, description="`section.key=value` for every grid point."
+    )
     rlhf: dict[str, Any] | None = Field(None, description="RLHF baseline (prefopt.rlhf.RLHFSection) or null.")
-    iterative_dpo: dict[str, Any] | None = Field(None, description="Iterative DPO (prefopt.iterative) or null.")
+    iterative_dpo: dict[str, Any] | None = Field(
+        None, description="Iterative DPO (prefopt.iterative) or null."
+    )
     evaluation: CompareEvaluation = Field(default_factory=CompareEvaluation)
-    reuse_tokenized: bool = Field(True, description="Tokenise once per (data, kind, seed, tokenizer, lengths).")
-    reference_cache: bool = Field(True, description="Set reference_cache.enabled on points that use a reference.")
+    reuse_tokenized: bool = Field(
+        True, description="Tokenise once per (data, kind, seed, tokenizer, lengths)."
+    )
+    reference_cache: bool = Field(
+        True, description="Set reference_cache.enabled on points that use a reference."
+    )
     save_models: bool = Field(False, description="Save each point's model under its run dir.")
-    threads: int | None = Field(1, gt=0, description=(
-        "torch intra-op threads while the sweep runs (null: torch's default). 1 is fastest for the tiny world "
-        "model and does not collapse when other processes share the cores."))
+    threads: int | None = Field(
+        1,
+        gt=0,
+        description=(
+            "torch intra-op threads while the sweep runs (null: torch's default). 1 is fastest for the tiny world "
+            "model and does not collapse when other processes share the cores."
+        ),
+    )
     output: str = Field("runs/compare-{timestamp}", description="Output dir (relative to the working dir).")
 
     _source_path: Path | None = None
@@ -144,8 +170,10 @@ def _explain(err: ValidationError, where: str, model: type[BaseModel]) -> Prefop
                 ann = field.annotation if field else None
                 parent = next((a for a in _models_in(ann)), None)
             options = list(parent.model_fields) if parent is not None else []
-            lines.append(f'unknown key "{key}".{did_you_mean(loc[-1], options)}'
-                         + (f" Allowed here: {', '.join(options)}." if options else ""))
+            lines.append(
+                f'unknown key "{key}".{did_you_mean(loc[-1], options)}'
+                + (f" Allowed here: {', '.join(options)}." if options else "")
+            )
         elif e["type"] == "missing":
             lines.append(f'missing required key "{key}".')
         else:
@@ -224,11 +252,17 @@ def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
     for i, entry in enumerate(sweep.grid):
         base_path = sweep.resolve(entry.base or sweep.base)
         if base_path is None:
-            raise PrefoptError(f"grid[{i}] ({entry.algorithm}) has no base recipe and the sweep has no `base`.",
-                               where=where, fix="add `base: path/to/recipe.yaml` to the entry or the sweep.")
+            raise PrefoptError(
+                f"grid[{i}] ({entry.algorithm}) has no base recipe and the sweep has no `base`.",
+                where=where,
+                fix="add `base: path/to/recipe.yaml` to the entry or the sweep.",
+            )
         if not base_path.exists():
-            raise PrefoptError(f"grid[{i}]: base recipe {base_path} does not exist.", where=where,
-                               fix="base paths are relative to the sweep file.")
+            raise PrefoptError(
+                f"grid[{i}]: base recipe {base_path} does not exist.",
+                where=where,
+                fix="base paths are relative to the sweep file.",
+            )
         raw = read_yaml(base_path)
         base_algorithm = raw.get("algorithm")
         swept = _swept(entry.loss) | _swept(entry.training)
@@ -249,7 +283,11 @@ def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
                 data["seed"] = seed
                 if sweep.reference_cache and get_adapter(entry.algorithm).uses_reference:
                     data["reference_cache"] = {**(data.get("reference_cache") or {}), "enabled": True}
-                data["output"] = {**(data.get("output") or {}), "save_model": sweep.save_models, "overwrite": True}
+                data["output"] = {
+                    **(data.get("output") or {}),
+                    "save_model": sweep.save_models,
+                    "overwrite": True,
+                }
                 params = {k: v for k, v in {**loss, **training}.items() if k in swept}
                 label = "-".join(f"{k}{_fmt(v)}" for k, v in params.items())
                 name = f"{entry.algorithm}{'-' + label if label else ''}-seed{seed}"
@@ -259,10 +297,13 @@ def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
                 try:
                     recipe = load_recipe(data=data, overrides=[*sweep.overrides, *entry.overrides])
                 except PrefoptError as err:
-                    raise PrefoptError(f"grid[{i}] point {name} (base {base_path.name}): {err}", where=where) from None
+                    raise PrefoptError(
+                        f"grid[{i}] point {name} (base {base_path.name}): {err}", where=where
+                    ) from None
                 recipe._source_path = base_path
-                params.setdefault(MAIN_PARAM[entry.algorithm],
-                                  recipe.loss_params.model_dump()[MAIN_PARAM[entry.algorithm]])
+                params.setdefault(
+                    MAIN_PARAM[entry.algorithm], recipe.loss_params.model_dump()[MAIN_PARAM[entry.algorithm]]
+                )
                 points.append(Point(name, entry.algorithm, recipe, params, seed))
     return points
 
@@ -274,9 +315,11 @@ def world_task(recipe) -> str:
     if task is None:
         raise PrefoptError(
             "prefopt compare measures the true reward of the ground-truth world, but this recipe's data does "
-            "not come from it.", where=str(recipe.source_path or "<recipe>"),
+            "not come from it.",
+            where=str(recipe.source_path or "<recipe>"),
             fix="use a base recipe with `data: {train: [{source: world, task: arith, ...}]}` "
-                "(configs/recipes/quickstart/*.yaml).")
+            "(configs/recipes/quickstart/*.yaml).",
+        )
     return task
 
 
@@ -349,7 +392,9 @@ class WorldEvaluator:
         self.task, self.reference, self.tokenizer = task, reference, tokenizer
         self.settings = settings or CompareEvaluation()
         s = self.settings
-        self.pairs = world.preference_rows(task, s.pref_prompts, split="test", seed=s.seed) if s.pref_prompts else []
+        self.pairs = (
+            world.preference_rows(task, s.pref_prompts, split="test", seed=s.seed) if s.pref_prompts else []
+        )
         self._ref_lp = self._logps(reference) if self.pairs else None
         self.reference_result = self._sampling(reference, with_kl=False)
         self.reference_result["kl_to_reference"] = 0.0
@@ -378,9 +423,16 @@ class WorldEvaluator:
         from prefopt import world
 
         s = self.settings
-        return world.evaluate_policy(model, self.tokenizer, self.task, reference=self.reference if with_kl else None,
-                                     num_prompts=s.num_prompts, samples_per_prompt=s.samples_per_prompt,
-                                     seed=s.seed, max_new_tokens=s.max_new_tokens)
+        return world.evaluate_policy(
+            model,
+            self.tokenizer,
+            self.task,
+            reference=self.reference if with_kl else None,
+            num_prompts=s.num_prompts,
+            samples_per_prompt=s.samples_per_prompt,
+            seed=s.seed,
+            max_new_tokens=s.max_new_tokens,
+        )
 
     def __call__(self, model) -> dict:
         import torch
@@ -465,8 +517,16 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
         report.save(run_dir / "data_report.json")
         _kto_weight_check(recipe, train_ds)
         guard = NonFiniteGuard()
-        trainer = build_trainer(recipe, model, tokenizer, train_tok, eval_tok, output_dir=str(run_dir / "checkpoints"),
-                                callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl"), guard], config=config)
+        trainer = build_trainer(
+            recipe,
+            model,
+            tokenizer,
+            train_tok,
+            eval_tok,
+            output_dir=str(run_dir / "checkpoints"),
+            callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl"), guard],
+            config=config,
+        )
         t0 = time.perf_counter()
         result = trainer.train()
         train_s = time.perf_counter() - t0
@@ -475,12 +535,20 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
         policy = trainer.accelerator.unwrap_model(trainer.model)
         evaluation = evaluate(policy)
     out = {
-        "name": point.name, "algorithm": point.algorithm, "params": point.params, "seed": point.seed,
+        "name": point.name,
+        "algorithm": point.algorithm,
+        "params": point.params,
+        "seed": point.seed,
         "status": "failed" if guard.tripped else "finished",
         "error": f"non-finite {guard.tripped[1]} at step {guard.tripped[0]}" if guard.tripped else None,
-        "run_dir": str(run_dir), "trainer": adapter.describe(recipe)["trainer"],
-        "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-        "train_rows": len(train_tok), "train_s": round(train_s, 2), **m.result, "eval": evaluation,
+        "run_dir": str(run_dir),
+        "trainer": adapter.describe(recipe)["trainer"],
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "train_rows": len(train_tok),
+        "train_s": round(train_s, 2),
+        **m.result,
+        "eval": evaluation,
     }
     manifest.write_json(run_dir / "point.json", out)
     del trainer, model, policy
@@ -507,9 +575,14 @@ def world_identity(task: str) -> dict:
     name is keyed by the warm start), the world's data version and the library versions."""
     from prefopt import manifest, world
 
-    return {"reference": world.reference_checkpoint(task).name, "world_version": world.WORLD_VERSION,
-            "data_version": getattr(world, "DATA_VERSION", None),
-            "versions": {k: v for k, v in manifest.versions().items() if k in ("torch", "transformers", "trl", "peft")}}
+    return {
+        "reference": world.reference_checkpoint(task).name,
+        "world_version": world.WORLD_VERSION,
+        "data_version": getattr(world, "DATA_VERSION", None),
+        "versions": {
+            k: v for k, v in manifest.versions().items() if k in ("torch", "transformers", "trl", "peft")
+        },
+    }
 
 
 class Plan:
@@ -518,7 +591,12 @@ class Plan:
 
     def __init__(self, points, rlhf, iterative_dpo, side_bases, task):
         self.points, self.rlhf, self.iterative_dpo, self.side_bases, self.task = (
-            points, rlhf, iterative_dpo, side_bases, task)
+            points,
+            rlhf,
+            iterative_dpo,
+            side_bases,
+            task,
+        )
 
 
 def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
@@ -547,18 +625,24 @@ def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
         section = _validate_section(cls, raw, f"{where}: {key}")
         path = sweep.resolve(section.base) if section.base else default_base
         if path is None:
-            raise PrefoptError(f"{key} has no base recipe.", where=where,
-                               fix=f"set {key}.base (a DPO world recipe) or the sweep's `base`.")
+            raise PrefoptError(
+                f"{key} has no base recipe.",
+                where=where,
+                fix=f"set {key}.base (a DPO world recipe) or the sweep's `base`.",
+            )
         sections[key] = section
         side_bases[key] = load_recipe(path, [*sweep.overrides])
     tasks = {world_task(p.recipe) for p in points} | {world_task(r) for r in side_bases.values()}
     if len(tasks) != 1:
-        raise PrefoptError(f"the sweep mixes world tasks {sorted(tasks)}; compare one task per sweep.", where=where)
+        raise PrefoptError(
+            f"the sweep mixes world tasks {sorted(tasks)}; compare one task per sweep.", where=where
+        )
     return Plan(points, sections["rlhf"], sections["iterative_dpo"], side_bases, tasks.pop())
 
 
-def run_sweep(sweep: Sweep, *, output_dir: str | Path | None = None, rerun: bool = False,
-              only: list[str] | None = None) -> dict:
+def run_sweep(
+    sweep: Sweep, *, output_dir: str | Path | None = None, rerun: bool = False, only: list[str] | None = None
+) -> dict:
     """Run every point of a sweep and write compare.json, compare.md and frontier.png.
 
     Points whose run directory already holds a finished result for the same recipe and evaluation
@@ -592,8 +676,13 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
     (out_dir / "sweep.resolved.json").write_text(json.dumps(sweep.model_dump(mode="json"), indent=2))
     t_start = time.perf_counter()
     load_start = os.getloadavg()
-    log.info("compare: %d grid point(s)%s%s → %s", len(points), " + rlhf" if run_rlhf else "",
-             " + iterative DPO" if run_iter else "", out_dir)
+    log.info(
+        "compare: %d grid point(s)%s%s → %s",
+        len(points),
+        " + rlhf" if run_rlhf else "",
+        " + iterative DPO" if run_iter else "",
+        out_dir,
+    )
 
     ref, tok = load_trained(world.reference_checkpoint(task))
     ref.eval()
@@ -616,8 +705,15 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
             raise
         except Exception as exc:  # noqa: BLE001 - one failed point must not lose the others
             log.exception("compare: point %s failed", point.name)
-            res = {"name": point.name, "algorithm": point.algorithm, "params": point.params, "seed": point.seed,
-                   "status": "failed", "error": f"{type(exc).__name__}: {exc}", "run_dir": str(run_dir)}
+            res = {
+                "name": point.name,
+                "algorithm": point.algorithm,
+                "params": point.params,
+                "seed": point.seed,
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "run_dir": str(run_dir),
+            }
         res["fingerprint"] = fp
         run_dir.mkdir(parents=True, exist_ok=True)
         manifest.write_json(run_dir / "point.json", res)
@@ -628,24 +724,57 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
         from prefopt.rlhf import run_rlhf as _run_rlhf
 
         for seed in sweep.seeds:
-            results.extend(_side_run("rlhf", seed, lambda d, s: _run_rlhf(
-                rlhf_section, side_bases["rlhf"], output_dir=d, seed=s, evaluate=evaluator,
-                data_cache=data_cache), out_dir, rerun, eval_fp, rlhf_section, side_bases["rlhf"]))
+            results.extend(
+                _side_run(
+                    "rlhf",
+                    seed,
+                    lambda d, s: _run_rlhf(
+                        rlhf_section,
+                        side_bases["rlhf"],
+                        output_dir=d,
+                        seed=s,
+                        evaluate=evaluator,
+                        data_cache=data_cache,
+                    ),
+                    out_dir,
+                    rerun,
+                    eval_fp,
+                    rlhf_section,
+                    side_bases["rlhf"],
+                )
+            )
     if run_iter:
         from prefopt.iterative import run_iterative_dpo
 
         for seed in sweep.seeds:
-            results.extend(_side_run("iterative_dpo", seed, lambda d, s: run_iterative_dpo(
-                iter_section, side_bases["iterative_dpo"], output_dir=d, seed=s, evaluate=evaluator),
-                out_dir, rerun, eval_fp, iter_section, side_bases["iterative_dpo"]))
+            results.extend(
+                _side_run(
+                    "iterative_dpo",
+                    seed,
+                    lambda d, s: run_iterative_dpo(
+                        iter_section, side_bases["iterative_dpo"], output_dir=d, seed=s, evaluate=evaluator
+                    ),
+                    out_dir,
+                    rerun,
+                    eval_fp,
+                    iter_section,
+                    side_bases["iterative_dpo"],
+                )
+            )
 
     summary = {
         "task": task,
         "sweep": str(sweep._source_path) if sweep._source_path else None,
         "output_dir": str(out_dir),
         "evaluation": sweep.evaluation.model_dump(),
-        "reference": {"name": "reference", "algorithm": "reference", "params": {}, "seed": None,
-                      "status": "finished", "eval": evaluator.reference_result},
+        "reference": {
+            "name": "reference",
+            "algorithm": "reference",
+            "params": {},
+            "seed": None,
+            "status": "finished",
+            "eval": evaluator.reference_result,
+        },
         "points": results,
         "tokenized_cache_hits": data_cache.hits,
         "wall_s": round(time.perf_counter() - t_start, 1),
@@ -687,8 +816,14 @@ def _side_run(kind: str, seed: int, fn, out_dir: Path, rerun: bool, eval_fp, sec
     from prefopt.recipe import dump_resolved
 
     run_dir = out_dir / "points" / f"{kind}-seed{seed}"
-    fp = _fingerprint({"section": section.model_dump(mode="json"), "base": dump_resolved(base), "eval": eval_fp,
-                       "seed": seed})
+    fp = _fingerprint(
+        {
+            "section": section.model_dump(mode="json"),
+            "base": dump_resolved(base),
+            "eval": eval_fp,
+            "seed": seed,
+        }
+    )
     if not rerun:
         try:
             prev = json.loads((run_dir / "points.json").read_text())
@@ -710,8 +845,17 @@ def _side_run(kind: str, seed: int, fn, out_dir: Path, rerun: bool, eval_fp, sec
         raise
     except Exception as exc:  # noqa: BLE001
         log.exception("compare: %s failed", kind)
-        pts = [{"name": f"{kind}-seed{seed}", "algorithm": kind, "params": {}, "seed": seed, "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}", "run_dir": str(run_dir)}]
+        pts = [
+            {
+                "name": f"{kind}-seed{seed}",
+                "algorithm": kind,
+                "params": {},
+                "seed": seed,
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "run_dir": str(run_dir),
+            }
+        ]
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest.write_json(run_dir / "points.json", {"fingerprint": fp, "points": pts})
     for p in pts:
@@ -724,9 +868,15 @@ def _log_point(res: dict) -> None:
     if res.get("status") != "finished":
         log.warning("compare %s: %s (%s)", res["name"], res.get("status"), res.get("error"))
         return
-    log.info("compare %s: reward %.3f (greedy %.3f), KL %.3f, pref acc %s, %.0fs",
-             res["name"], ev.get("reward_sampled", float("nan")), ev.get("reward_greedy", float("nan")),
-             ev.get("kl_to_reference", float("nan")), _num(ev.get("pref_accuracy")), res.get("wall_s") or 0)
+    log.info(
+        "compare %s: reward %.3f (greedy %.3f), KL %.3f, pref acc %s, %.0fs",
+        res["name"],
+        ev.get("reward_sampled", float("nan")),
+        ev.get("reward_greedy", float("nan")),
+        ev.get("kl_to_reference", float("nan")),
+        _num(ev.get("pref_accuracy")),
+        res.get("wall_s") or 0,
+    )
 
 
 # --------------------------------------------------------------------------------------------- reporting
@@ -748,8 +898,11 @@ def _sort_key(res: dict):
     order = ALGORITHM_ORDER.index(alg) if alg in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
     params = res.get("params") or {}
     main = MAIN_PARAM.get(alg)
-    vals = tuple(float(v) if isinstance(v, (int, float)) else 0.0 for v in (
-        [params.get(main)] if main in params else [] ) + [v for k, v in sorted(params.items()) if k != main])
+    vals = tuple(
+        float(v) if isinstance(v, (int, float)) else 0.0
+        for v in ([params.get(main)] if main in params else [])
+        + [v for k, v in sorted(params.items()) if k != main]
+    )
     return (order, alg, vals, res.get("seed") or 0)
 
 
@@ -774,8 +927,10 @@ def format_markdown(summary: dict) -> str:
     for r in rows:
         e = r.get("eval") or {}
         if r.get("status") != "finished":
-            lines.append(f"| {r['algorithm']} | {param_label(r)} | {r.get('seed')} | failed: {r.get('error')} "
-                         "| | | | | | | | |")
+            lines.append(
+                f"| {r['algorithm']} | {param_label(r)} | {r.get('seed')} | failed: {r.get('error')} "
+                "| | | | | | | | |"
+            )
             continue
         lines.append(
             f"| {r['algorithm']} | {param_label(r) or '—'} | {_num(r.get('seed'))} | {_num(e.get('reward_sampled'))} | "
@@ -804,8 +959,11 @@ def format_markdown(summary: dict) -> str:
 def iterative_vs_offline(results: list[dict]) -> dict | None:
     """Iterative DPO's final round against offline DPO at comparable KL: the offline frontier (the best
     offline reward at a KL no larger than iterative's × 1.25) and the nearest-KL offline point."""
-    it = [r for r in results if r.get("algorithm") == "iterative_dpo" and r.get("status") == "finished"
-          and r.get("final")]
+    it = [
+        r
+        for r in results
+        if r.get("algorithm") == "iterative_dpo" and r.get("status") == "finished" and r.get("final")
+    ]
     off = [r for r in results if r.get("algorithm") == "dpo" and r.get("status") == "finished"]
     if not it or not off:
         return None
@@ -816,25 +974,38 @@ def iterative_vs_offline(results: list[dict]) -> dict | None:
         nearest = min(off, key=lambda r: abs(r["eval"]["kl_to_reference"] - kl))
         within = [r for r in off if r["eval"]["kl_to_reference"] <= max(kl * 1.25, kl + 0.05)]
         best = max(within, key=lambda r: r["eval"]["reward_sampled"]) if within else None
-        out.append({
-            "iterative": {"name": final["name"], "reward_sampled": reward, "kl": kl},
-            "nearest_offline": {"name": nearest["name"], "reward_sampled": nearest["eval"]["reward_sampled"],
-                                "kl": nearest["eval"]["kl_to_reference"]},
-            "best_offline_at_comparable_kl": None if best is None else {
-                "name": best["name"], "reward_sampled": best["eval"]["reward_sampled"],
-                "kl": best["eval"]["kl_to_reference"]},
-            "beats_offline": best is None or reward > best["eval"]["reward_sampled"],
-        })
+        out.append(
+            {
+                "iterative": {"name": final["name"], "reward_sampled": reward, "kl": kl},
+                "nearest_offline": {
+                    "name": nearest["name"],
+                    "reward_sampled": nearest["eval"]["reward_sampled"],
+                    "kl": nearest["eval"]["kl_to_reference"],
+                },
+                "best_offline_at_comparable_kl": None
+                if best is None
+                else {
+                    "name": best["name"],
+                    "reward_sampled": best["eval"]["reward_sampled"],
+                    "kl": best["eval"]["kl_to_reference"],
+                },
+                "beats_offline": best is None or reward > best["eval"]["reward_sampled"],
+            }
+        )
     first = out[0]
     b = first["best_offline_at_comparable_kl"]
-    text = (f"Iterative DPO ({first['iterative']['name']}): true reward {first['iterative']['reward_sampled']:.3f} at "
-            f"KL {first['iterative']['kl']:.3f}. ")
+    text = (
+        f"Iterative DPO ({first['iterative']['name']}): true reward {first['iterative']['reward_sampled']:.3f} at "
+        f"KL {first['iterative']['kl']:.3f}. "
+    )
     if b is None:
         text += "No offline DPO point has a KL that low or lower."
     else:
-        text += (f"Best offline DPO at KL ≤ max(1.25 × that, +0.05): {b['name']}, {b['reward_sampled']:.3f} at KL "
-                 f"{b['kl']:.3f} → iterative {'beats' if first['beats_offline'] else 'does not beat'} offline "
-                 f"({first['iterative']['reward_sampled'] - b['reward_sampled']:+.3f}).")
+        text += (
+            f"Best offline DPO at KL ≤ max(1.25 × that, +0.05): {b['name']}, {b['reward_sampled']:.3f} at KL "
+            f"{b['kl']:.3f} → iterative {'beats' if first['beats_offline'] else 'does not beat'} offline "
+            f"({first['iterative']['reward_sampled'] - b['reward_sampled']:+.3f})."
+        )
     return {"runs": out, "beats_offline": all(o["beats_offline"] for o in out), "text": text}
 
 
@@ -847,14 +1018,21 @@ def plot_frontier(summary: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     styles = {
-        "reference": ("black", "*"), "dpo": ("tab:blue", "o"), "ipo": ("tab:orange", "s"), "kto": ("tab:green", "^"),
-        "orpo": ("tab:red", "D"), "simpo": ("tab:purple", "v"), "rlhf": ("tab:brown", "P"),
+        "reference": ("black", "*"),
+        "dpo": ("tab:blue", "o"),
+        "ipo": ("tab:orange", "s"),
+        "kto": ("tab:green", "^"),
+        "orpo": ("tab:red", "D"),
+        "simpo": ("tab:purple", "v"),
+        "rlhf": ("tab:brown", "P"),
         "iterative_dpo": ("tab:cyan", "X"),
     }
     rows = [r for r in sorted_rows(summary) if r.get("status") == "finished" and r.get("eval")]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    for ax, metric, title in ((axes[0], "reward_sampled", "true reward, sampled (T = 1)"),
-                              (axes[1], "reward_greedy", "true reward, greedy")):
+    for ax, metric, title in (
+        (axes[0], "reward_sampled", "true reward, sampled (T = 1)"),
+        (axes[1], "reward_greedy", "true reward, greedy"),
+    ):
         by_alg: dict[str, list[dict]] = {}
         for r in rows:
             by_alg.setdefault(r["algorithm"], []).append(r)
@@ -862,10 +1040,21 @@ def plot_frontier(summary: dict, path: Path) -> Path:
             color, marker = styles.get(alg, ("gray", "o"))
             xs = [r["eval"].get("kl_to_reference", 0.0) for r in rs]
             ys = [r["eval"][metric] for r in rs]
-            ax.scatter(xs, ys, c=color, marker=marker, s=90 if alg == "reference" else 55, label=alg,
-                       edgecolors="black", linewidths=0.4, zorder=3)
+            ax.scatter(
+                xs,
+                ys,
+                c=color,
+                marker=marker,
+                s=90 if alg == "reference" else 55,
+                label=alg,
+                edgecolors="black",
+                linewidths=0.4,
+                zorder=3,
+            )
             if alg == "iterative_dpo":
-                order = sorted(range(len(rs)), key=lambda i: (rs[i].get("seed") or 0, rs[i]["params"].get("round", 0)))
+                order = sorted(
+                    range(len(rs)), key=lambda i: (rs[i].get("seed") or 0, rs[i]["params"].get("round", 0))
+                )
                 ax.plot([xs[i] for i in order], [ys[i] for i in order], c=color, lw=1, zorder=2)
             for r, x, y in zip(rs, xs, ys):
                 label = _short_label(r)

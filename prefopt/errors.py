@@ -60,7 +60,11 @@ class NonFiniteError(Exception):
 
     def __init__(self, step: int, term: str, value, checkpoint):
         self.step, self.term, self.value, self.checkpoint = step, term, value, checkpoint
-        where = f"the last complete checkpoint ({checkpoint}) is intact" if checkpoint else "no checkpoint had been saved yet"
+        where = (
+            f"the last complete checkpoint ({checkpoint}) is intact"
+            if checkpoint
+            else "no checkpoint had been saved yet"
+        )
         super().__init__(
             f"training stopped at step {step}: {term} became {value} (non-finite); {where}. "
             "Likely causes: a learning rate too high for the model (try 2-10x lower), bf16/fp16 overflow "

@@ -69,8 +69,9 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def length_batches(lengths: Sequence[int], *, max_batch: int = DEFAULT_BATCH_SIZE,
-                   token_budget: int = DEFAULT_TOKEN_BUDGET) -> list[list[int]]:
+def length_batches(
+    lengths: Sequence[int], *, max_batch: int = DEFAULT_BATCH_SIZE, token_budget: int = DEFAULT_TOKEN_BUDGET
+) -> list[list[int]]:
     """Indices grouped into batches of similar length: at most ``max_batch`` rows and ``token_budget``
     padded tokens each (a per-forward overhead dominates small models; memory large ones)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -87,9 +88,14 @@ def length_batches(lengths: Sequence[int], *, max_batch: int = DEFAULT_BATCH_SIZ
 
 
 @torch.no_grad()
-def completion_logps(model, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_token_id: int,
-                     batch_size: int = DEFAULT_BATCH_SIZE,
-                     token_budget: int = DEFAULT_TOKEN_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(
+    model,
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    pad_token_id: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-prob of each completion given its prompt, and the completion lengths (tokens).
 
     ``sequences`` holds ``(prompt_ids, completion_ids)`` exactly as training sees them (right padding,
@@ -120,8 +126,17 @@ def completion_logps(model, sequences: Sequence[tuple[Sequence[int], Sequence[in
 
 # ------------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
-def generate_completions(model, tokenizer, prompts: Sequence[Any], *, num_samples: int = 1, temperature: float = 1.0,
-                         max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256) -> list[dict[str, Any]]:
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: Sequence[Any],
+    *,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> list[dict[str, Any]]:
     """Sample completions and keep their exact token ids.
 
     Returns one dict per sample: ``prompt`` (index into ``prompts``), ``prompt_ids``, ``completion_ids``
@@ -162,15 +177,33 @@ def generate_completions(model, tokenizer, prompts: Sequence[Any], *, num_sample
     return out
 
 
-def sampled_kl_and_length(policy, reference, tokenizer, prompts: Sequence[Any], *, num_samples: int = 1,
-                          temperature: float = 1.0, max_new_tokens: int = 64, seed: int = 0,
-                          batch_size: int = DEFAULT_BATCH_SIZE, reference_lengths: bool = True) -> dict[str, Any]:
+def sampled_kl_and_length(
+    policy,
+    reference,
+    tokenizer,
+    prompts: Sequence[Any],
+    *,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    reference_lengths: bool = True,
+) -> dict[str, Any]:
     """KL(π ‖ π_ref) on samples from π and mean completion lengths of π (and of π_ref).
 
     ``reference`` is a model, or ``None`` for no KL; a PEFT policy may pass ``"disable_adapter"`` to use
     its own adapter-disabled base as the reference (no second copy of the weights)."""
-    samples = generate_completions(policy, tokenizer, prompts, num_samples=num_samples, temperature=temperature,
-                                   max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    samples = generate_completions(
+        policy,
+        tokenizer,
+        prompts,
+        num_samples=num_samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+    )
     res: dict[str, Any] = {
         "num_prompts": len(prompts),
         "samples_per_prompt": num_samples,
@@ -186,9 +219,16 @@ def sampled_kl_and_length(policy, reference, tokenizer, prompts: Sequence[Any], 
         with _reference_context(policy, reference) as ref_model:
             lr, _ = completion_logps(ref_model, seqs, pad_token_id=pad, batch_size=batch_size)
             if reference_lengths:
-                ref_samples = generate_completions(ref_model, tokenizer, prompts, num_samples=num_samples,
-                                                   temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                                                   batch_size=batch_size)
+                ref_samples = generate_completions(
+                    ref_model,
+                    tokenizer,
+                    prompts,
+                    num_samples=num_samples,
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                    seed=seed,
+                    batch_size=batch_size,
+                )
                 res["reference_mean_length"] = _mean([s["length"] for s in ref_samples])
                 res["length_ratio"] = _ratio(res["mean_length"], res["reference_mean_length"])
         res["kl_to_reference"] = float((lp - lr).mean())
@@ -239,7 +279,9 @@ def reward_definition(recipe) -> tuple[str, float, str]:
     return "average", float(p.beta), f"beta * mean-token logp_policy, beta = {p.beta:g}"
 
 
-def preference_metrics(policy, reference, tokenizer, recipe, pairs_tok, *, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+def preference_metrics(
+    policy, reference, tokenizer, recipe, pairs_tok, *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> dict:
     """Implicit-reward accuracy, margins and log-prob shifts on tokenised pairs
     (``prompt_ids``/``chosen_ids``/``rejected_ids``)."""
     prompts, chosen, rejected = pairs_tok["prompt_ids"], pairs_tok["chosen_ids"], pairs_tok["rejected_ids"]
@@ -294,8 +336,10 @@ def as_pairs(ds, seed: int = 0):
 
     report = DropReport("eval pairs")
     paired = pair(ds, report, mode="one_to_one", seed=seed)
-    note = (f"unpaired held-out rows paired by prompt: {len(paired)} pairs from {len(ds)} rows "
-            f"({report.dropped} rows without a counterpart)")
+    note = (
+        f"unpaired held-out rows paired by prompt: {len(paired)} pairs from {len(ds)} rows "
+        f"({report.dropped} rows without a counterpart)"
+    )
     return (paired if len(paired) else None), note
 
 
@@ -322,12 +366,24 @@ def load_eval_file(path: str | Path, seed: int = 0):
 
     p = Path(path).expanduser()
     if not p.exists():
-        raise PrefoptError(f"eval data file {p} does not exist.", where="--data",
-                           fix="pass a JSONL file of {prompt, chosen, rejected} rows (text or messages).")
-    name = "parquet" if p.suffix == ".parquet" else ("json" if p.name.endswith((".json", ".json.gz")) else "jsonl")
+        raise PrefoptError(
+            f"eval data file {p} does not exist.",
+            where="--data",
+            fix="pass a JSONL file of {prompt, chosen, rejected} rows (text or messages).",
+        )
+    name = (
+        "parquet"
+        if p.suffix == ".parquet"
+        else ("json" if p.name.endswith((".json", ".json.gz")) else "jsonl")
+    )
     report = DropReport("--data")
-    ds = load_source(SourceSection(source=name, path=str(p.resolve())), where=f"--data {p}", base_dir=None,
-                     seed=seed, report=report)
+    ds = load_source(
+        SourceSection(source=name, path=str(p.resolve())),
+        where=f"--data {p}",
+        base_dir=None,
+        seed=seed,
+        report=report,
+    )
     if report.dropped:
         log.warning("eval data %s: %s", p, report.summary())
     return ds
@@ -339,7 +395,9 @@ def recipe_eval_split(recipe, base_dir: Path | None = None):
 
     if not recipe.data.eval and recipe.data.eval_fraction <= 0:
         return None
-    _, eval_ds, _ = prepare(recipe.data.train, recipe.data.eval, recipe.data, recipe.algorithm, base_dir, recipe.seed)
+    _, eval_ds, _ = prepare(
+        recipe.data.train, recipe.data.eval, recipe.data, recipe.algorithm, base_dir, recipe.seed
+    )
     return eval_ds
 
 
@@ -348,8 +406,16 @@ def _section(recipe, name: str, default):
     return getattr(recipe.evaluation, name, default)
 
 
-def evaluate_models(policy, reference, tokenizer, recipe, eval_ds=None, *, data_source: str | None = None,
-                    world_prompts: int | None = None) -> dict:
+def evaluate_models(
+    policy,
+    reference,
+    tokenizer,
+    recipe,
+    eval_ds=None,
+    *,
+    data_source: str | None = None,
+    world_prompts: int | None = None,
+) -> dict:
     """Every evaluation metric for ``policy`` against ``reference`` (the starting model).
 
     ``eval_ds`` is the canonical held-out dataset (paired or unpaired rows) or None; without one, a
@@ -383,14 +449,22 @@ def evaluate_models(policy, reference, tokenizer, recipe, eval_ds=None, *, data_
     if pairs is not None:
         if len(pairs) > max_pairs:
             pairs = pairs.select(range(max_pairs))
-            result["notes"].append(f"preference metrics on the first {max_pairs} held-out pairs (evaluation.max_pairs)")
+            result["notes"].append(
+                f"preference metrics on the first {max_pairs} held-out pairs (evaluation.max_pairs)"
+            )
         t = recipe.training
-        tok, _ = tokenize_dataset(pairs, "paired", tokenizer, t.get("max_length"), t.get("max_prompt_length"), None)
-        result["preference"] = {"source": source, **preference_metrics(policy, reference, tokenizer, recipe, tok,
-                                                                        batch_size=batch_size)}
+        tok, _ = tokenize_dataset(
+            pairs, "paired", tokenizer, t.get("max_length"), t.get("max_prompt_length"), None
+        )
+        result["preference"] = {
+            "source": source,
+            **preference_metrics(policy, reference, tokenizer, recipe, tok, batch_size=batch_size),
+        }
     else:
         result["preference"] = None
-        result["notes"].append("no held-out preference pairs: pass --data FILE, set data.eval_fraction or data.eval")
+        result["notes"].append(
+            "no held-out preference pairs: pass --data FILE, set data.eval_fraction or data.eval"
+        )
 
     # prompts for the sampling metrics: the held-out prompts, else the world's test prompts
     prompts: list[Any] = []
@@ -405,8 +479,15 @@ def evaluate_models(policy, reference, tokenizer, recipe, eval_ds=None, *, data_
         prompts = world_test_prompts(task, max_prompts, seed)
     if prompts:
         result["sampling"] = sampled_kl_and_length(
-            policy, reference, tokenizer, prompts, num_samples=ev.num_samples, temperature=ev.temperature,
-            max_new_tokens=ev.max_new_tokens, seed=seed, batch_size=batch_size,
+            policy,
+            reference,
+            tokenizer,
+            prompts,
+            num_samples=ev.num_samples,
+            temperature=ev.temperature,
+            max_new_tokens=ev.max_new_tokens,
+            seed=seed,
+            batch_size=batch_size,
         )
     else:
         result["sampling"] = None
@@ -418,9 +499,12 @@ def evaluate_models(policy, reference, tokenizer, recipe, eval_ds=None, *, data_
             n = int(world_prompts or _section(recipe, "world_prompts", DEFAULT_WORLD_PROMPTS))
             pol = world.evaluate_policy(policy, tokenizer, task, reference=reference, num_prompts=n)
             ref = world.evaluate_policy(reference, tokenizer, task, num_prompts=n)
-        result["world"] = {"policy": pol, "reference": ref,
-                           "lift_sampled": pol["reward_sampled"] - ref["reward_sampled"],
-                           "lift_greedy": pol["reward_greedy"] - ref["reward_greedy"]}
+        result["world"] = {
+            "policy": pol,
+            "reference": ref,
+            "lift_sampled": pol["reward_sampled"] - ref["reward_sampled"],
+            "lift_greedy": pol["reward_greedy"] - ref["reward_greedy"],
+        }
     result["summary"] = summary_of(result)
     return result
 
@@ -455,13 +539,21 @@ def load_run_recipe(run_dir: Path):
 
     path = run_dir / "resolved.yaml"
     if not path.exists():
-        raise PrefoptError(f"{run_dir} is not a prefopt run directory (no resolved.yaml).", where="--run",
-                           fix="pass the directory `prefopt train` wrote (it holds resolved.yaml and model/).")
+        raise PrefoptError(
+            f"{run_dir} is not a prefopt run directory (no resolved.yaml).",
+            where="--run",
+            fix="pass the directory `prefopt train` wrote (it holds resolved.yaml and model/).",
+        )
     return load_recipe(data=yaml.safe_load(path.read_text()))
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, write: bool = True,
-                 world_prompts: int | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    write: bool = True,
+    world_prompts: int | None = None,
+) -> dict:
     """Evaluate a finished run: reload ``run_dir/model``, rebuild the starting model as the reference,
     evaluate on ``data`` (a canonical file) or the recipe's eval split, write ``run_dir/eval.json``.
     ``world_prompts`` overrides the number of held-out world prompts for the true reward (default 300,
@@ -475,8 +567,11 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, write: 
         raise PrefoptError(f"run directory {run_dir} does not exist.", where="--run")
     recipe = load_run_recipe(run_dir)
     if not (run_dir / "model").is_dir():
-        raise PrefoptError(f"{run_dir} holds no saved model (model/ is missing).", where="--run",
-                           fix="train with output.save_model: true (the default), or wait for the run to finish.")
+        raise PrefoptError(
+            f"{run_dir} holds no saved model (model/ is missing).",
+            where="--run",
+            fix="train with output.save_model: true (the default), or wait for the run to finish.",
+        )
     if data is not None:
         eval_ds, source = load_eval_file(data, recipe.seed), f"--data {data}"
     else:
@@ -492,8 +587,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *, write: 
         source = "recipe eval split" if eval_ds is not None else None
     policy, tokenizer = load_trained(run_dir)
     reference = reference_for(recipe)
-    result = evaluate_models(policy, reference, tokenizer, recipe, eval_ds, data_source=source,
-                             world_prompts=world_prompts)
+    result = evaluate_models(
+        policy, reference, tokenizer, recipe, eval_ds, data_source=source, world_prompts=world_prompts
+    )
     result["run_dir"] = str(run_dir)
     if write:
         manifest.write_json(run_dir / "eval.json", result)

@@ -170,10 +170,19 @@ class HealthCallback(TrainerCallback):
     trainer's ``processing_class``) and ``probe_prompts``.
     """
 
-    def __init__(self, health_section=None, algorithm: str = "dpo",
-                 metrics_writer: Callable[[dict], None] | None = None, *, beta: float | None = None,
-                 probe_prompts: list[Any] | None = None, tokenizer=None, reference_model=None, seed: int = 0,
-                 **overrides):
+    def __init__(
+        self,
+        health_section=None,
+        algorithm: str = "dpo",
+        metrics_writer: Callable[[dict], None] | None = None,
+        *,
+        beta: float | None = None,
+        probe_prompts: list[Any] | None = None,
+        tokenizer=None,
+        reference_model=None,
+        seed: int = 0,
+        **overrides,
+    ):
         unknown = set(overrides) - set(FIELD_DEFAULTS)
         if unknown:
             raise TypeError(f"unknown HealthCallback option(s): {sorted(unknown)}")
@@ -222,8 +231,14 @@ class HealthCallback(TrainerCallback):
             control.should_training_stop = True  # on every rank: the inputs (gathered metrics) are identical
         self.fired.append(rec)
         if state.is_world_process_zero:
-            log.warning("health: %s at step %d: %s%s Advice: %s", wid, state.global_step, message,
-                        " Training stops (health.stop_on)." if stop else "", ADVICE[wid])
+            log.warning(
+                "health: %s at step %d: %s%s Advice: %s",
+                wid,
+                state.global_step,
+                message,
+                " Training stops (health.stop_on)." if stop else "",
+                ADVICE[wid],
+            )
             if self.write is not None:
                 self.write({k: _jsonable(v) for k, v in rec.items()})
 
@@ -245,8 +260,15 @@ class HealthCallback(TrainerCallback):
             self._ref_length = res["mean_length"]
             self._last_probe_step = state.global_step
             if state.is_world_process_zero and self.write is not None:
-                self.write({"event": "probe", "step": state.global_step, "mean_length": self._ref_length,
-                            "reference_mean_length": self._ref_length, "num_prompts": len(self.probe_prompts)})
+                self.write(
+                    {
+                        "event": "probe",
+                        "step": state.global_step,
+                        "mean_length": self._ref_length,
+                        "reference_mean_length": self._ref_length,
+                        "num_prompts": len(self.probe_prompts),
+                    }
+                )
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if not logs or any(str(k).startswith("eval_") for k in logs):
@@ -270,16 +292,30 @@ class HealthCallback(TrainerCallback):
         self._check_logps(lc, lr, state, control)
         self._check_overfit(loss, acc, state, control)
         if self.cfg["kl_max"] is not None and kl is not None and math.isfinite(kl):
-            self._episode("kl_high", kl > self.cfg["kl_max"], state, control,
-                          {"kl": kl, "kl_source": kl_source, "kl_max": self.cfg["kl_max"]},
-                          f"KL {kl:.3f} ({kl_source}) above health.kl_max = {self.cfg['kl_max']:g}.")
+            self._episode(
+                "kl_high",
+                kl > self.cfg["kl_max"],
+                state,
+                control,
+                {"kl": kl, "kl_source": kl_source, "kl_max": self.cfg["kl_max"]},
+                f"KL {kl:.3f} ({kl_source}) above health.kl_max = {self.cfg['kl_max']:g}.",
+            )
         if probe is not None and self._ref_length:
             drift = (probe["mean_length"] - self._ref_length) / self._ref_length
-            self._episode("length_drift", abs(drift) > self.cfg["length_drift"], state, control,
-                          {"mean_length": probe["mean_length"], "reference_mean_length": self._ref_length,
-                           "relative_change": drift, "threshold": self.cfg["length_drift"]},
-                          f"mean completion length {probe['mean_length']:.1f} vs {self._ref_length:.1f} for the "
-                          f"reference ({drift:+.0%}, threshold ±{self.cfg['length_drift']:.0%}).")
+            self._episode(
+                "length_drift",
+                abs(drift) > self.cfg["length_drift"],
+                state,
+                control,
+                {
+                    "mean_length": probe["mean_length"],
+                    "reference_mean_length": self._ref_length,
+                    "relative_change": drift,
+                    "threshold": self.cfg["length_drift"],
+                },
+                f"mean completion length {probe['mean_length']:.1f} vs {self._ref_length:.1f} for the "
+                f"reference ({drift:+.0%}, threshold ±{self.cfg['length_drift']:.0%}).",
+            )
 
     # ------------------------------------------------------------------ checks
     def _check_nonfinite(self, loss, kl, kl_source, state, control):
@@ -291,8 +327,14 @@ class HealthCallback(TrainerCallback):
             bad["kl_source"] = kl_source
         if loss is None and kl is None:
             return
-        self._episode("nonfinite", bool(bad), state, control, bad,
-                      "non-finite " + ", ".join(f"{k} = {v}" for k, v in bad.items() if k != "kl_source") + ".")
+        self._episode(
+            "nonfinite",
+            bool(bad),
+            state,
+            control,
+            bad,
+            "non-finite " + ", ".join(f"{k} = {v}" for k, v in bad.items() if k != "kl_source") + ".",
+        )
 
     def _check_margin(self, margin, loss, state, control):
         if margin is None:
@@ -310,11 +352,21 @@ class HealthCallback(TrainerCallback):
         if first_loss is None or last_loss is None:
             return
         falling = last_loss < first_loss
-        self._episode("margin_stuck", falling, state, control,
-                      {"reward_margin": margin, "consecutive_logs": len(self._margin_streak),
-                       "loss_start": first_loss, "loss_now": last_loss, "threshold": self.cfg["margin_stuck_abs"]},
-                      f"|reward margin| = {abs(margin):.4g} < {self.cfg['margin_stuck_abs']:g} for "
-                      f"{len(self._margin_streak)} logs while the loss fell {first_loss:.4f} → {last_loss:.4f}.")
+        self._episode(
+            "margin_stuck",
+            falling,
+            state,
+            control,
+            {
+                "reward_margin": margin,
+                "consecutive_logs": len(self._margin_streak),
+                "loss_start": first_loss,
+                "loss_now": last_loss,
+                "threshold": self.cfg["margin_stuck_abs"],
+            },
+            f"|reward margin| = {abs(margin):.4g} < {self.cfg['margin_stuck_abs']:g} for "
+            f"{len(self._margin_streak)} logs while the loss fell {first_loss:.4f} → {last_loss:.4f}.",
+        )
 
     def _check_logps(self, lc, lr, state, control):
         if lc is None or lr is None or not (math.isfinite(lc) and math.isfinite(lr)):
@@ -326,12 +378,24 @@ class HealthCallback(TrainerCallback):
         thr = self.cfg["logp_collapse_per_token"] if per_token else self.cfg["logp_collapse"]
         dc, dr = lc - self._first_logps[0], lr - self._first_logps[1]
         unit = "nats/token" if per_token else "nats/sequence"
-        self._episode("logp_collapse", dc < thr and dr < thr, state, control,
-                      {"logp_chosen": lc, "logp_rejected": lr, "logp_chosen_first": self._first_logps[0],
-                       "logp_rejected_first": self._first_logps[1], "shift_chosen": dc, "shift_rejected": dr,
-                       "threshold": thr, "unit": unit},
-                      f"chosen log-prob moved {dc:+.2f} and rejected {dr:+.2f} {unit} since the first log "
-                      f"(threshold {thr:g}).")
+        self._episode(
+            "logp_collapse",
+            dc < thr and dr < thr,
+            state,
+            control,
+            {
+                "logp_chosen": lc,
+                "logp_rejected": lr,
+                "logp_chosen_first": self._first_logps[0],
+                "logp_rejected_first": self._first_logps[1],
+                "shift_chosen": dc,
+                "shift_rejected": dr,
+                "threshold": thr,
+                "unit": unit,
+            },
+            f"chosen log-prob moved {dc:+.2f} and rejected {dr:+.2f} {unit} since the first log "
+            f"(threshold {thr:g}).",
+        )
 
     def _check_overfit(self, loss, acc, state, control):
         if acc is not None:
@@ -345,11 +409,20 @@ class HealthCallback(TrainerCallback):
             reasons.append(f"train loss {loss:.4g} < {self.cfg['overfit_loss']:g}")
         if by_acc:
             reasons.append(f"reward accuracy 1.0 for {self._acc_streak} consecutive logs")
-        self._episode("overfit", by_loss or by_acc, state, control,
-                      {"loss": loss, "accuracy": acc, "accuracy_pinned_logs": self._acc_streak,
-                       "overfit_loss": self.cfg["overfit_loss"],
-                       "reason": "loss" if by_loss else "accuracy"},
-                      "; ".join(reasons) + ".")
+        self._episode(
+            "overfit",
+            by_loss or by_acc,
+            state,
+            control,
+            {
+                "loss": loss,
+                "accuracy": acc,
+                "accuracy_pinned_logs": self._acc_streak,
+                "overfit_loss": self.cfg["overfit_loss"],
+                "reason": "loss" if by_loss else "accuracy",
+            },
+            "; ".join(reasons) + ".",
+        )
 
     # ------------------------------------------------------------------ KL
     def _kl(self, logs: dict, probe: dict | None) -> tuple[float | None, str | None]:
@@ -372,7 +445,9 @@ class HealthCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ probe
     def _probe_enabled(self) -> bool:
-        return int(self.cfg["probe_every"] or 0) > 0 and bool(self.probe_prompts) and self.tokenizer is not None
+        return (
+            int(self.cfg["probe_every"] or 0) > 0 and bool(self.probe_prompts) and self.tokenizer is not None
+        )
 
     def _probe_due(self, step: int) -> bool:
         return self._last_probe_step is None or step - self._last_probe_step >= int(self.cfg["probe_every"])
@@ -393,15 +468,28 @@ class HealthCallback(TrainerCallback):
         from prefopt.evaluation import sampled_kl_and_length
 
         ref = self._reference_for_probe(model) if with_kl else None
-        return sampled_kl_and_length(model, ref, self.tokenizer, self.probe_prompts, num_samples=1, temperature=1.0,
-                                     max_new_tokens=int(self.cfg["probe_max_new_tokens"]), seed=self.seed,
-                                     reference_lengths=False)
+        return sampled_kl_and_length(
+            model,
+            ref,
+            self.tokenizer,
+            self.probe_prompts,
+            num_samples=1,
+            temperature=1.0,
+            max_new_tokens=int(self.cfg["probe_max_new_tokens"]),
+            seed=self.seed,
+            reference_lengths=False,
+        )
 
     def _run_probe(self, model, state) -> dict:
         res = self._sample(model, with_kl=True)
         self._last_probe_step = state.global_step
-        rec = {"event": "probe", "step": state.global_step, "mean_length": res["mean_length"],
-               "reference_mean_length": self._ref_length, "num_prompts": len(self.probe_prompts)}
+        rec = {
+            "event": "probe",
+            "step": state.global_step,
+            "mean_length": res["mean_length"],
+            "reference_mean_length": self._ref_length,
+            "num_prompts": len(self.probe_prompts),
+        }
         if res.get("kl_to_reference") is not None:
             rec["kl_sampled"] = res["kl_to_reference"]
         if state.is_world_process_zero and self.write is not None:

@@ -48,16 +48,22 @@ class IterativeDPOSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base: str | None = Field(None, description="Base DPO world recipe (relative to the sweep file); default: "
-                                               "the sweep's base or its first DPO entry's.")
+    base: str | None = Field(
+        None,
+        description="Base DPO world recipe (relative to the sweep file); default: "
+        "the sweep's base or its first DPO entry's.",
+    )
     rounds: int = Field(3, gt=0)
     prompts_per_round: int = Field(1000, gt=0)
     samples_per_prompt: int = Field(4, ge=2, description="k completions per prompt.")
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(8, gt=0)
-    scorer: str = Field("prefopt.iterative:world_reward",
-                        description="Dotted path to f(prompt, completion) -> float.")
-    reward_model: str | None = Field(None, description="A reward model directory (prefopt.rlhf); replaces scorer.")
+    scorer: str = Field(
+        "prefopt.iterative:world_reward", description="Dotted path to f(prompt, completion) -> float."
+    )
+    reward_model: str | None = Field(
+        None, description="A reward model directory (prefopt.rlhf); replaces scorer."
+    )
     reference: Literal["initial", "previous"] = "initial"
     loss: dict[str, Any] = Field(default_factory=dict, description="DPO loss overrides, e.g. {beta: 0.1}.")
     training: dict[str, Any] = Field(default_factory=dict, description="Training overrides for each round.")
@@ -89,14 +95,19 @@ def load_callable(path: str) -> Callable:
     try:
         obj = getattr(importlib.import_module(mod_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise PrefoptError(f'cannot load the scorer "{path}": {exc}.', where="iterative_dpo.scorer",
-                           fix="name an importable callable as module:function, e.g. prefopt.iterative:world_reward.") from None
+        raise PrefoptError(
+            f'cannot load the scorer "{path}": {exc}.',
+            where="iterative_dpo.scorer",
+            fix="name an importable callable as module:function, e.g. prefopt.iterative:world_reward.",
+        ) from None
     if not callable(obj):
         raise PrefoptError(f'"{path}" is not callable.', where="iterative_dpo.scorer")
     return obj
 
 
-def make_scorer(section: IterativeDPOSection, base_dir: Path | None = None) -> Callable[[list[str], list[str]], list[float]]:
+def make_scorer(
+    section: IterativeDPOSection, base_dir: Path | None = None
+) -> Callable[[list[str], list[str]], list[float]]:
     """A batch scorer ``(prompts, completions) -> scores`` from the section's scorer or reward model."""
     if section.reward_model:
         from prefopt.rlhf import load_reward_model
@@ -110,7 +121,9 @@ def make_scorer(section: IterativeDPOSection, base_dir: Path | None = None) -> C
     return lambda prompts, completions: [float(fn(p, c)) for p, c in zip(prompts, completions)]
 
 
-def best_vs_worst(prompts: list[str], samples: list[list[str]], scores: list[list[float]]) -> tuple[list[dict], dict]:
+def best_vs_worst(
+    prompts: list[str], samples: list[list[str]], scores: list[list[float]]
+) -> tuple[list[dict], dict]:
     """One pair per prompt: best against worst distinct completion; ties (all equal) skipped."""
     from prefopt.data.schema import compute_prompt_id
 
@@ -128,8 +141,17 @@ def best_vs_worst(prompts: list[str], samples: list[list[str]], scores: list[lis
             continue
         chosen = max((c for c in distinct if best_score[c] == hi), key=lambda c: counts[c])
         rejected = max((c for c in distinct if best_score[c] == lo), key=lambda c: counts[c])
-        rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "prompt_id": compute_prompt_id(p),
-                     "source": "iterative", "score_chosen": hi, "score_rejected": lo})
+        rows.append(
+            {
+                "prompt": p,
+                "chosen": chosen,
+                "rejected": rejected,
+                "prompt_id": compute_prompt_id(p),
+                "source": "iterative",
+                "score_chosen": hi,
+                "score_rejected": lo,
+            }
+        )
     return rows, {"prompts": len(prompts), "pairs": len(rows), "ties_skipped": ties}
 
 
@@ -151,7 +173,9 @@ def round_recipe(section: IterativeDPOSection, base_recipe, reference_dir: str, 
     try:
         recipe = load_recipe(data=data, overrides=section.overrides)
     except PrefoptError as err:
-        raise PrefoptError(f"the iterative DPO round recipe is invalid: {err}", where="iterative_dpo") from None
+        raise PrefoptError(
+            f"the iterative DPO round recipe is invalid: {err}", where="iterative_dpo"
+        ) from None
     recipe._source_path = base_recipe.source_path
     return recipe
 
@@ -164,8 +188,14 @@ def _round_prompts(pool: list[str], n: int, r: int, rng_seed: int) -> list[str]:
     return random.Random(rng_seed + r).sample(order, min(n, len(order)))
 
 
-def run_iterative_dpo(section: IterativeDPOSection | dict, base_recipe, *, output_dir: str | Path,
-                      seed: int | None = None, evaluate: Callable | None = None) -> dict:
+def run_iterative_dpo(
+    section: IterativeDPOSection | dict,
+    base_recipe,
+    *,
+    output_dir: str | Path,
+    seed: int | None = None,
+    evaluate: Callable | None = None,
+) -> dict:
     """Run the rounds; returns ``{"points": [...]}`` with one point per round (``algorithm:
     iterative_dpo``, ``params: {round, beta}``, ``final`` on the last), each evaluated with ``evaluate``
     (default :class:`prefopt.compare.WorldEvaluator`) against the original reference."""
@@ -202,9 +232,15 @@ def run_iterative_dpo(section: IterativeDPOSection | dict, base_recipe, *, outpu
         with Measure() as m:
             ts = time.perf_counter()
             prompts = _round_prompts(pool, section.prompts_per_round, r, seed)
-            samples = world.sample(policy, tokenizer, prompts, num_samples=section.samples_per_prompt,
-                                   temperature=section.temperature, max_new_tokens=section.max_new_tokens,
-                                   seed=seed * 1000 + r)
+            samples = world.sample(
+                policy,
+                tokenizer,
+                prompts,
+                num_samples=section.samples_per_prompt,
+                temperature=section.temperature,
+                max_new_tokens=section.max_new_tokens,
+                seed=seed * 1000 + r,
+            )
             flat_p = [p for p, outs in zip(prompts, samples) for _ in outs]
             flat_c = [c for outs in samples for c in outs]
             flat_s = scorer(flat_p, flat_c)
@@ -213,21 +249,40 @@ def run_iterative_dpo(section: IterativeDPOSection | dict, base_recipe, *, outpu
             rows, stats = best_vs_worst(prompts, samples, scores)
             stats["mean_score"] = sum(flat_s) / len(flat_s)
             sample_s = time.perf_counter() - ts
-            log.info("iterative DPO round %d: %d pairs from %d prompts (%d ties skipped), mean score %.3f",
-                     r, stats["pairs"], stats["prompts"], stats["ties_skipped"], stats["mean_score"])
+            log.info(
+                "iterative DPO round %d: %d pairs from %d prompts (%d ties skipped), mean score %.3f",
+                r,
+                stats["pairs"],
+                stats["prompts"],
+                stats["ties_skipped"],
+                stats["mean_score"],
+            )
             train_loss, steps, tripped = None, 0, None
             tt = time.perf_counter()
             if rows:
                 from datasets import Dataset
 
-                train_tok, _ = tokenize_dataset(Dataset.from_list(rows), "paired", tokenizer,
-                                                recipe.training.get("max_length"), recipe.training.get("max_prompt_length"))
+                train_tok, _ = tokenize_dataset(
+                    Dataset.from_list(rows),
+                    "paired",
+                    tokenizer,
+                    recipe.training.get("max_length"),
+                    recipe.training.get("max_prompt_length"),
+                )
                 training = resolve_batch(recipe)
                 training.setdefault("save_strategy", "no")
                 policy.config._name_or_path = reference_dir  # TRL's DPOTrainer loads the reference from here
                 guard = NonFiniteGuard()
-                trainer = build_trainer(recipe, policy, tokenizer, train_tok, None, output_dir=str(rdir / "checkpoints"),
-                                        callbacks=[MetricsJsonlCallback(rdir / "metrics.jsonl"), guard], training=training)
+                trainer = build_trainer(
+                    recipe,
+                    policy,
+                    tokenizer,
+                    train_tok,
+                    None,
+                    output_dir=str(rdir / "checkpoints"),
+                    callbacks=[MetricsJsonlCallback(rdir / "metrics.jsonl"), guard],
+                    training=training,
+                )
                 result = trainer.train()
                 train_loss, steps, tripped = result.training_loss, trainer.state.global_step, guard.tripped
                 policy = trainer.accelerator.unwrap_model(trainer.model)
@@ -240,19 +295,33 @@ def run_iterative_dpo(section: IterativeDPOSection | dict, base_recipe, *, outpu
             evaluation = evaluate(policy)
         cum_cpu += m.result["cpu_s"]
         point = {
-            "name": f"iterative_dpo-round{r}-seed{seed}", "algorithm": "iterative_dpo",
-            "params": {"round": r, "beta": recipe.loss_params.beta}, "seed": seed,
+            "name": f"iterative_dpo-round{r}-seed{seed}",
+            "algorithm": "iterative_dpo",
+            "params": {"round": r, "beta": recipe.loss_params.beta},
+            "seed": seed,
             "status": "failed" if tripped else "finished",
             "error": f"non-finite {tripped[1]} at step {tripped[0]}" if tripped else None,
-            "final": r == section.rounds, "run_dir": str(rdir), "round": stats, "global_step": steps,
-            "train_loss": train_loss, "train_rows": stats["pairs"], "sample_s": round(sample_s, 2),
-            "train_s": round(train_s, 2), **m.result, "eval": evaluation,
+            "final": r == section.rounds,
+            "run_dir": str(rdir),
+            "round": stats,
+            "global_step": steps,
+            "train_loss": train_loss,
+            "train_rows": stats["pairs"],
+            "sample_s": round(sample_s, 2),
+            "train_s": round(train_s, 2),
+            **m.result,
+            "eval": evaluation,
             "reference": "initial" if section.reference == "initial" else "previous round",
-            "cumulative_wall_s": round(time.perf_counter() - t0, 2), "cumulative_cpu_s": round(cum_cpu, 2),
+            "cumulative_wall_s": round(time.perf_counter() - t0, 2),
+            "cumulative_cpu_s": round(cum_cpu, 2),
         }
         points.append(point)
-        log.info("iterative DPO round %d: true reward %.3f, KL %.3f", r, evaluation.get("reward_sampled", float("nan")),
-                 evaluation.get("kl_to_reference", float("nan")))
+        log.info(
+            "iterative DPO round %d: true reward %.3f, KL %.3f",
+            r,
+            evaluation.get("reward_sampled", float("nan")),
+            evaluation.get("kl_to_reference", float("nan")),
+        )
         if tripped:
             break
     return {"points": points, "wall_s": round(time.perf_counter() - t0, 2)}

@@ -45,7 +45,9 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool = False) -> 
 def git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -36,7 +36,13 @@ def builtin_specs() -> dict[str, dict[str, Any]]:
     return {k: v for k, v in specs.items() if not k.startswith("_")}
 
 
-def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False, chat_template: str | None = None):
+def load_tokenizer(
+    name: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    chat_template: str | None = None,
+):
     """Tokenizer for a model source; pad token set (to EOS when missing) and right padding."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -112,7 +118,9 @@ def _resolve_pretrained(name: str, *, revision: str | None, what: str) -> str:
         return str(p)
     if name.startswith((".", "/", "~")):
         raise PrefoptError(
-            f"model path {name} does not exist.", where="model.name", fix="check the path (it is resolved against the recipe's folder)."
+            f"model path {name} does not exist.",
+            where="model.name",
+            fix="check the path (it is resolved against the recipe's folder).",
         )
     from huggingface_hub import try_to_load_from_cache
 
@@ -230,7 +238,9 @@ def apply_lora(model, model_cfg):
 
     lora = model_cfg.lora
     if model_cfg.quantization is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=model_cfg.gradient_checkpointing
+        )
     cfg = LoraConfig(
         r=lora.r,
         lora_alpha=lora.lora_alpha,

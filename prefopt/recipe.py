@@ -99,8 +99,12 @@ class SourceSection(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    source: str = Field(..., description="Registered source name, e.g. ultrafeedback_h4, hh_rlhf, jsonl, world.")
-    path: str | None = Field(None, description="Local file/dir (relative to the recipe file) or hub dataset id.")
+    source: str = Field(
+        ..., description="Registered source name, e.g. ultrafeedback_h4, hh_rlhf, jsonl, world."
+    )
+    path: str | None = Field(
+        None, description="Local file/dir (relative to the recipe file) or hub dataset id."
+    )
     split: str | None = None
     max_rows: int | None = Field(None, gt=0, description="Read at most this many rows (after the reader).")
 
@@ -200,7 +204,9 @@ LOSS_CLASSES: dict[str, type[_Loss]] = {
 
 # --------------------------------------------------------------------------------------------- output
 class OutputSection(_Section):
-    dir: str = Field("runs/{algorithm}-{timestamp}", description="Run directory ({algorithm}, {timestamp}, {seed}).")
+    dir: str = Field(
+        "runs/{algorithm}-{timestamp}", description="Run directory ({algorithm}, {timestamp}, {seed})."
+    )
     overwrite: bool = Field(False, description="Allow writing into a directory holding a finished run.")
     save_model: bool = Field(True, description="Save the final model/adapter (safetensors).")
 
@@ -210,27 +216,38 @@ class HealthSection(_Section):
     metrics.jsonl with the numbers that triggered it; ``stop_on`` lists warnings that stop training."""
 
     margin_stuck_abs: float = Field(0.01, ge=0, description="|mean reward margin| below this is 'stuck'.")
-    margin_stuck_steps: int = Field(10, gt=0, description="...for this many consecutive logged steps while loss falls.")
+    margin_stuck_steps: int = Field(
+        10, gt=0, description="...for this many consecutive logged steps while loss falls."
+    )
     logp_collapse: float = Field(
-        -5.0, description="Both chosen and rejected mean log-prob shifts below this (nats/sequence) = collapse."
+        -5.0,
+        description="Both chosen and rejected mean log-prob shifts below this (nats/sequence) = collapse.",
     )
     overfit_loss: float = Field(0.05, ge=0, description="Train loss below this suggests over-fitting.")
-    overfit_accuracy_steps: int = Field(10, gt=0, description="Accuracy pinned at 1.0 this many logged steps.")
-    kl_max: float | None = Field(None, gt=0, description="KL(policy‖reference) above this warns (nats/sequence).")
-    length_drift: float = Field(0.5, gt=0, description="Relative change of mean completion length that warns.")
+    overfit_accuracy_steps: int = Field(
+        10, gt=0, description="Accuracy pinned at 1.0 this many logged steps."
+    )
+    kl_max: float | None = Field(
+        None, gt=0, description="KL(policy‖reference) above this warns (nats/sequence)."
+    )
+    length_drift: float = Field(
+        0.5, gt=0, description="Relative change of mean completion length that warns."
+    )
     logp_collapse_per_token: float = Field(
         -1.0,
         description="ORPO/SimPO (TRL logs per-token average log-probs): both chosen and rejected shifts below "
         "this (nats/token) = collapse.",
     )
     probe_every: int = Field(
-        0, ge=0, description="Every this many steps sample probe_prompts held-out prompts (length, and KL); 0 = off."
+        0,
+        ge=0,
+        description="Every this many steps sample probe_prompts held-out prompts (length, and KL); 0 = off.",
     )
     probe_prompts: int = Field(8, gt=0)
     probe_max_new_tokens: int = Field(64, gt=0)
-    stop_on: list[Literal["margin_stuck", "logp_collapse", "overfit", "kl_high", "length_drift", "nonfinite"]] = Field(
-        default_factory=lambda: ["nonfinite"], description="Warnings that stop training."
-    )
+    stop_on: list[
+        Literal["margin_stuck", "logp_collapse", "overfit", "kl_high", "length_drift", "nonfinite"]
+    ] = Field(default_factory=lambda: ["nonfinite"], description="Warnings that stop training.")
 
 
 class EvaluationSection(_Section):
@@ -241,14 +258,22 @@ class EvaluationSection(_Section):
     max_prompts: int = Field(200, gt=0, description="Held-out prompts used for sampling metrics.")
     max_new_tokens: int = Field(64, gt=0)
     temperature: float = Field(1.0, ge=0)
-    max_pairs: int = Field(1000, gt=0, description="Held-out pairs scored for accuracy/margins/log-prob shifts.")
-    batch_size: int = Field(256, gt=0, description="Rows per forward/generation batch (lower for large models).")
-    world_prompts: int = Field(300, gt=0, description="Held-out world prompts for the true reward (4 samples + greedy each).")
+    max_pairs: int = Field(
+        1000, gt=0, description="Held-out pairs scored for accuracy/margins/log-prob shifts."
+    )
+    batch_size: int = Field(
+        256, gt=0, description="Rows per forward/generation batch (lower for large models)."
+    )
+    world_prompts: int = Field(
+        300, gt=0, description="Held-out world prompts for the true reward (4 samples + greedy each)."
+    )
 
 
 class ReferenceCacheSection(_Section):
     enabled: bool = Field(False, description="Reuse reference log-probs across runs (keyed by content).")
-    dir: str | None = Field(None, description="Cache directory (default: $PREFOPT_CACHE or ~/.cache/prefopt/ref).")
+    dir: str | None = Field(
+        None, description="Cache directory (default: $PREFOPT_CACHE or ~/.cache/prefopt/ref)."
+    )
 
 
 # --------------------------------------------------------------------------------------------- recipe
@@ -318,8 +343,10 @@ def _explain_pydantic(err: ValidationError, data: dict, where: str) -> PrefoptEr
         if e["type"] == "extra_forbidden":
             parent = _section_model_for(loc[:-1])
             options = list(parent.model_fields) if parent is not None else []
-            lines.append(f'unknown key "{key}".{did_you_mean(loc[-1], options)}' + (
-                f" Allowed here: {', '.join(options)}." if options else ""))
+            lines.append(
+                f'unknown key "{key}".{did_you_mean(loc[-1], options)}'
+                + (f" Allowed here: {', '.join(options)}." if options else "")
+            )
         elif e["type"] == "literal_error" and loc == ("algorithm",):
             lines.append(
                 f'unknown algorithm "{e.get("input")}".{did_you_mean(e.get("input"), ALGORITHMS)} '
@@ -402,7 +429,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                     cur = cur[int(part)]
                 continue
             if not isinstance(cur, dict):
-                raise PrefoptError(f'cannot set "{".".join(path)}": "{path[i - 1]}" is not a section.', where="--set")
+                raise PrefoptError(
+                    f'cannot set "{".".join(path)}": "{path[i - 1]}" is not a section.', where="--set"
+                )
             if last:
                 cur[part] = value
             else:
@@ -432,7 +461,8 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise PrefoptError(
-            f"recipe file {path} does not exist.", fix="check the path given to --config (it is read relative to the working directory)."
+            f"recipe file {path} does not exist.",
+            fix="check the path given to --config (it is read relative to the working directory).",
         )
     try:
         data = yaml.safe_load(path.read_text())
@@ -454,7 +484,9 @@ def read_yaml(path: str | Path) -> dict:
     return _coerce_floats(data)
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None
+) -> Recipe:
     """Read, override and validate a recipe. Raises :class:`PrefoptError` with the file and key."""
     where = str(path) if path is not None else "<recipe>"
     raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
@@ -538,7 +570,12 @@ def _check_type(key: str, value: Any, field: dataclasses.Field, where: str) -> N
         text = str(ann)
     wants = []
     for name, typ in (("int", int), ("float", float), ("bool", bool), ("str", str)):
-        if name in text.replace("typing.", "").split("[")[0] or text.startswith(name) or f"{name} |" in text or f"| {name}" in text:
+        if (
+            name in text.replace("typing.", "").split("[")[0]
+            or text.startswith(name)
+            or f"{name} |" in text
+            or f"| {name}" in text
+        ):
             wants.append(typ)
     if not wants or "dict" in text or "list" in text or "Any" in text:
         return
@@ -565,7 +602,11 @@ def _check_numbers(recipe: Recipe, where: str) -> None:
     t = recipe.training
     lr = t.get("learning_rate")
     if lr is not None and lr <= 0:
-        raise PrefoptError(f'"training.learning_rate" = {lr!r} must be > 0.', where=where, fix="typical values are 5e-7 to 5e-6 for 7B models.")
+        raise PrefoptError(
+            f'"training.learning_rate" = {lr!r} must be > 0.',
+            where=where,
+            fix="typical values are 5e-7 to 5e-6 for 7B models.",
+        )
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size"):
         v = t.get(key)
         if v is not None and v <= 0:

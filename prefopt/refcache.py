@@ -124,12 +124,16 @@ def file_sha256(path: str | os.PathLike, memo_dir: str | os.PathLike | None = No
         with contextlib.suppress(OSError):
             memo.parent.mkdir(parents=True, exist_ok=True)
             tmp = memo.with_name(f"{memo.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-            tmp.write_text(json.dumps({"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}))
+            tmp.write_text(
+                json.dumps({"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest})
+            )
             os.replace(tmp, memo)
     return digest
 
 
-def weights_files_identity(directory: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> dict[str, str]:
+def weights_files_identity(
+    directory: str | os.PathLike, memo_dir: str | os.PathLike | None = None
+) -> dict[str, str]:
     """``{file name: sha256}`` of a checkpoint's weight files (safetensors, else .bin/.pt) and config.json."""
     d = Path(directory)
     files = sorted(d.glob("*.safetensors")) or sorted(d.glob("*.bin")) or sorted(d.glob("*.pt"))
@@ -159,9 +163,12 @@ def model_identity(model_cfg, seed: int, memo_dir: str | os.PathLike | None = No
     The reference is the base model whatever ``lora:`` says (adapter disabled), so LoRA settings are
     not part of it; 4-bit quantization is."""
     name = model_cfg.name
-    ident: dict[str, Any] = {"source": name, "dtype": model_cfg.dtype,
-                             "attn_implementation": model_cfg.attn_implementation,
-                             "quantization": model_cfg.quantization.model_dump() if model_cfg.quantization else None}
+    ident: dict[str, Any] = {
+        "source": name,
+        "dtype": model_cfg.dtype,
+        "attn_implementation": model_cfg.attn_implementation,
+        "quantization": model_cfg.quantization.model_dump() if model_cfg.quantization else None,
+    }
     if name.startswith("builtin:"):
         from prefopt.models import builtin_config
 
@@ -268,7 +275,11 @@ def tokenizer_identity(tokenizer) -> dict[str, Any]:
 
 def id_columns(dataset, family: str) -> list[str]:
     """The token-id columns the reference forward reads."""
-    want = ["prompt_ids", "chosen_ids", "rejected_ids"] if family == "paired" else ["prompt_ids", "completion_ids", "KL_completion_ids"]
+    want = (
+        ["prompt_ids", "chosen_ids", "rejected_ids"]
+        if family == "paired"
+        else ["prompt_ids", "completion_ids", "KL_completion_ids"]
+    )
     return [c for c in want if c in dataset.column_names]
 
 
@@ -291,9 +302,19 @@ def data_fingerprint(dataset, columns: list[str], batch_size: int = 8192) -> dic
     return {"sha256": digest, "rows": rows, "columns": list(columns)}
 
 
-def build_key_parts(*, model: dict[str, Any], tokenizer: dict[str, Any], data: dict[str, Any], family: str,
-                    max_length: int | None, max_prompt_length: int | None, truncation_mode: str | None,
-                    dtype: dict[str, Any], kl: bool | None = None, ld_alpha: float | None = None) -> dict[str, Any]:
+def build_key_parts(
+    *,
+    model: dict[str, Any],
+    tokenizer: dict[str, Any],
+    data: dict[str, Any],
+    family: str,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    truncation_mode: str | None,
+    dtype: dict[str, Any],
+    kl: bool | None = None,
+    ld_alpha: float | None = None,
+) -> dict[str, Any]:
     """Everything the reference log-probs depend on, as a JSON-able dict (see the module docstring)."""
     if family not in ("paired", "unpaired"):
         raise ValueError(f"family must be 'paired' or 'unpaired', not {family!r}")
@@ -307,7 +328,11 @@ def build_key_parts(*, model: dict[str, Any], tokenizer: dict[str, Any], data: d
         "tokenizer": {k: v for k, v in tokenizer.items() if k != "chat_template_sha256"},
         "chat_template_sha256": tokenizer.get("chat_template_sha256"),
         "data": data,
-        "lengths": {"max_length": max_length, "max_prompt_length": max_prompt_length, "truncation_mode": truncation_mode},
+        "lengths": {
+            "max_length": max_length,
+            "max_prompt_length": max_prompt_length,
+            "truncation_mode": truncation_mode,
+        },
         "dtype": dtype,
         "algorithm": algo,
     }
@@ -340,7 +365,9 @@ class ReferenceCache:
                 fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
 
-    def lookup(self, key: str, n_rows: int | None = None, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray] | None:
+    def lookup(
+        self, key: str, n_rows: int | None = None, columns: tuple[str, ...] | None = None
+    ) -> dict[str, np.ndarray] | None:
         """The stored columns, or None (absent, unreadable or not matching → recomputed and replaced)."""
         d = self.path(key)
         if not (d / "key.json").exists():
@@ -359,7 +386,13 @@ class ReferenceCache:
             log.warning("reference cache: ignoring unreadable entry %s (%s); recomputing", d, e)
             return None
 
-    def store(self, key: str, parts: dict[str, Any], columns: dict[str, np.ndarray], extra: dict[str, Any] | None = None) -> Path:
+    def store(
+        self,
+        key: str,
+        parts: dict[str, Any],
+        columns: dict[str, np.ndarray],
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
         """Write atomically: a temporary directory beside the entry, renamed into place."""
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(key)
@@ -369,7 +402,10 @@ class ReferenceCache:
         tmp.mkdir()
         try:
             table = pa.table({c: pa.array(np.asarray(v, dtype=np.float32)) for c, v in columns.items()})
-            with pa.OSFile(str(tmp / "logps.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            with (
+                pa.OSFile(str(tmp / "logps.arrow"), "wb") as sink,
+                pa.ipc.new_file(sink, table.schema) as writer,
+            ):
                 writer.write_table(table)
             meta = {
                 "key": key,
@@ -405,7 +441,9 @@ def _reference_model(trainer):
     return trainer.ref_model if trainer.ref_model is not None else trainer.model
 
 
-def trainer_key_parts(trainer, dataset, identity: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def trainer_key_parts(
+    trainer, dataset, identity: dict[str, Any] | None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The key parts for ``dataset`` under ``trainer``'s reference, collator and precision."""
     family = _family(trainer)
     model = _reference_model(trainer)
@@ -418,8 +456,10 @@ def trainer_key_parts(trainer, dataset, identity: dict[str, Any] | None, extra: 
             model_part = {**identity, "in_memory": weights_sample_fingerprint(model)}
         trainer._refcache_model_part = model_part
     first = next(iter(model.parameters()), None)
-    dtype = {"weights": str(first.dtype) if first is not None else None,
-             "autocast": str(trainer.accelerator.mixed_precision)}
+    dtype = {
+        "weights": str(first.dtype) if first is not None else None,
+        "autocast": str(trainer.accelerator.mixed_precision),
+    }
     extra = dict(extra or {})
     return build_key_parts(
         model=model_part,
@@ -446,9 +486,14 @@ def compute_reference_logps(trainer, dataset, name: str, batch_size: int) -> dic
     family = _family(trainer)
     columns = PAIRED_COLUMNS if family == "paired" else UNPAIRED_COLUMNS
     two = family == "paired" or bool(getattr(trainer, "calculate_KL", False))
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=trainer.data_collator,
-                        num_workers=trainer.args.dataloader_num_workers,
-                        pin_memory=trainer.args.dataloader_pin_memory and torch.cuda.is_available(), shuffle=False)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        collate_fn=trainer.data_collator,
+        num_workers=trainer.args.dataloader_num_workers,
+        pin_memory=trainer.args.dataloader_pin_memory and torch.cuda.is_available(),
+        shuffle=False,
+    )
     loader = trainer.accelerator.prepare(loader)
     if trainer.ref_model is None and trainer.is_deepspeed_enabled:
         if getattr(trainer, "_precompute_engine", None) is None:
@@ -457,8 +502,11 @@ def compute_reference_logps(trainer, dataset, name: str, batch_size: int) -> dic
     else:
         model = _reference_model(trainer)
     out: dict[str, list] = {c: [] for c in columns}
-    for batch in tqdm(loader, desc=f"Computing reference log probs for {name} dataset (cache miss)",
-                      disable=bool(os.environ.get("TQDM_DISABLE", ""))):
+    for batch in tqdm(
+        loader,
+        desc=f"Computing reference log probs for {name} dataset (cache miss)",
+        disable=bool(os.environ.get("TQDM_DISABLE", "")),
+    ):
         first, second = trainer.compute_ref_log_probs(model, batch)
         if two:
             first, second = trainer.accelerator.gather_for_metrics((first, second))
@@ -469,9 +517,16 @@ def compute_reference_logps(trainer, dataset, name: str, batch_size: int) -> dic
     return {c: torch.cat(v).numpy() for c, v in out.items() if v}
 
 
-def attach_reference_logps(trainer, dataset, *, name: str = "train", batch_size: int | None = None,
-                           cache: ReferenceCache | None = None, identity: dict[str, Any] | None = None,
-                           extra: dict[str, Any] | None = None):
+def attach_reference_logps(
+    trainer,
+    dataset,
+    *,
+    name: str = "train",
+    batch_size: int | None = None,
+    cache: ReferenceCache | None = None,
+    identity: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+):
     """``dataset`` with the reference columns added — read from the cache, or computed (with TRL's
     forward, see :func:`compute_reference_logps`) and stored. Safe with several processes and ranks."""
     from accelerate.utils import broadcast_object_list
@@ -484,7 +539,9 @@ def attach_reference_logps(trainer, dataset, *, name: str = "train", batch_size:
         wanted = wanted[:1]
     if all(c in dataset.column_names for c in wanted):
         return dataset
-    batch_size = batch_size or trainer.args.precompute_ref_batch_size or trainer.args.per_device_train_batch_size
+    batch_size = (
+        batch_size or trainer.args.precompute_ref_batch_size or trainer.args.per_device_train_batch_size
+    )
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         payload: list[Any] = [None]
@@ -505,11 +562,24 @@ def attach_reference_logps(trainer, dataset, *, name: str = "train", batch_size:
                 cache.store(key, parts, values, extra={"computed_in_s": round(time.perf_counter() - t0, 3)})
     acc.wait_for_everyone()
     seconds = time.perf_counter() - t0
-    event = {"dataset": name, "key": key, "hit": hit, "rows": len(dataset), "seconds": round(seconds, 3),
-             "path": str(cache.path(key))}
+    event = {
+        "dataset": name,
+        "key": key,
+        "hit": hit,
+        "rows": len(dataset),
+        "seconds": round(seconds, 3),
+        "path": str(cache.path(key)),
+    }
     getattr(trainer, "reference_cache_events", []).append(event)
-    log.info("reference log-probs for %s: cache %s (%s…, %d rows, %.1fs) %s", name, "hit" if hit else "miss → computed",
-             key[:12], len(dataset), seconds, cache.path(key))
+    log.info(
+        "reference log-probs for %s: cache %s (%s…, %d rows, %.1fs) %s",
+        name,
+        "hit" if hit else "miss → computed",
+        key[:12],
+        len(dataset),
+        seconds,
+        cache.path(key),
+    )
     for c in wanted:
         dataset = dataset.add_column(c, np.asarray(values[c], dtype=np.float32))
     return dataset
@@ -526,7 +596,9 @@ class ReferenceCacheMixin:
     columns are used as they are (TRL would recompute them and fail on the duplicate columns).
     ``trainer.reference_cache_events`` lists what each dataset got (hit/miss, key, seconds)."""
 
-    def __init__(self, *args, reference_cache: dict[str, Any] | None = None, reference_first: bool = True, **kwargs):
+    def __init__(
+        self, *args, reference_cache: dict[str, Any] | None = None, reference_first: bool = True, **kwargs
+    ):
         self.reference_cache_config = reference_cache
         self.reference_cache_events: list[dict[str, Any]] = []
         self.reference_first = reference_first
@@ -543,9 +615,15 @@ class ReferenceCacheMixin:
             return dataset
         if cfg is None:
             return super()._precompute_ref_logps(dataset, name, batch_size)
-        return attach_reference_logps(self, dataset, name=name, batch_size=batch_size,
-                                      cache=ReferenceCache(cfg.get("dir")), identity=cfg.get("identity"),
-                                      extra=cfg.get("extra"))
+        return attach_reference_logps(
+            self,
+            dataset,
+            name=name,
+            batch_size=batch_size,
+            cache=ReferenceCache(cfg.get("dir")),
+            identity=cfg.get("identity"),
+            extra=cfg.get("extra"),
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """On-the-fly reference (no precompute): run the reference forward *before* the policy forward.
@@ -553,7 +631,9 @@ class ReferenceCacheMixin:
         transient activations stack on top of them (about one layer's worth of extra peak memory).
         Same forward, same numbers: the batch just carries the reference columns, as with precompute."""
         if self.precompute_ref_logps or not self.reference_first or not isinstance(inputs, dict):
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         cols = PAIRED_COLUMNS if _family(self) == "paired" else UNPAIRED_COLUMNS
         first, second = self.compute_ref_log_probs(_reference_model(self), inputs)
         inputs = {**inputs, cols[0]: first}
@@ -561,7 +641,9 @@ class ReferenceCacheMixin:
             inputs[cols[1]] = second
         self.precompute_ref_logps = True  # TRL (and prefopt's losses) read the columns from the batch
         try:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         finally:
             self.precompute_ref_logps = False
 
@@ -575,8 +657,10 @@ def trainer_kwargs(recipe, *, enabled: bool | None = None) -> dict[str, Any]:
     if not on or not get_adapter(recipe.algorithm).uses_reference:
         return {}
     root = default_cache_dir(recipe.reference_cache.dir)
-    return {"reference_cache": {
-        "dir": str(root),
-        "identity": model_identity(recipe.model, recipe.seed, memo_dir=root),
-        "extra": {"max_prompt_length": recipe.training.get("max_prompt_length")},
-    }}
+    return {
+        "reference_cache": {
+            "dir": str(root),
+            "identity": model_identity(recipe.model, recipe.seed, memo_dir=root),
+            "extra": {"max_prompt_length": recipe.training.get("max_prompt_length")},
+        }
+    }

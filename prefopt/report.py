@@ -19,17 +19,44 @@ from prefopt.errors import PrefoptError
 # here) and the health probe's mean_length / reference_mean_length / kl_sampled.
 PLOTS: list[tuple[str, str, str, list[tuple[str, str]]]] = [
     ("loss.png", "Training loss", "loss", [("loss", "train loss"), ("eval_loss", "eval loss")]),
-    ("rewards.png", "Implicit rewards and margin", "reward",
-     [("rewards/chosen", "chosen"), ("rewards/rejected", "rejected"), ("rewards/margins", "margin (chosen − rejected)")]),
-    ("accuracies.png", "Reward accuracy (chosen reward > rejected reward)", "accuracy",
-     [("rewards/accuracies", "train"), ("eval_rewards/accuracies", "eval")]),
-    ("logps.png", "Policy log-probs of the training replies", "log-prob",
-     [("logps/chosen", "chosen"), ("logps/rejected", "rejected")]),
-    ("kl.png", "KL(policy ‖ reference)", "nats / sequence",
-     [("kl", "KTO batch KL (logged)"), ("kl_proxy", "|rewards/chosen + rewards/rejected| / 2β (proxy)"),
-      ("kl_sampled", "sampled (health probe)")]),
-    ("lengths.png", "Mean sampled completion length (health probe)", "tokens",
-     [("mean_length", "policy"), ("reference_mean_length", "reference (start)")]),
+    (
+        "rewards.png",
+        "Implicit rewards and margin",
+        "reward",
+        [
+            ("rewards/chosen", "chosen"),
+            ("rewards/rejected", "rejected"),
+            ("rewards/margins", "margin (chosen − rejected)"),
+        ],
+    ),
+    (
+        "accuracies.png",
+        "Reward accuracy (chosen reward > rejected reward)",
+        "accuracy",
+        [("rewards/accuracies", "train"), ("eval_rewards/accuracies", "eval")],
+    ),
+    (
+        "logps.png",
+        "Policy log-probs of the training replies",
+        "log-prob",
+        [("logps/chosen", "chosen"), ("logps/rejected", "rejected")],
+    ),
+    (
+        "kl.png",
+        "KL(policy ‖ reference)",
+        "nats / sequence",
+        [
+            ("kl", "KTO batch KL (logged)"),
+            ("kl_proxy", "|rewards/chosen + rewards/rejected| / 2β (proxy)"),
+            ("kl_sampled", "sampled (health probe)"),
+        ],
+    ),
+    (
+        "lengths.png",
+        "Mean sampled completion length (health probe)",
+        "tokens",
+        [("mean_length", "policy"), ("reference_mean_length", "reference (start)")],
+    ),
 ]
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -122,8 +149,14 @@ def series(logs: list[dict], probes: list[dict], recipe: dict) -> dict[str, list
     return out
 
 
-def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list[tuple[float, float]]]],
-          warnings: list[dict], subtitle: str | None = None) -> None:
+def _plot(
+    path: Path,
+    title: str,
+    ylabel: str,
+    lines: list[tuple[str, list[tuple[float, float]]]],
+    warnings: list[dict],
+    subtitle: str | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -146,8 +179,14 @@ def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list[tuple
         if step is None:
             continue
         wid = str(w.get("warning"))
-        ax.axvline(step, color="#e377c2", linewidth=1.0, linestyle="--", alpha=0.8,
-                   label=None if wid in shown else f"health: {wid}")
+        ax.axvline(
+            step,
+            color="#e377c2",
+            linewidth=1.0,
+            linestyle="--",
+            alpha=0.8,
+            label=None if wid in shown else f"health: {wid}",
+        )
         shown.add(wid)
     ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
     ax.set_xlabel("optimizer step")
@@ -181,7 +220,11 @@ def _eval_section(ev: dict) -> list[str]:
     rows = []
     if pref:
         rows += [
-            ("held-out preference accuracy (implicit reward)", pref.get("accuracy"), pref.get("reference_accuracy")),
+            (
+                "held-out preference accuracy (implicit reward)",
+                pref.get("accuracy"),
+                pref.get("reference_accuracy"),
+            ),
             ("mean reward margin", pref.get("reward_margin"), None),
             ("log-prob shift, chosen (policy − reference)", pref.get("logp_shift_chosen"), None),
             ("log-prob shift, rejected (policy − reference)", pref.get("logp_shift_rejected"), None),
@@ -191,12 +234,20 @@ def _eval_section(ev: dict) -> list[str]:
     if samp:
         rows += [
             ("KL(policy ‖ reference) on samples, nats", samp.get("kl_to_reference"), None),
-            ("mean sampled completion length, tokens", samp.get("mean_length"), samp.get("reference_mean_length")),
+            (
+                "mean sampled completion length, tokens",
+                samp.get("mean_length"),
+                samp.get("reference_mean_length"),
+            ),
         ]
     if world:
         pol, ref = world.get("policy") or {}, world.get("reference") or {}
         rows += [
-            (f"true reward, sampled ({pol.get('task', 'world')})", pol.get("reward_sampled"), ref.get("reward_sampled")),
+            (
+                f"true reward, sampled ({pol.get('task', 'world')})",
+                pol.get("reward_sampled"),
+                ref.get("reward_sampled"),
+            ),
             ("true reward, greedy", pol.get("reward_greedy"), ref.get("reward_greedy")),
         ]
     if not rows:
@@ -205,14 +256,20 @@ def _eval_section(ev: dict) -> list[str]:
     lines += [f"| {name} | {_fmt(p)} | {_fmt(r)} |" for name, p, r in rows]
     lines.append("")
     if world:
-        lines.append(f"- True-reward lift: sampled {_fmt(world.get('lift_sampled'))}, greedy {_fmt(world.get('lift_greedy'))}.")
+        lines.append(
+            f"- True-reward lift: sampled {_fmt(world.get('lift_sampled'))}, greedy {_fmt(world.get('lift_greedy'))}."
+        )
     if pref:
-        lines.append(f"- Preference pairs: {_fmt(pref.get('num_pairs'))} from {pref.get('source') or 'held-out data'}; "
-                     f"implicit reward = {pref.get('reward_definition', ev.get('reward_definition', '?'))}; "
-                     f"reference accuracy: {pref.get('reference_accuracy_definition', '?')}.")
+        lines.append(
+            f"- Preference pairs: {_fmt(pref.get('num_pairs'))} from {pref.get('source') or 'held-out data'}; "
+            f"implicit reward = {pref.get('reward_definition', ev.get('reward_definition', '?'))}; "
+            f"reference accuracy: {pref.get('reference_accuracy_definition', '?')}."
+        )
     if samp:
-        lines.append(f"- Sampling: {_fmt(samp.get('num_prompts'))} prompts × {_fmt(samp.get('samples_per_prompt'))} "
-                     f"at temperature {_fmt(samp.get('temperature'))}, at most {_fmt(samp.get('max_new_tokens'))} new tokens.")
+        lines.append(
+            f"- Sampling: {_fmt(samp.get('num_prompts'))} prompts × {_fmt(samp.get('samples_per_prompt'))} "
+            f"at temperature {_fmt(samp.get('temperature'))}, at most {_fmt(samp.get('max_new_tokens'))} new tokens."
+        )
     for note in ev.get("notes") or []:
         lines.append(f"- Note: {note}.")
     lines.append("")
@@ -247,8 +304,12 @@ def _run_section(manifest: dict | None, recipe: dict) -> list[str]:
         ("optimizer steps", m.get("global_step")),
         ("train loss", m.get("train_loss")),
         ("runtime (s)", m.get("train_runtime_s")),
-        ("train / eval rows", "{} / {}".format(*[(m.get("data") or {}).get(k) for k in ("train_rows", "eval_rows")])
-         if m.get("data") else None),
+        (
+            "train / eval rows",
+            "{} / {}".format(*[(m.get("data") or {}).get(k) for k in ("train_rows", "eval_rows")])
+            if m.get("data")
+            else None,
+        ),
         ("processes", m.get("world_size")),
         ("git commit", m.get("git_commit")),
         ("versions", ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)),
@@ -264,8 +325,13 @@ def _run_section(manifest: dict | None, recipe: dict) -> list[str]:
 def _data_section(dr: dict | None) -> list[str]:
     if not dr:
         return []
-    lines = ["## Data", "", f"{_fmt(dr.get('rows_in'))} rows read → {_fmt(dr.get('rows_out'))} kept, "
-                           f"{_fmt(dr.get('dropped'))} dropped.", ""]
+    lines = [
+        "## Data",
+        "",
+        f"{_fmt(dr.get('rows_in'))} rows read → {_fmt(dr.get('rows_out'))} kept, "
+        f"{_fmt(dr.get('dropped'))} dropped.",
+        "",
+    ]
     if dr.get("drops"):
         lines += ["| dropped because | rows |", "|---|---:|"]
         lines += [f"| {_fmt(k)} | {_fmt(v)} |" for k, v in dr["drops"].items()]
@@ -286,8 +352,11 @@ def write_report(run_dir: str | Path) -> Path:
         raise PrefoptError(f"run directory {run_dir} does not exist.", where="prefopt report")
     metrics_path = run_dir / "metrics.jsonl"
     if not metrics_path.exists() and not (run_dir / "eval.json").exists():
-        raise PrefoptError(f"{run_dir} holds neither metrics.jsonl nor eval.json: nothing to report.",
-                           where="prefopt report", fix="pass the directory `prefopt train` wrote.")
+        raise PrefoptError(
+            f"{run_dir} holds neither metrics.jsonl nor eval.json: nothing to report.",
+            where="prefopt report",
+            fix="pass the directory `prefopt train` wrote.",
+        )
     logs, warnings, probes = read_metrics(metrics_path)
     recipe = _recipe_info(run_dir)
     manifest = _load_json(run_dir / "manifest.json")
@@ -296,8 +365,12 @@ def write_report(run_dir: str | Path) -> Path:
     data = series(logs, probes, recipe)
     algorithm = recipe.get("algorithm") or (manifest or {}).get("algorithm") or "?"
 
-    md = [f"# prefopt report: {run_dir.name}", "",
-          f"Algorithm **{algorithm}**, run directory `{run_dir}`. Plots mark health warnings as dashed lines.", ""]
+    md = [
+        f"# prefopt report: {run_dir.name}",
+        "",
+        f"Algorithm **{algorithm}**, run directory `{run_dir}`. Plots mark health warnings as dashed lines.",
+        "",
+    ]
     md += _run_section(manifest, recipe)
     if ev:
         md += _eval_section(ev)
@@ -309,9 +382,11 @@ def write_report(run_dir: str | Path) -> Path:
         lines = [(label, data[k]) for k, label in keys if data.get(k)]
         if not lines:
             wanted = ", ".join(f"`{k}`" for k, _ in keys)
-            skipped.append(f"- `{fname}` ({title}) not plotted: none of {wanted} was logged"
-                           + (" (the length probe is off: `health.probe_every: 0`)" if fname == "lengths.png" else "")
-                           + ".")
+            skipped.append(
+                f"- `{fname}` ({title}) not plotted: none of {wanted} was logged"
+                + (" (the length probe is off: `health.probe_every: 0`)" if fname == "lengths.png" else "")
+                + "."
+            )
             (run_dir / fname).unlink(missing_ok=True)
             continue
         subtitle = None

@@ -98,8 +98,11 @@ class SignalCallback(TrainerCallback):
         if self.received is not None:  # second signal: stop now
             raise KeyboardInterrupt
         self.received = signum
-        log.warning("received %s: saving a checkpoint at the end of this step, then stopping "
-                    "(send it again to stop immediately)", signal.Signals(signum).name)
+        log.warning(
+            "received %s: saving a checkpoint at the end of this step, then stopping "
+            "(send it again to stop immediately)",
+            signal.Signals(signum).name,
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.received is not None:
@@ -123,12 +126,18 @@ class NonFiniteGuard(TrainerCallback):
                 self.tripped = (state.global_step, term, v)
                 control.should_training_stop = True
                 control.should_save = False
-                log.error("non-finite %s (%s) at step %d: stopping without saving", term, v, state.global_step)
+                log.error(
+                    "non-finite %s (%s) at step %d: stopping without saving", term, v, state.global_step
+                )
                 return
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and self.tripped is None:
-            self._check(state, control, {k: v for k, v in logs.items() if k in ("loss", "grad_norm", "kl", "eval_loss")})
+            self._check(
+                state,
+                control,
+                {k: v for k, v in logs.items() if k in ("loss", "grad_norm", "kl", "eval_loss")},
+            )
         return control
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -147,5 +156,7 @@ class NonFiniteGuard(TrainerCallback):
             for p in model.parameters():
                 if p.grad is not None:
                     p.grad.zero_()
-            log.error("non-finite gradient before step %d: stopping without applying it", state.global_step + 1)
+            log.error(
+                "non-finite gradient before step %d: stopping without applying it", state.global_step + 1
+            )
         return control

@@ -48,37 +48,52 @@ class _Strict(BaseModel):
 
 class RewardModelSection(_Strict):
     init: Literal["reference", "builtin"] = Field(
-        "reference", description="'reference': the world reference's trunk + a new scalar head; 'builtin': fresh.")
+        "reference",
+        description="'reference': the world reference's trunk + a new scalar head; 'builtin': fresh.",
+    )
     learning_rate: float = Field(1e-3, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
     per_device_train_batch_size: int = Field(32, gt=0)
-    center_rewards_coefficient: float | None = Field(0.01, description="TRL's reward-centering term (None = off).")
+    center_rewards_coefficient: float | None = Field(
+        0.01, description="TRL's reward-centering term (None = off)."
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="More trl.RewardConfig fields, verbatim.")
 
 
 class PolicySection(_Strict):
     trainer: Literal["rloo", "grpo"] = "rloo"
-    beta: float | list[float] = Field(0.05, description="KL coefficient; a list gives one policy (and point) each.")
+    beta: float | list[float] = Field(
+        0.05, description="KL coefficient; a list gives one policy (and point) each."
+    )
     learning_rate: float = Field(3e-4, gt=0)
     max_steps: int = Field(150, gt=0)
-    per_device_train_batch_size: int = Field(32, gt=0, description="Completions per step (prompts × generations).")
+    per_device_train_batch_size: int = Field(
+        32, gt=0, description="Completions per step (prompts × generations)."
+    )
     num_generations: int = Field(4, ge=2)
     max_completion_length: int = Field(8, gt=0)
     temperature: float = Field(1.0, gt=0)
     lr_scheduler_type: str = "constant_with_warmup"
     warmup_steps: int = 5
-    extra: dict[str, Any] = Field(default_factory=dict, description="More trl.RLOOConfig / GRPOConfig fields.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="More trl.RLOOConfig / GRPOConfig fields."
+    )
 
 
 class RLHFSection(_Strict):
     """``rlhf:`` in a sweep (or a standalone config for :func:`run_rlhf`)."""
 
-    base: str | None = Field(None, description="World DPO recipe for model + data (relative to the sweep file); "
-                                               "default: the sweep's base or its first DPO entry's.")
+    base: str | None = Field(
+        None,
+        description="World DPO recipe for model + data (relative to the sweep file); "
+        "default: the sweep's base or its first DPO entry's.",
+    )
     reward_model: RewardModelSection = Field(default_factory=RewardModelSection)
     policy: PolicySection = Field(default_factory=PolicySection)
-    log_true_reward: bool = Field(True, description="Log the true reward (weight 0) while training the policy.")
+    log_true_reward: bool = Field(
+        True, description="Log the true reward (weight 0) while training the policy."
+    )
     max_prompts: int | None = Field(None, gt=0, description="Cap on the number of training prompts.")
 
 
@@ -108,7 +123,9 @@ class RewardModelScorer:
             for j, x in enumerate(chunk):
                 ids[j, : len(x)] = torch.tensor(x)
                 mask[j, : len(x)] = 1
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            logits = self.model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
+            ).logits
             out.extend(logits[:, 0].float().cpu().tolist())
         return out
 
@@ -134,8 +151,12 @@ class RewardModelScorer:
     def score_text(self, prompts: list[str], completions: list[str]) -> list[float]:
         from prefopt.tokenization import encode_completion, encode_prompt
 
-        return self.score_ids([encode_prompt(self.tokenizer, p) + encode_completion(self.tokenizer, p, c)
-                               for p, c in zip(prompts, completions)])
+        return self.score_ids(
+            [
+                encode_prompt(self.tokenizer, p) + encode_completion(self.tokenizer, p, c)
+                for p, c in zip(prompts, completions)
+            ]
+        )
 
 
 class TrueReward:
@@ -220,10 +241,12 @@ def reward_pairs(paired_tok):
     """Tokenised DPO pairs → RewardTrainer rows: full sequences ``prompt + chosen`` / ``prompt + rejected``."""
     from datasets import Dataset
 
-    return Dataset.from_dict({
-        "chosen_ids": [p + c for p, c in zip(paired_tok["prompt_ids"], paired_tok["chosen_ids"])],
-        "rejected_ids": [p + r for p, r in zip(paired_tok["prompt_ids"], paired_tok["rejected_ids"])],
-    })
+    return Dataset.from_dict(
+        {
+            "chosen_ids": [p + c for p, c in zip(paired_tok["prompt_ids"], paired_tok["chosen_ids"])],
+            "rejected_ids": [p + r for p, r in zip(paired_tok["prompt_ids"], paired_tok["rejected_ids"])],
+        }
+    )
 
 
 def train_reward_model(section: RewardModelSection, recipe, tokenizer, paired_tok, run_dir: Path, seed: int):
@@ -233,16 +256,30 @@ def train_reward_model(section: RewardModelSection, recipe, tokenizer, paired_to
 
     model = build_reward_model(section, recipe, tokenizer, seed)
     cfg = RewardConfig(
-        output_dir=str(run_dir / "rm-checkpoints"), learning_rate=section.learning_rate,
-        num_train_epochs=section.num_train_epochs, max_steps=section.max_steps,
+        output_dir=str(run_dir / "rm-checkpoints"),
+        learning_rate=section.learning_rate,
+        num_train_epochs=section.num_train_epochs,
+        max_steps=section.max_steps,
         per_device_train_batch_size=section.per_device_train_batch_size,
         center_rewards_coefficient=section.center_rewards_coefficient,
-        seed=seed, data_seed=seed, report_to="none", save_strategy="no", logging_steps=10,
-        activation_checkpointing=False, bf16=False, max_length=None, dataloader_num_workers=0,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10,
+        activation_checkpointing=False,
+        bf16=False,
+        max_length=None,
+        dataloader_num_workers=0,
         **section.extra,
     )
-    trainer = RewardTrainer(model=model, args=cfg, train_dataset=reward_pairs(paired_tok), processing_class=tokenizer,
-                            callbacks=[MetricsJsonlCallback(run_dir / "reward_model_metrics.jsonl")])
+    trainer = RewardTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=reward_pairs(paired_tok),
+        processing_class=tokenizer,
+        callbacks=[MetricsJsonlCallback(run_dir / "reward_model_metrics.jsonl")],
+    )
     result = trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     model.save_pretrained(run_dir / "reward_model", safe_serialization=True)
@@ -270,8 +307,17 @@ def check_prompt_tokenisation(trainer, tokenizer, prompts: list[str]) -> None:
         raise RuntimeError(f"TRL tokenises prompts differently from prefopt: {theirs[:2]} vs {ours[:2]}")
 
 
-def train_policy(section: PolicySection, beta: float, recipe, reward_scorer, task: str, prompts: list[str],
-                 run_dir: Path, seed: int, log_true_reward: bool = True):
+def train_policy(
+    section: PolicySection,
+    beta: float,
+    recipe,
+    reward_scorer,
+    task: str,
+    prompts: list[str],
+    run_dir: Path,
+    seed: int,
+    log_true_reward: bool = True,
+):
     from datasets import Dataset
 
     from prefopt.callbacks import MetricsJsonlCallback
@@ -292,18 +338,37 @@ def train_policy(section: PolicySection, beta: float, recipe, reward_scorer, tas
         funcs.append(TrueReward(task))
         weights.append(0.0)
     cfg = Config(
-        output_dir=str(run_dir / "checkpoints"), beta=beta, learning_rate=section.learning_rate,
-        max_steps=section.max_steps, per_device_train_batch_size=section.per_device_train_batch_size,
-        num_generations=section.num_generations, max_completion_length=section.max_completion_length,
-        temperature=section.temperature, lr_scheduler_type=section.lr_scheduler_type,
-        warmup_steps=section.warmup_steps, reward_weights=weights, use_vllm=False,
-        seed=seed, data_seed=seed, report_to="none", save_strategy="no", logging_steps=10,
-        activation_checkpointing=False, bf16=False, dataloader_num_workers=0,
+        output_dir=str(run_dir / "checkpoints"),
+        beta=beta,
+        learning_rate=section.learning_rate,
+        max_steps=section.max_steps,
+        per_device_train_batch_size=section.per_device_train_batch_size,
+        num_generations=section.num_generations,
+        max_completion_length=section.max_completion_length,
+        temperature=section.temperature,
+        lr_scheduler_type=section.lr_scheduler_type,
+        warmup_steps=section.warmup_steps,
+        reward_weights=weights,
+        use_vllm=False,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10,
+        activation_checkpointing=False,
+        bf16=False,
+        dataloader_num_workers=0,
         **section.extra,
     )
     guard = NonFiniteGuard()
-    trainer = Trainer(model=policy, reward_funcs=funcs, args=cfg, train_dataset=Dataset.from_dict({"prompt": prompts}),
-                      processing_class=tokenizer, callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl"), guard])
+    trainer = Trainer(
+        model=policy,
+        reward_funcs=funcs,
+        args=cfg,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tokenizer,
+        callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl"), guard],
+    )
     check_prompt_tokenisation(trainer, tokenizer, prompts[:64])
     ref_model = getattr(trainer, "ref_model", None)
     ref_from = getattr(getattr(ref_model, "config", None), "_name_or_path", None)
@@ -311,14 +376,25 @@ def train_policy(section: PolicySection, beta: float, recipe, reward_scorer, tas
     if guard.tripped:
         raise RuntimeError(f"RLHF policy: non-finite {guard.tripped[1]} at step {guard.tripped[0]}")
     policy = trainer.accelerator.unwrap_model(trainer.model).eval()
-    info = {"trainer": f"{type(trainer).__module__}.{type(trainer).__qualname__}", "global_step": trainer.state.global_step,
-            "train_loss": result.training_loss, "reference_checkpoint": ref_from or ref_path}
+    info = {
+        "trainer": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "reference_checkpoint": ref_from or ref_path,
+    }
     return policy, tokenizer, info
 
 
 # --------------------------------------------------------------------------------------------- entry point
-def run_rlhf(section: RLHFSection | dict, base_recipe, *, output_dir: str | Path, seed: int | None = None,
-             evaluate: Callable | None = None, data_cache=None) -> dict:
+def run_rlhf(
+    section: RLHFSection | dict,
+    base_recipe,
+    *,
+    output_dir: str | Path,
+    seed: int | None = None,
+    evaluate: Callable | None = None,
+    data_cache=None,
+) -> dict:
     """Reward model, then one policy per ``policy.beta``; each policy is evaluated like the DPO points.
 
     ``base_recipe`` is a world recipe (a :class:`prefopt.recipe.Recipe`; its algorithm's data kind is
@@ -355,8 +431,12 @@ def run_rlhf(section: RLHFSection | dict, base_recipe, *, output_dir: str | Path
         scorer = RewardModelScorer(rm, tokenizer)
         rm_info["heldout_accuracy"] = reward_model_accuracy(scorer, getattr(evaluate, "pairs", []))
         rm_info["train_pairs"] = len(train_tok)
-    log.info("rlhf: reward model trained (%d steps), held-out pair accuracy %s, %.0fs", rm_info["global_step"],
-             rm_info["heldout_accuracy"], m_rm.result["wall_s"])
+    log.info(
+        "rlhf: reward model trained (%d steps), held-out pair accuracy %s, %.0fs",
+        rm_info["global_step"],
+        rm_info["heldout_accuracy"],
+        m_rm.result["wall_s"],
+    )
     rm_info.update(m_rm.result)
     prompts = list(dict.fromkeys(train_ds["prompt"]))
     if section.max_prompts:
@@ -367,19 +447,27 @@ def run_rlhf(section: RLHFSection | dict, base_recipe, *, output_dir: str | Path
         pdir = run_dir / f"beta{beta:g}"
         pdir.mkdir(parents=True, exist_ok=True)
         with Measure() as m:
-            policy, tok, info = train_policy(section.policy, beta, recipe, scorer, task, prompts, pdir, seed,
-                                             section.log_true_reward)
+            policy, tok, info = train_policy(
+                section.policy, beta, recipe, scorer, task, prompts, pdir, seed, section.log_true_reward
+            )
             t_train = m_rm.result["wall_s"]  # the shared reward model is part of every RLHF point's cost
             evaluation = evaluate(policy)
         point = {
-            "name": f"rlhf-beta{beta:g}-seed{seed}", "algorithm": "rlhf", "params": {"beta": beta}, "seed": seed,
-            "status": "finished", "run_dir": str(pdir), **info, "train_rows": len(prompts),
+            "name": f"rlhf-beta{beta:g}-seed{seed}",
+            "algorithm": "rlhf",
+            "params": {"beta": beta},
+            "seed": seed,
+            "status": "finished",
+            "run_dir": str(pdir),
+            **info,
+            "train_rows": len(prompts),
             "train_s": round(m.result["wall_s"] - evaluation.get("eval_s", 0.0) + t_train, 2),
             "wall_s": round(m.result["wall_s"] + m_rm.result["wall_s"], 2),
             "cpu_s": round(m.result["cpu_s"] + m_rm.result["cpu_s"], 2),
             "peak_rss_mb": max(m.result["peak_rss_mb"], m_rm.result["peak_rss_mb"]),
             "peak_rss_delta_mb": max(m.result["peak_rss_delta_mb"], m_rm.result["peak_rss_delta_mb"]),
-            "reward_model": rm_info, "eval": evaluation,
+            "reward_model": rm_info,
+            "eval": evaluation,
         }
         points.append(point)
         del policy

@@ -30,7 +30,9 @@ from prefopt.errors import PrefoptError
 
 
 def is_messages(value: Any) -> bool:
-    return isinstance(value, list) and (len(value) == 0 or (isinstance(value[0], dict) and "role" in value[0]))
+    return isinstance(value, list) and (
+        len(value) == 0 or (isinstance(value[0], dict) and "role" in value[0])
+    )
 
 
 def _require_template(tokenizer) -> None:
@@ -152,7 +154,11 @@ def tokenize_dataset(dataset, kind: str, tokenizer, max_length=None, max_prompt_
     fn = tokenize_paired if kind == "paired" else tokenize_unpaired
     stats = TruncationStats()
     rows = []
-    keep_cols = [c for c in dataset.column_names if c not in ("prompt_ids", "chosen_ids", "rejected_ids", "completion_ids")]
+    keep_cols = [
+        c
+        for c in dataset.column_names
+        if c not in ("prompt_ids", "chosen_ids", "rejected_ids", "completion_ids")
+    ]
     for i, ex in enumerate(dataset):
         out = fn(ex, tokenizer, max_length, max_prompt_length, stats)
         if out is None:

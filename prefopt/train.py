@@ -30,7 +30,10 @@ def _state():
     # Under `accelerate launch` on CPU the processes only join a gloo group when told to use the CPU
     # (ACCELERATE_USE_CPU); without it PartialState would report a world of 1 and the global batch
     # would be derived for the wrong number of processes.
-    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    cpu = (
+        os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        or not torch.cuda.is_available()
+    )
     return PartialState(cpu=cpu)
 
 
@@ -88,24 +91,40 @@ def prepare_data(recipe: Recipe, tokenizer, report_dir: Path | None = None):
     # one process tokenises with worker processes; under accelerate every rank tokenises the same rows
     # itself (deterministic), without spawning more workers
     num_proc = None if world_size() == 1 else 1
-    train_tok, _ = tokenize_dataset_fast(train_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, report,
-                                         num_proc=num_proc)
+    train_tok, _ = tokenize_dataset_fast(
+        train_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, report, num_proc=num_proc
+    )
     eval_tok = None
     if eval_ds is not None and len(eval_ds):
-        eval_tok, _ = tokenize_dataset_fast(eval_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, report,
-                                            num_proc=num_proc)
+        eval_tok, _ = tokenize_dataset_fast(
+            eval_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, report, num_proc=num_proc
+        )
     if recipe.data.strict:  # truncation drops count too
         report.check_strict(where=f"{recipe.source_path or 'recipe'}: data (strict: true)")
     return train_tok, eval_tok, train_ds, eval_ds, report
 
 
 def trainer_columns(ds, kind: str):
-    keep = ["prompt_ids", "chosen_ids", "rejected_ids"] if kind == "paired" else ["prompt_ids", "completion_ids", "label"]
+    keep = (
+        ["prompt_ids", "chosen_ids", "rejected_ids"]
+        if kind == "paired"
+        else ["prompt_ids", "completion_ids", "label"]
+    )
     return ds.select_columns([c for c in keep if c in ds.column_names])
 
 
-def build_trainer(recipe: Recipe, model, tokenizer, train_tok, eval_tok, *, output_dir: str, callbacks=None,
-                  training: dict[str, Any] | None = None, config=None):
+def build_trainer(
+    recipe: Recipe,
+    model,
+    tokenizer,
+    train_tok,
+    eval_tok,
+    *,
+    output_dir: str,
+    callbacks=None,
+    training: dict[str, Any] | None = None,
+    config=None,
+):
     """Adapter → TRL config → prefopt trainer subclass. Nothing else."""
     from peft import PeftModel
 
@@ -124,7 +143,12 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_tok, eval_tok, *, outp
         "callbacks": callbacks or [],
     }
     needs_copy = recipe.model.name.startswith("builtin:")
-    if adapter.uses_reference and needs_copy and not isinstance(model, PeftModel) and not getattr(config, "precompute_ref_log_probs", False):
+    if (
+        adapter.uses_reference
+        and needs_copy
+        and not isinstance(model, PeftModel)
+        and not getattr(config, "precompute_ref_log_probs", False)
+    ):
         # TRL loads the reference from the policy's checkpoint path (sharded under ZeRO-3); builtin
         # models have no checkpoint, so they get an in-memory copy.
         ref = copy.deepcopy(model).eval()
@@ -142,7 +166,9 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_tok, eval_tok, *, outp
     return cls(**kwargs)
 
 
-def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = False, resume: bool = False) -> dict:
+def train(
+    recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = False, resume: bool = False
+) -> dict:
     """Run one recipe end to end. Returns a summary dict (also in manifest.json)."""
     from prefopt import manifest
     from prefopt.algorithms import get_adapter
@@ -161,8 +187,12 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
     t0 = time.time()
     adapter = get_adapter(recipe.algorithm)
     base = Path.cwd()
-    run_dir = Path(output_dir) if output_dir else manifest.resolve_run_dir(
-        recipe.output.dir, algorithm=recipe.algorithm, seed=recipe.seed, base=base
+    run_dir = (
+        Path(output_dir)
+        if output_dir
+        else manifest.resolve_run_dir(
+            recipe.output.dir, algorithm=recipe.algorithm, seed=recipe.seed, base=base
+        )
     )
     main = is_main_process()
     if main:
@@ -190,11 +220,21 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
 
     resume_from = _resume_point(ckpt_dir, resume)
     metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
-    health = HealthCallback.from_recipe(recipe, metrics.write, probe_prompts=probe_prompts_for(recipe, eval_ds, train_ds))
+    health = HealthCallback.from_recipe(
+        recipe, metrics.write, probe_prompts=probe_prompts_for(recipe, eval_ds, train_ds)
+    )
     signals, guard = SignalCallback(), NonFiniteGuard()
     callbacks = [metrics, health, CheckpointMarkerCallback(), signals, guard]
-    trainer = build_trainer(recipe, model, tokenizer, train_tok, eval_tok, output_dir=str(ckpt_dir),
-                            callbacks=callbacks, config=config)
+    trainer = build_trainer(
+        recipe,
+        model,
+        tokenizer,
+        train_tok,
+        eval_tok,
+        output_dir=str(ckpt_dir),
+        callbacks=callbacks,
+        config=config,
+    )
     health.attach(trainer)
     signals.install()
     try:
@@ -205,13 +245,21 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
         step, term, value = guard.tripped
         if main:
             metrics.write({"event": "nonfinite", "step": step, "term": term, "value": str(value)})
-            manifest.write_json(run_dir / "manifest.json", {"status": "failed", "reason": f"non-finite {term}", "step": step})
+            manifest.write_json(
+                run_dir / "manifest.json", {"status": "failed", "reason": f"non-finite {term}", "step": step}
+            )
         raise NonFiniteError(step, term, value, last_complete_checkpoint(ckpt_dir))
     if signals.received is not None:
         last = last_complete_checkpoint(ckpt_dir)
         if main:
-            manifest.write_json(run_dir / "manifest.json", {"status": "interrupted", "step": trainer.state.global_step,
-                                                             "checkpoint": str(last) if last else None})
+            manifest.write_json(
+                run_dir / "manifest.json",
+                {
+                    "status": "interrupted",
+                    "step": trainer.state.global_step,
+                    "checkpoint": str(last) if last else None,
+                },
+            )
         raise TrainingInterrupted(signals.received, str(last) if last else None)
 
     summary: dict[str, Any] = {
@@ -230,7 +278,9 @@ def train(recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = Fa
         "git_commit": manifest.git_commit(),
         "hardware": manifest.hardware(),
         "world_size": world_size(),
-        "effective": {k: training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps")},
+        "effective": {
+            k: training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps")
+        },
     }
     if recipe.output.save_model:
         save_model(trainer, tokenizer, run_dir / "model")
@@ -292,7 +342,9 @@ def _kto_weight_check(recipe: Recipe, train_ds) -> None:
 
     labels = train_ds["label"]
     n_d = sum(1 for x in labels if x)
-    msg = check_kto_weights(n_d, len(labels) - n_d, recipe.loss_params.desirable_weight, recipe.loss_params.undesirable_weight)
+    msg = check_kto_weights(
+        n_d, len(labels) - n_d, recipe.loss_params.desirable_weight, recipe.loss_params.undesirable_weight
+    )
     if msg:
         log.warning(msg)
 

@@ -74,7 +74,9 @@ class PrefoptDPOTrainer(DPOTrainer):
         pc, pr, rc, rr, lc, lr = self.policy_and_reference_logps(model, inputs)
         kind = self.prefopt_loss["kind"]
         if kind == "dpo":
-            per_example = losses.dpo_loss(pc, pr, rc, rr, beta=self.beta, label_smoothing=self.prefopt_loss["label_smoothing"])
+            per_example = losses.dpo_loss(
+                pc, pr, rc, rr, beta=self.beta, label_smoothing=self.prefopt_loss["label_smoothing"]
+            )
         elif kind == "ipo":
             per_example = losses.ipo_loss(
                 pc, pr, rc, rr, lc, lr, tau=self.beta, length_normalize=self.prefopt_loss["length_normalize"]
@@ -168,7 +170,9 @@ class PrefoptCPOTrainer(_LegacyTokenizationMixin, CPOTrainer):
     """``trl.experimental.cpo.CPOTrainer`` (SimPO) on prefopt's tokenisation (TRL's loss with cpo_alpha=0)."""
 
 
-def model_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+def model_logps(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor
+) -> torch.Tensor:
     """Summed completion log-probs of each row (plain forward; used by evaluation and tests)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
     targets = input_ids[:, 1:]

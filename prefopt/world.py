@@ -173,7 +173,12 @@ def reference_checkpoint(task: str, warm: WarmStart | None = None) -> Path:
     with _file_lock(out.with_suffix(".lock")):
         if (out / "model.safetensors").exists():
             return out
-        log.info("world: building the %s reference policy (SFT warm start, %d steps) into %s", task, warm.steps, out)
+        log.info(
+            "world: building the %s reference policy (SFT warm start, %d steps) into %s",
+            task,
+            warm.steps,
+            out,
+        )
         model, tok = _sft_warm_start(t, warm)
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         model.save_pretrained(tmp, safe_serialization=True)
@@ -212,7 +217,8 @@ def _sft_warm_start(task: Task, warm: WarmStart):
     g = torch.Generator().manual_seed(warm.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=warm.learning_rate, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, warm.steps) / warm.steps))
+        opt,
+        lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, warm.steps) / warm.steps)),
     )
     model.train()
     for step in range(warm.steps):
@@ -240,8 +246,17 @@ def _sft_warm_start(task: Task, warm: WarmStart):
 
 # ------------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], *, num_samples: int = 1, temperature: float = 1.0,
-           max_new_tokens: int = 8, seed: int = 0, batch_size: int = 256) -> list[list[str]]:
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 8,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> list[list[str]]:
     """Completions for each prompt, generated from exactly the prompt ids training used."""
     from prefopt.tokenization import encode_prompt
 
@@ -293,14 +308,22 @@ def generate(model, ids, mask, max_new_tokens, temperature, gen, eos, pad):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=past,
+            use_cache=True,
+        )
         past = out.past_key_values
         logits = out.logits[:, -1].float()
     return torch.stack(tokens, dim=1)
 
 
 @torch.no_grad()
-def sequence_logps(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 256) -> torch.Tensor:
+def sequence_logps(
+    model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 256
+) -> torch.Tensor:
     """Summed log-prob of each completion (with its EOS) given its prompt — prefopt's tokenisation."""
     from prefopt.tokenization import encode_completion, encode_prompt
 
@@ -327,8 +350,17 @@ def sequence_logps(model, tokenizer, prompts: list[str], completions: list[str],
 
 
 # ------------------------------------------------------------------------------------------- data
-def preference_rows(task_name: str, size: int, *, split: str = "train", seed: int = 0, num_samples: int = 4,
-                    noise: float = 0.0, kind: str = "paired", pairs_per_prompt: int = 1) -> list[dict]:
+def preference_rows(
+    task_name: str,
+    size: int,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    num_samples: int = 4,
+    noise: float = 0.0,
+    kind: str = "paired",
+    pairs_per_prompt: int = 1,
+) -> list[dict]:
     """Preference data drawn from the reference policy (cached on disk).
 
     ``size`` prompts are drawn from the task's training split; for each, ``num_samples`` completions
@@ -339,9 +371,21 @@ def preference_rows(task_name: str, size: int, *, split: str = "train", seed: in
     (desirable = correct), plus the true answer as a desirable row when no sample was correct.
     """
     task = get_task(task_name)
-    key = _key({"v": WORLD_VERSION, "data_v": DATA_VERSION, "task": task_name, "size": size, "split": split, "seed": seed,
-                "k": num_samples, "noise": noise, "kind": kind, "ppp": pairs_per_prompt,
-                "warm": asdict(WARM_STARTS[task_name])})
+    key = _key(
+        {
+            "v": WORLD_VERSION,
+            "data_v": DATA_VERSION,
+            "task": task_name,
+            "size": size,
+            "split": split,
+            "seed": seed,
+            "k": num_samples,
+            "noise": noise,
+            "kind": kind,
+            "ppp": pairs_per_prompt,
+            "warm": asdict(WARM_STARTS[task_name]),
+        }
+    )
     path = cache_root() / "world" / f"{task_name}-data-{key}.jsonl"
     if path.exists():
         return [json.loads(line) for line in path.read_text().splitlines()]
@@ -379,10 +423,26 @@ def _draw_rows(task: Task, size, split, seed, num_samples, noise, kind, pairs_pe
             # undesirable row per pair, so the labels are balanced and λ_D = λ_U = 1 fits the 1:1–4:3 rule
             for rejected in rejected_all:
                 flip = noise > 0 and rng.random() < noise
-                rows.append({"prompt": p, "completion": chosen, "label": not flip, "prompt_id": pid,
-                             "source": source, "score": None if noise > 0 else 1.0})
-                rows.append({"prompt": p, "completion": rejected, "label": flip, "prompt_id": pid,
-                             "source": source, "score": None if noise > 0 else 0.0})
+                rows.append(
+                    {
+                        "prompt": p,
+                        "completion": chosen,
+                        "label": not flip,
+                        "prompt_id": pid,
+                        "source": source,
+                        "score": None if noise > 0 else 1.0,
+                    }
+                )
+                rows.append(
+                    {
+                        "prompt": p,
+                        "completion": rejected,
+                        "label": flip,
+                        "prompt_id": pid,
+                        "source": source,
+                        "score": None if noise > 0 else 0.0,
+                    }
+                )
             continue
         for rejected in rejected_all:
             c, r = chosen, rejected
@@ -390,8 +450,17 @@ def _draw_rows(task: Task, size, split, seed, num_samples, noise, kind, pairs_pe
                 c, r = r, c
             # scores are the observed labels' (1 vs 0); with label noise they are unknown to the learner
             sc, sr = (None, None) if noise > 0 else (1.0, 0.0)
-            rows.append({"prompt": p, "chosen": c, "rejected": r, "prompt_id": pid,
-                         "source": source, "score_chosen": sc, "score_rejected": sr})
+            rows.append(
+                {
+                    "prompt": p,
+                    "chosen": c,
+                    "rejected": r,
+                    "prompt_id": pid,
+                    "source": source,
+                    "score_chosen": sc,
+                    "score_rejected": sr,
+                }
+            )
     return rows
 
 
@@ -402,17 +471,35 @@ def preference_dataset(task: str, size: int = 2000, **kw):
 
 
 # ------------------------------------------------------------------------------------------- evaluation
-def evaluate_policy(model, tokenizer, task_name: str, *, reference=None, num_prompts: int = 300,
-                    samples_per_prompt: int = 4, seed: int = 1234, max_new_tokens: int = 8) -> dict:
+def evaluate_policy(
+    model,
+    tokenizer,
+    task_name: str,
+    *,
+    reference=None,
+    num_prompts: int = 300,
+    samples_per_prompt: int = 4,
+    seed: int = 1234,
+    max_new_tokens: int = 8,
+) -> dict:
     """True reward on held-out prompts (sampled at temperature 1, and greedy), mean completion length,
     and KL(policy ‖ reference) estimated on the sampled completions (mean of log π − log π_ref)."""
     task = get_task(task_name)
     rng = random.Random(seed)
     pool = task.split("test")
     prompts = pool if len(pool) <= num_prompts else rng.sample(pool, num_prompts)
-    sampled = sample(model, tokenizer, prompts, num_samples=samples_per_prompt, temperature=1.0, seed=seed,
-                     max_new_tokens=max_new_tokens)
-    greedy = sample(model, tokenizer, prompts, num_samples=1, temperature=0.0, seed=seed, max_new_tokens=max_new_tokens)
+    sampled = sample(
+        model,
+        tokenizer,
+        prompts,
+        num_samples=samples_per_prompt,
+        temperature=1.0,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+    )
+    greedy = sample(
+        model, tokenizer, prompts, num_samples=1, temperature=0.0, seed=seed, max_new_tokens=max_new_tokens
+    )
     flat_p = [p for p, outs in zip(prompts, sampled) for _ in outs]
     flat_c = [c for outs in sampled for c in outs]
     result = {
@@ -421,7 +508,8 @@ def evaluate_policy(model, tokenizer, task_name: str, *, reference=None, num_pro
         "samples_per_prompt": samples_per_prompt,
         "reward_sampled": sum(task.reward(p, c) for p, c in zip(flat_p, flat_c)) / len(flat_c),
         "reward_greedy": sum(task.reward(p, g[0]) for p, g in zip(prompts, greedy)) / len(prompts),
-        "mean_length": sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in flat_c) / len(flat_c),
+        "mean_length": sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in flat_c)
+        / len(flat_c),
     }
     if reference is not None:
         lp = sequence_logps(model, tokenizer, flat_p, flat_c)
@@ -440,7 +528,18 @@ def _register_source() -> None:
         kind: paired|unpaired, noise: 0.0, num_samples: 4, pairs_per_prompt: 1, split: train}."""
         from datasets import Dataset
 
-        allowed = {"task", "size", "kind", "noise", "num_samples", "pairs_per_prompt", "split", "seed", "max_rows", "path"}
+        allowed = {
+            "task",
+            "size",
+            "kind",
+            "noise",
+            "num_samples",
+            "pairs_per_prompt",
+            "split",
+            "seed",
+            "max_rows",
+            "path",
+        }
         unknown = set(spec) - allowed - {"source"}
         if unknown:
             name = sorted(unknown)[0]

@@ -72,7 +72,7 @@ def _layout_ratio(pairs, batches, split):
 
 def _cut(order, bs):
     order = list(order)
-    return [order[i:i + bs] for i in range(0, len(order), bs)]
+    return [order[i : i + bs] for i in range(0, len(order), bs)]
 
 
 # ------------------------------------------------------------------------------- sampler
@@ -82,7 +82,9 @@ def test_sampler_is_a_seeded_permutation_in_whole_batches_and_agrees_across_rank
     first = list(s)
     assert sorted(first) == list(range(1000))
     assert list(s) == first  # deterministic
-    assert list(PreferenceLengthGroupedSampler(lengths, batch_size=8, seed=3, mega_batch_mult=10)) == first  # every rank
+    assert (
+        list(PreferenceLengthGroupedSampler(lengths, batch_size=8, seed=3, mega_batch_mult=10)) == first
+    )  # every rank
     s.set_epoch(1)
     assert list(s) != first and sorted(s) == list(range(1000))
     assert list(PreferenceLengthGroupedSampler(lengths, batch_size=8, seed=4, mega_batch_mult=10)) != first
@@ -117,12 +119,16 @@ def test_plan_row_groups_is_optimal():
         lens = [rng.randint(2, 50) for _ in range(rng.randint(1, 9))]
         groups, slots = plan_row_groups(lens, max_groups=3, penalty=0.0)
         assert sorted(i for g, _ in groups for i in g) == list(range(len(lens)))
-        assert slots == sum(len(g) * gl for g, gl in groups) and all(max(lens[i] for i in g) == gl for g, gl in groups)
+        assert slots == sum(len(g) * gl for g, gl in groups) and all(
+            max(lens[i] for i in g) == gl for g, gl in groups
+        )
         srt = sorted(lens, reverse=True)
         best = len(srt) * srt[0]
         for a, b in itertools.combinations(range(1, len(srt) + 1), 2):
             if b <= len(srt):
-                best = min(best, a * srt[0] + (b - a) * srt[a] + (len(srt) - b) * (srt[b] if b < len(srt) else 0))
+                best = min(
+                    best, a * srt[0] + (b - a) * srt[a] + (len(srt) - b) * (srt[b] if b < len(srt) else 0)
+                )
         for a in range(1, len(srt)):
             best = min(best, a * srt[0] + (len(srt) - a) * srt[a])
         assert slots == best
@@ -135,16 +141,31 @@ def _tagged_pairs(n, seed=0):
     rows = []
     for k in range(n):
         tag = k + 3
-        rows.append({"prompt_ids": [tag] + [rng.randrange(100, 250) for _ in range(rng.randint(1, 12))],
-                     "chosen_ids": [tag] + [rng.randrange(100, 250) for _ in range(rng.randint(0, 20))],
-                     "rejected_ids": [tag] + [rng.randrange(100, 250) for _ in range(rng.randint(0, 20))]})
+        rows.append(
+            {
+                "prompt_ids": [tag] + [rng.randrange(100, 250) for _ in range(rng.randint(1, 12))],
+                "chosen_ids": [tag] + [rng.randrange(100, 250) for _ in range(rng.randint(0, 20))],
+                "rejected_ids": [tag] + [rng.randrange(100, 250) for _ in range(rng.randint(0, 20))],
+            }
+        )
     return Dataset.from_list(rows)
 
 
 def _config(tmp, **kw):
-    base = dict(output_dir=str(tmp / "out"), per_device_train_batch_size=4, max_steps=2, report_to="none", bf16=False,
-                gradient_checkpointing=False, save_strategy="no", remove_unused_columns=False, max_length=64,
-                logging_steps=1, disable_tqdm=True, seed=5)
+    base = dict(
+        output_dir=str(tmp / "out"),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        remove_unused_columns=False,
+        max_length=64,
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=5,
+    )
     return DPOConfig(**{**base, **kw})
 
 
@@ -152,10 +173,18 @@ def test_pairs_stay_together_and_padding_is_logged(tmp_path):
     ds = _tagged_pairs(16)
     tok = load_tokenizer("builtin:tiny-arith")
     model = build_builtin("tiny-arith", 0)
-    t = DPO(model=model, ref_model=build_builtin("tiny-arith", 0), args=_config(tmp_path, train_sampling_strategy="group_by_length"),
-            train_dataset=ds, eval_dataset=ds, processing_class=tok)
+    t = DPO(
+        model=model,
+        ref_model=build_builtin("tiny-arith", 0),
+        args=_config(tmp_path, train_sampling_strategy="group_by_length"),
+        train_dataset=ds,
+        eval_dataset=ds,
+        processing_class=tok,
+    )
     assert isinstance(t._get_train_sampler(), PreferenceLengthGroupedSampler)
-    assert isinstance(t._get_eval_sampler(t.eval_dataset), SequentialSampler)  # not transformers' input_ids one
+    assert isinstance(
+        t._get_eval_sampler(t.eval_dataset), SequentialSampler
+    )  # not transformers' input_ids one
     seen = []
     for batch in t.get_train_dataloader():
         ids, comp = batch["input_ids"], batch["completion_mask"]
@@ -170,7 +199,9 @@ def test_pairs_stay_together_and_padding_is_logged(tmp_path):
     lengths = pair_lengths(ds, 64)
     batches = t._get_train_sampler().batches()
     spread_grouped = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
-    spread_random = np.mean([lengths[b].max() - lengths[b].min() for b in _cut(np.random.default_rng(0).permutation(16), 4)])
+    spread_random = np.mean(
+        [lengths[b].max() - lengths[b].min() for b in _cut(np.random.default_rng(0).permutation(16), 4)]
+    )
     assert spread_grouped < spread_random
     t.train()
     logged = [h for h in t.state.log_history if "loss" in h]
@@ -184,19 +215,42 @@ def test_grouping_is_opt_in_explicit_strategies_win_and_kto_is_not_grouped(tmp_p
     def dpo(**kw):
         strategy = kw.pop("strategy", None)
         args = _config(tmp_path, **({"train_sampling_strategy": strategy} if strategy else {}))
-        return DPO(model=build_builtin("tiny-arith", 0), ref_model=build_builtin("tiny-arith", 0), args=args,
-                   train_dataset=ds, processing_class=tok, **kw)
+        return DPO(
+            model=build_builtin("tiny-arith", 0),
+            ref_model=build_builtin("tiny-arith", 0),
+            args=args,
+            train_dataset=ds,
+            processing_class=tok,
+            **kw,
+        )
 
     assert isinstance(dpo()._get_train_sampler(), RandomSampler)  # default: TRL's random batches
     assert isinstance(dpo(strategy="group_by_length")._get_train_sampler(), PreferenceLengthGroupedSampler)
     assert isinstance(dpo(length_grouping=True)._get_train_sampler(), PreferenceLengthGroupedSampler)
-    assert isinstance(dpo(strategy="sequential", length_grouping=True)._get_train_sampler(), SequentialSampler)
-    rows = [{"prompt_ids": r["prompt_ids"], "completion_ids": r["chosen_ids"], "label": i % 2 == 0} for i, r in enumerate(ds)]
+    assert isinstance(
+        dpo(strategy="sequential", length_grouping=True)._get_train_sampler(), SequentialSampler
+    )
+    rows = [
+        {"prompt_ids": r["prompt_ids"], "completion_ids": r["chosen_ids"], "label": i % 2 == 0}
+        for i, r in enumerate(ds)
+    ]
     kto_ds = add_kl_completions(Dataset.from_list(rows))
-    cfg = KTOConfig(output_dir=str(tmp_path / "k"), per_device_train_batch_size=4, report_to="none", bf16=False,
-                    gradient_checkpointing=False, remove_unused_columns=False, train_sampling_strategy="sequential")
-    kto = KTO(model=build_builtin("tiny-arith", 0), ref_model=build_builtin("tiny-arith", 0), args=cfg,
-              train_dataset=kto_ds, processing_class=tok)
+    cfg = KTOConfig(
+        output_dir=str(tmp_path / "k"),
+        per_device_train_batch_size=4,
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        remove_unused_columns=False,
+        train_sampling_strategy="sequential",
+    )
+    kto = KTO(
+        model=build_builtin("tiny-arith", 0),
+        ref_model=build_builtin("tiny-arith", 0),
+        args=cfg,
+        train_dataset=kto_ds,
+        processing_class=tok,
+    )
     assert not kto._length_grouping_on(kto.train_dataset)
     assert isinstance(kto._get_train_sampler(), SequentialSampler)
 
@@ -219,7 +273,10 @@ def test_split_forward_gives_the_same_log_probs_and_gradients():
     labels[:, :2] = -100  # a prompt
     groups, slots = plan_row_groups(lens)
     assert len(groups) > 1 and slots < ids.numel()
-    outs = [m(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, use_cache=False) for m in (a, b)]
+    outs = [
+        m(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, use_cache=False)
+        for m in (a, b)
+    ]
     for f in ("log_probs", "entropy", "mean_logits", "is_top1", "label_mask"):
         x, y = getattr(outs[0], f), getattr(outs[1], f)
         assert x.shape == y.shape, f
@@ -238,7 +295,14 @@ def test_split_forward_gives_the_same_log_probs_and_gradients():
 
 
 def test_batch_token_slots_counts_real_layout_and_processed():
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0]])
+    mask = torch.tensor(
+        [
+            [1, 1, 1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1, 1, 0],
+            [1, 1, 0, 0, 0, 0, 0, 0],
+            [1, 0, 0, 0, 0, 0, 0, 0],
+        ]
+    )
     real, layout, processed = batch_token_slots({"attention_mask": mask}, split=True)
     assert (real, layout) == (18, 32) and real <= processed < layout
     assert batch_token_slots({"attention_mask": mask}, split=False)[2] == 32

@@ -53,16 +53,22 @@ def test_shipped_sweep_expands_to_five_algorithms_times_three():
 
 
 def test_grid_product_seeds_and_algorithm_switch(tmp_path):
-    sweep = compare.load_sweep(data={
-        "base": str(QUICKSTART / "dpo.yaml"),
-        "grid": [
-            {"algorithm": "dpo", "loss": {"beta": [0.1, 0.2], "label_smoothing": 0.1}, "training": {"learning_rate": [1e-4, 1e-3]}},
-            {"algorithm": "ipo", "loss": {"tau": 0.3}},       # base is DPO: its loss is replaced, not merged
-            {"algorithm": "kto", "loss": {"beta": 0.5}},      # paired base data → transform: unpair
-        ],
-        "seeds": [1, 2],
-        "overrides": ["training.max_steps=3"],
-    })
+    sweep = compare.load_sweep(
+        data={
+            "base": str(QUICKSTART / "dpo.yaml"),
+            "grid": [
+                {
+                    "algorithm": "dpo",
+                    "loss": {"beta": [0.1, 0.2], "label_smoothing": 0.1},
+                    "training": {"learning_rate": [1e-4, 1e-3]},
+                },
+                {"algorithm": "ipo", "loss": {"tau": 0.3}},  # base is DPO: its loss is replaced, not merged
+                {"algorithm": "kto", "loss": {"beta": 0.5}},  # paired base data → transform: unpair
+            ],
+            "seeds": [1, 2],
+            "overrides": ["training.max_steps=3"],
+        }
+    )
     points = compare.expand_grid(sweep)
     assert len(points) == (2 * 2 + 1 + 1) * 2
     names = [p.name for p in points]
@@ -78,14 +84,26 @@ def test_grid_product_seeds_and_algorithm_switch(tmp_path):
     assert kto.recipe.data.transform == "unpair"
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"base": str(QUICKSTART / "dpo.yaml"), "grid": [{"algorithm": "dpo", "los": {"beta": [0.1]}}]}, 'Did you mean "loss"'),
-    ({"base": str(QUICKSTART / "dpo.yaml"), "seed": [0], "grid": [{"algorithm": "dpo"}]}, 'Did you mean "seeds"'),
-    ({"grid": [{"algorithm": "dpo", "loss": {"beta": [0.1]}}]}, "no base recipe"),
-    ({"base": str(QUICKSTART / "dpo.yaml"), "grid": [{"algorithm": "dpo", "loss": {"tau": [0.1]}}]}, "loss.tau"),
-    ({"base": "nope.yaml", "grid": [{"algorithm": "dpo"}]}, "does not exist"),
-    ({"base": str(QUICKSTART / "dpo.yaml")}, "runs nothing"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"base": str(QUICKSTART / "dpo.yaml"), "grid": [{"algorithm": "dpo", "los": {"beta": [0.1]}}]},
+            'Did you mean "loss"',
+        ),
+        (
+            {"base": str(QUICKSTART / "dpo.yaml"), "seed": [0], "grid": [{"algorithm": "dpo"}]},
+            'Did you mean "seeds"',
+        ),
+        ({"grid": [{"algorithm": "dpo", "loss": {"beta": [0.1]}}]}, "no base recipe"),
+        (
+            {"base": str(QUICKSTART / "dpo.yaml"), "grid": [{"algorithm": "dpo", "loss": {"tau": [0.1]}}]},
+            "loss.tau",
+        ),
+        ({"base": "nope.yaml", "grid": [{"algorithm": "dpo"}]}, "does not exist"),
+        ({"base": str(QUICKSTART / "dpo.yaml")}, "runs nothing"),
+    ],
+)
 def test_sweep_errors_name_the_key(data, message):
     with pytest.raises(PrefoptError, match=message):
         compare.expand_grid(compare.load_sweep(data=data))
@@ -107,7 +125,11 @@ def test_best_vs_worst_pairs_and_ties():
     samples = [["3", "4", "4", "3 "], ["7", "7", "7", "7"], ["11", "9", "9", "12"]]
     scores = [[world_reward(p, c) for c in outs] for p, outs in zip(prompts, samples)]
     rows, stats = best_vs_worst(prompts, samples, scores)
-    assert stats == {"prompts": 3, "pairs": 1, "ties_skipped": 2}  # all-right and all-wrong prompts give no pair
+    assert stats == {
+        "prompts": 3,
+        "pairs": 1,
+        "ties_skipped": 2,
+    }  # all-right and all-wrong prompts give no pair
     assert rows[0]["prompt"] == "1+2=" and rows[0]["chosen"] == "3" and rows[0]["rejected"] == "4"
     # continuous scores: extremes, the more frequent completion among equals
     rows, _ = best_vs_worst(["p"], [["a", "b", "b", "c"]], [[0.5, 0.1, 0.1, 0.1]])
@@ -129,36 +151,80 @@ def test_scorer_paths():
 
 def _summary(points):
     return {
-        "task": "arith", "sweep": "x.yaml", "output_dir": "out", "wall_s": 12.0,
+        "task": "arith",
+        "sweep": "x.yaml",
+        "output_dir": "out",
+        "wall_s": 12.0,
         "evaluation": compare.CompareEvaluation().model_dump(),
-        "hardware": {"cpu_count": 2}, "torch_threads": 2, "load_average": {"start": (1.0, 1.0, 1.0)},
-        "reference": {"name": "reference", "algorithm": "reference", "params": {}, "seed": None, "status": "finished",
-                      "eval": {"reward_sampled": 0.5, "reward_greedy": 0.87, "kl_to_reference": 0.0}},
+        "hardware": {"cpu_count": 2},
+        "torch_threads": 2,
+        "load_average": {"start": (1.0, 1.0, 1.0)},
+        "reference": {
+            "name": "reference",
+            "algorithm": "reference",
+            "params": {},
+            "seed": None,
+            "status": "finished",
+            "eval": {"reward_sampled": 0.5, "reward_greedy": 0.87, "kl_to_reference": 0.0},
+        },
         "points": points,
     }
 
 
 def _pt(alg, reward, kl, **params):
-    return {"name": f"{alg}-{params}", "algorithm": alg, "params": params, "seed": 0, "status": "finished",
-            "wall_s": 1.0, "train_s": 0.5, "cpu_s": 1.0, "peak_rss_mb": 500.0,
-            "eval": {"reward_sampled": reward, "reward_greedy": reward + 0.3, "kl_to_reference": kl,
-                     "pref_accuracy": 0.6, "logp_accuracy": 0.9}}
+    return {
+        "name": f"{alg}-{params}",
+        "algorithm": alg,
+        "params": params,
+        "seed": 0,
+        "status": "finished",
+        "wall_s": 1.0,
+        "train_s": 0.5,
+        "cpu_s": 1.0,
+        "peak_rss_mb": 500.0,
+        "eval": {
+            "reward_sampled": reward,
+            "reward_greedy": reward + 0.3,
+            "kl_to_reference": kl,
+            "pref_accuracy": 0.6,
+            "logp_accuracy": 0.9,
+        },
+    }
 
 
 def test_table_sorted_by_algorithm_and_beta_and_frontier_png(tmp_path):
     points = [
-        _pt("simpo", 0.6, 0.5, beta=2.0), _pt("dpo", 0.62, 0.4, beta=1.0), _pt("dpo", 0.7, 0.9, beta=0.1),
-        _pt("ipo", 0.55, 0.2, tau=0.25), _pt("rlhf", 0.58, 0.3, beta=0.05),
+        _pt("simpo", 0.6, 0.5, beta=2.0),
+        _pt("dpo", 0.62, 0.4, beta=1.0),
+        _pt("dpo", 0.7, 0.9, beta=0.1),
+        _pt("ipo", 0.55, 0.2, tau=0.25),
+        _pt("rlhf", 0.58, 0.3, beta=0.05),
         {**_pt("iterative_dpo", 0.66, 0.35, round=1, beta=0.1), "final": False},
         {**_pt("iterative_dpo", 0.75, 0.6, round=2, beta=0.1), "final": True},
-        {"name": "kto-x", "algorithm": "kto", "params": {"beta": 1.0}, "seed": 0, "status": "failed", "error": "boom"},
+        {
+            "name": "kto-x",
+            "algorithm": "kto",
+            "params": {"beta": 1.0},
+            "seed": 0,
+            "status": "failed",
+            "error": "boom",
+        },
     ]
     summary = _summary(points)
     summary["iterative_vs_offline_dpo"] = compare.iterative_vs_offline(points)
     md = compare.format_markdown(summary)
     body = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| algorithm")]
     assert [line.split(" | ")[0].strip("| ") for line in body] == [
-        "reference", "dpo", "dpo", "ipo", "kto", "simpo", "rlhf", "iterative_dpo", "iterative_dpo"]
+        "reference",
+        "dpo",
+        "dpo",
+        "ipo",
+        "kto",
+        "simpo",
+        "rlhf",
+        "iterative_dpo",
+        "iterative_dpo",
+    ]
     assert "β=0.1" in body[1] and "β=1" in body[2]
     assert "failed: boom" in md
     cmp = summary["iterative_vs_offline_dpo"]
@@ -173,7 +239,9 @@ def test_table_sorted_by_algorithm_and_beta_and_frontier_png(tmp_path):
 @pytest.mark.slow
 def test_tiny_sweep_writes_table_json_and_frontier(tmp_path):
     out = tmp_path / "cmp"
-    args = _parser().parse_args(["compare", "--config", str(QUICK), "--output-dir", str(out), "--only", "dpo"])
+    args = _parser().parse_args(
+        ["compare", "--config", str(QUICK), "--output-dir", str(out), "--only", "dpo"]
+    )
     assert args.func(args) == 0
     summary = json.loads((out / "compare.json").read_text())
     assert [p["name"] for p in summary["points"]] == ["dpo-beta0.1-seed42", "dpo-beta0.5-seed42"]
@@ -184,7 +252,9 @@ def test_tiny_sweep_writes_table_json_and_frontier(tmp_path):
         for key in ("reward_sampled", "reward_greedy", "kl_to_reference", "pref_accuracy", "logp_accuracy"):
             assert isinstance(ev[key], float), key
         assert p["wall_s"] > 0 and p["peak_rss_mb"] > 0
-        assert (Path(p["run_dir"]) / "resolved.yaml").exists() and (Path(p["run_dir"]) / "metrics.jsonl").exists()
+        assert (Path(p["run_dir"]) / "resolved.yaml").exists() and (
+            Path(p["run_dir"]) / "metrics.jsonl"
+        ).exists()
     assert summary["reference"]["eval"]["kl_to_reference"] == 0.0
     md = (out / "compare.md").read_text()
     assert "| dpo | β=0.1 | 42 |" in md and "| dpo | β=0.5 | 42 |" in md
@@ -221,7 +291,9 @@ def test_rlhf_minimal(rlhf_run):
     assert Path(point["reference_checkpoint"]) == world.reference_checkpoint("arith")
     for key in ("reward_sampled", "reward_greedy", "kl_to_reference", "pref_accuracy"):
         assert isinstance(point["eval"][key], float), key
-    logged = [json.loads(line) for line in (Path(point["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    logged = [
+        json.loads(line) for line in (Path(point["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    ]
     assert any("rewards/true_reward/mean" in rec for rec in logged)  # logged with weight 0, never trained on
 
 
@@ -279,8 +351,12 @@ def test_iterative_dpo_scored_by_the_rlhf_reward_model(rlhf_run, tmp_path):
     sweep = compare.load_sweep(QUICK)
     base = load_recipe(QUICKSTART / "dpo.yaml", sweep.overrides)
     section = {**sweep.iterative_dpo, "reward_model": str(rlhf_dir / "reward_model"), "reference": "previous"}
-    res = run_iterative_dpo(section, base, output_dir=tmp_path,
-                            evaluate=compare.WorldEvaluator.for_task("arith", sweep.evaluation))
+    res = run_iterative_dpo(
+        section,
+        base,
+        output_dir=tmp_path,
+        evaluate=compare.WorldEvaluator.for_task("arith", sweep.evaluation),
+    )
     (point,) = res["points"]
     assert point["status"] == "finished" and point["round"]["pairs"] > 0  # continuous scores: few ties
     assert (tmp_path / "round1" / "model" / "model.safetensors").exists()  # the next round's reference

@@ -20,11 +20,26 @@ QUICKSTART = REPO / "configs" / "recipes" / "quickstart"
 
 def _common(algorithm: str, out: Path, per_device: int) -> list[str]:
     return [
-        "--config", str(QUICKSTART / f"{algorithm}.yaml"), "--output-dir", str(out),
-        "--set", f"training.per_device_train_batch_size={per_device}", "--set", "training.global_batch_size=8",
-        "--set", "training.max_steps=4", "--set", "training.logging_steps=1", "--set", "training.warmup_steps=0",
-        "--set", "training.learning_rate=1e-3",
-        "--set", "data.train.0.size=48", "--set", "evaluation.enabled=false",
+        "--config",
+        str(QUICKSTART / f"{algorithm}.yaml"),
+        "--output-dir",
+        str(out),
+        "--set",
+        f"training.per_device_train_batch_size={per_device}",
+        "--set",
+        "training.global_batch_size=8",
+        "--set",
+        "training.max_steps=4",
+        "--set",
+        "training.logging_steps=1",
+        "--set",
+        "training.warmup_steps=0",
+        "--set",
+        "training.learning_rate=1e-3",
+        "--set",
+        "data.train.0.size=48",
+        "--set",
+        "evaluation.enabled=false",
     ]
 
 
@@ -40,10 +55,17 @@ def _launch(algorithm: str, out: Path, processes: int) -> subprocess.CompletedPr
         cmd = [sys.executable, "-m", "prefopt.cli", "train", *_common(algorithm, out, per_device)]
     else:
         cmd = [
-            sys.executable, "-m", "accelerate.commands.launch",
-            "--config_file", str(REPO / "configs" / "accelerate" / "multi_cpu.yaml"),
-            "--num_processes", str(processes), "--main_process_port", "29517",
-            str(REPO / "scripts" / "train.py"), *_common(algorithm, out, per_device),
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "configs" / "accelerate" / "multi_cpu.yaml"),
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            "29517",
+            str(REPO / "scripts" / "train.py"),
+            *_common(algorithm, out, per_device),
         ]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

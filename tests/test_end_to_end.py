@@ -37,11 +37,19 @@ def test_quickstart_improves_true_reward(algorithm, tmp_path):
     assert _run(["train", "--config", str(QUICKSTART / f"{algorithm}.yaml"), "--output-dir", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["algorithm"] == algorithm
-    for name in ("resolved.yaml", "metrics.jsonl", "data_report.json", "eval.json", "model/model.safetensors"):
+    for name in (
+        "resolved.yaml",
+        "metrics.jsonl",
+        "data_report.json",
+        "eval.json",
+        "model/model.safetensors",
+    ):
         assert (out / name).exists(), name
     world = json.loads((out / "eval.json").read_text())["world"]
     assert world["lift_sampled"] >= MIN_LIFT.get(algorithm, 0.05), world
-    assert world["lift_greedy"] >= MIN_GREEDY.get(algorithm, -0.10), world  # sanity: no collapse of the argmax answer
+    assert world["lift_greedy"] >= MIN_GREEDY.get(algorithm, -0.10), (
+        world
+    )  # sanity: no collapse of the argmax answer
 
     # the saved model reloads with plain transformers and gives the same true reward
     from prefopt import world as w
@@ -54,11 +62,25 @@ def test_quickstart_improves_true_reward(algorithm, tmp_path):
 
 def test_lora_run_saves_an_adapter_that_reloads(tmp_path):
     out = tmp_path / "lora"
-    code = _run([
-        "train", "--config", str(QUICKSTART / "dpo.yaml"), "--output-dir", str(out),
-        "--set", "model.lora={r: 4, lora_alpha: 8}", "--set", "training.max_steps=3", "--set", "training.logging_steps=1",
-        "--set", "data.train.0.size=64", "--set", "evaluation.enabled=false",
-    ])
+    code = _run(
+        [
+            "train",
+            "--config",
+            str(QUICKSTART / "dpo.yaml"),
+            "--output-dir",
+            str(out),
+            "--set",
+            "model.lora={r: 4, lora_alpha: 8}",
+            "--set",
+            "training.max_steps=3",
+            "--set",
+            "training.logging_steps=1",
+            "--set",
+            "data.train.0.size=64",
+            "--set",
+            "evaluation.enabled=false",
+        ]
+    )
     assert code == 0
     assert (out / "model" / "adapter_config.json").exists()
     assert (out / "model" / "adapter_model.safetensors").exists()
@@ -74,8 +96,19 @@ def test_lora_run_saves_an_adapter_that_reloads(tmp_path):
 
 def test_refuses_to_overwrite_a_finished_run(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--config", str(QUICKSTART / "orpo.yaml"), "--output-dir", str(out),
-            "--set", "training.max_steps=1", "--set", "data.train.0.size=32", "--set", "evaluation.enabled=false"]
+    args = [
+        "train",
+        "--config",
+        str(QUICKSTART / "orpo.yaml"),
+        "--output-dir",
+        str(out),
+        "--set",
+        "training.max_steps=1",
+        "--set",
+        "data.train.0.size=32",
+        "--set",
+        "evaluation.enabled=false",
+    ]
     assert _run(args) == 0
     assert _run(args) == 2
     assert "already holds a finished run" in capsys.readouterr().err
@@ -86,10 +119,23 @@ def test_accelerate_launch_as_in_the_readme(tmp_path):
     """`accelerate launch scripts/train.py --config configs/recipes/quickstart/kto.yaml` (shortened)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
-        str(REPO / "scripts" / "train.py"), "--config", str(QUICKSTART / "kto.yaml"),
-        "--output-dir", str(tmp_path / "kto"), "--set", "training.max_steps=2", "--set", "data.train.0.size=32",
-        "--set", "evaluation.enabled=false",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--cpu",
+        str(REPO / "scripts" / "train.py"),
+        "--config",
+        str(QUICKSTART / "kto.yaml"),
+        "--output-dir",
+        str(tmp_path / "kto"),
+        "--set",
+        "training.max_steps=2",
+        "--set",
+        "data.train.0.size=32",
+        "--set",
+        "evaluation.enabled=false",
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

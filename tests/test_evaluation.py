@@ -26,21 +26,62 @@ from prefopt.evaluation import (
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "recipes" / "quickstart"
-SMALL_EVAL = ["--set", "evaluation.enabled=false", "--set", "evaluation.max_prompts=16",
-              "--set", "evaluation.max_new_tokens=8"]
+SMALL_EVAL = [
+    "--set",
+    "evaluation.enabled=false",
+    "--set",
+    "evaluation.max_prompts=16",
+    "--set",
+    "evaluation.max_new_tokens=8",
+]
 
-PREFERENCE_FIELDS = {"num_pairs", "accuracy", "reward_margin", "reward_chosen", "reward_rejected", "logp_shift_chosen",
-                     "logp_shift_rejected", "logp_chosen", "logp_rejected", "reference_logp_chosen",
-                     "reference_logp_rejected", "reference_accuracy", "source", "reward_definition"}
-SAMPLING_FIELDS = {"kl_to_reference", "mean_length", "reference_mean_length", "length_ratio", "num_prompts",
-                   "samples_per_prompt", "temperature", "max_new_tokens"}
+PREFERENCE_FIELDS = {
+    "num_pairs",
+    "accuracy",
+    "reward_margin",
+    "reward_chosen",
+    "reward_rejected",
+    "logp_shift_chosen",
+    "logp_shift_rejected",
+    "logp_chosen",
+    "logp_rejected",
+    "reference_logp_chosen",
+    "reference_logp_rejected",
+    "reference_accuracy",
+    "source",
+    "reward_definition",
+}
+SAMPLING_FIELDS = {
+    "kl_to_reference",
+    "mean_length",
+    "reference_mean_length",
+    "length_ratio",
+    "num_prompts",
+    "samples_per_prompt",
+    "temperature",
+    "max_new_tokens",
+}
 
 
 def _train(tmp_path_factory, algorithm: str, *extra: str) -> Path:
     out = tmp_path_factory.mktemp(algorithm) / "run"
-    code = cli.main(["train", "--config", str(QUICKSTART / f"{algorithm}.yaml"), "--output-dir", str(out),
-                     "--set", "training.max_steps=2", "--set", "training.logging_steps=1",
-                     "--set", "data.train.0.size=48", *SMALL_EVAL, *extra])
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            str(QUICKSTART / f"{algorithm}.yaml"),
+            "--output-dir",
+            str(out),
+            "--set",
+            "training.max_steps=2",
+            "--set",
+            "training.logging_steps=1",
+            "--set",
+            "data.train.0.size=48",
+            *SMALL_EVAL,
+            *extra,
+        ]
+    )
     assert code == 0
     return out
 
@@ -66,13 +107,21 @@ def test_eval_of_a_tiny_dpo_run_returns_every_field(dpo_run):
     assert PREFERENCE_FIELDS <= set(pref) and SAMPLING_FIELDS <= set(samp)
     assert pref["source"] == "recipe eval split" and pref["num_pairs"] > 0
     assert 0.0 <= pref["accuracy"] <= 1.0 and 0.0 <= pref["reference_accuracy"] <= 1.0
-    for k in ("reward_margin", "logp_shift_chosen", "logp_shift_rejected", "logp_chosen", "reference_logp_chosen"):
+    for k in (
+        "reward_margin",
+        "logp_shift_chosen",
+        "logp_shift_rejected",
+        "logp_chosen",
+        "reference_logp_chosen",
+    ):
         assert _finite(pref[k]), k
     # DPO's implicit reward is β·(lp − lp_ref): the margin is β times the difference of the shifts
     import yaml
 
     beta = yaml.safe_load((dpo_run / "resolved.yaml").read_text())["loss"]["beta"]
-    assert pref["reward_margin"] == pytest.approx(beta * (pref["logp_shift_chosen"] - pref["logp_shift_rejected"]))
+    assert pref["reward_margin"] == pytest.approx(
+        beta * (pref["logp_shift_chosen"] - pref["logp_shift_rejected"])
+    )
     assert pref["logp_chosen"] - pref["reference_logp_chosen"] == pytest.approx(pref["logp_shift_chosen"])
     assert _finite(samp["kl_to_reference"]) and samp["num_prompts"] <= 16 and samp["max_new_tokens"] == 8
     assert samp["mean_length"] > 0 and samp["reference_mean_length"] > 0
@@ -84,8 +133,10 @@ def test_eval_of_a_tiny_dpo_run_returns_every_field(dpo_run):
 def test_eval_cli_with_a_data_file(dpo_run, tmp_path, capsys, monkeypatch):
     from prefopt.commands_eval import add_eval_commands
 
-    rows = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)} for a, b in
-            [(3, 4), (10, 20), (21, 5), (7, 7), (33, 9)]]
+    rows = [
+        {"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)}
+        for a, b in [(3, 4), (10, 20), (21, 5), (7, 7), (33, 9)]
+    ]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     parser = argparse.ArgumentParser(prog="prefopt")
@@ -129,12 +180,21 @@ def test_policy_equal_to_reference_has_zero_kl_and_zero_shifts(tiny):
     from prefopt.tokenization import tokenize_dataset
 
     model, tok = tiny
-    recipe = load_recipe(data={"algorithm": "dpo", "model": {"name": "builtin:tiny-arith"},
-                               "data": {"train": [{"source": "world"}]}})
+    recipe = load_recipe(
+        data={
+            "algorithm": "dpo",
+            "model": {"name": "builtin:tiny-arith"},
+            "data": {"train": [{"source": "world"}]},
+        }
+    )
     res = sampled_kl_and_length(model, model, tok, ["1+2=", "3+4="], num_samples=3, max_new_tokens=5, seed=1)
     assert res["kl_to_reference"] == 0.0 and res["length_ratio"] == 1.0
-    pairs = Dataset.from_list([{"prompt": "1+2=", "chosen": "3", "rejected": "4"},
-                               {"prompt": "5+5=", "chosen": "10", "rejected": "11"}])
+    pairs = Dataset.from_list(
+        [
+            {"prompt": "1+2=", "chosen": "3", "rejected": "4"},
+            {"prompt": "5+5=", "chosen": "10", "rejected": "11"},
+        ]
+    )
     tokd, _ = tokenize_dataset(pairs, "paired", tok)
     m = preference_metrics(model, model, tok, recipe, tokd)
     assert m["logp_shift_chosen"] == 0.0 and m["reward_margin"] == 0.0 and m["accuracy"] == 0.0
@@ -160,19 +220,30 @@ def test_sampled_ids_and_logps_match_prefopt_tokenisation():
     for s in done:
         p = prompts[s["prompt"]]
         assert s["prompt_ids"] == encode_prompt(tok, p)
-        assert s["completion_ids"] == encode_completion(tok, p, tok.decode(s["completion_ids"], skip_special_tokens=True))
+        assert s["completion_ids"] == encode_completion(
+            tok, p, tok.decode(s["completion_ids"], skip_special_tokens=True)
+        )
         assert s["length"] == len(s["completion_ids"]) - 1
-    lp, _ = completion_logps(model, [(s["prompt_ids"], s["completion_ids"]) for s in done], pad_token_id=tok.pad_token_id)
-    ref = world.sequence_logps(model, tok, [prompts[s["prompt"]] for s in done],
-                               [tok.decode(s["completion_ids"], skip_special_tokens=True) for s in done])
+    lp, _ = completion_logps(
+        model, [(s["prompt_ids"], s["completion_ids"]) for s in done], pad_token_id=tok.pad_token_id
+    )
+    ref = world.sequence_logps(
+        model,
+        tok,
+        [prompts[s["prompt"]] for s in done],
+        [tok.decode(s["completion_ids"], skip_special_tokens=True) for s in done],
+    )
     assert torch.allclose(lp.float(), ref.float(), atol=1e-4)
 
 
 def test_unpaired_eval_rows_are_paired_by_prompt():
     from prefopt.data.schema import build_dataset
 
-    rows = [{"prompt": "1+1=", "completion": "2", "label": True}, {"prompt": "1+1=", "completion": "3", "label": False},
-            {"prompt": "2+2=", "completion": "4", "label": True}]
+    rows = [
+        {"prompt": "1+1=", "completion": "2", "label": True},
+        {"prompt": "1+1=", "completion": "3", "label": False},
+        {"prompt": "2+2=", "completion": "4", "label": True},
+    ]
     pairs, note = as_pairs(build_dataset(rows, "unpaired", "text"))
     assert len(pairs) == 1 and pairs[0]["chosen"] == "2" and pairs[0]["rejected"] == "3"
     assert "1 rows without a counterpart" in note
@@ -191,8 +262,13 @@ def test_without_held_out_data_evaluation_says_what_to_do(tiny):
     from prefopt.recipe import load_recipe
 
     model, tok = tiny
-    recipe = load_recipe(data={"algorithm": "simpo", "model": {"name": "builtin:tiny-arith"},
-                               "data": {"train": [{"source": "jsonl", "path": "x.jsonl"}]}})
+    recipe = load_recipe(
+        data={
+            "algorithm": "simpo",
+            "model": {"name": "builtin:tiny-arith"},
+            "data": {"train": [{"source": "jsonl", "path": "x.jsonl"}]},
+        }
+    )
     res = evaluate_models(model, model, tok, recipe, None)
     assert res["preference"] is None and res["sampling"] is None and "world" not in res
     assert any("--data" in n for n in res["notes"])

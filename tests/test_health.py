@@ -17,16 +17,27 @@ from prefopt.recipe import HealthSection, load_recipe
 
 
 def _recipe(algorithm="dpo", **extra):
-    loss = {"dpo": {"beta": 1.0}, "ipo": {"tau": 0.1}, "kto": {"beta": 0.1}, "orpo": {"lam": 0.1},
-            "simpo": {"beta": 2.0}}[algorithm]
+    loss = {
+        "dpo": {"beta": 1.0},
+        "ipo": {"tau": 0.1},
+        "kto": {"beta": 0.1},
+        "orpo": {"lam": 0.1},
+        "simpo": {"beta": 2.0},
+    }[algorithm]
     data = {
         "algorithm": algorithm,
         "seed": 0,
         "model": {"name": "builtin:tiny-arith"},
         "data": {"train": [{"source": "world", "task": "arith", "size": 8}]},
         "loss": loss,
-        "training": {"learning_rate": 1e-2, "per_device_train_batch_size": 8, "max_steps": 30,
-                     "logging_steps": 1, "max_length": 16, "lr_scheduler_type": "constant"},
+        "training": {
+            "learning_rate": 1e-2,
+            "per_device_train_batch_size": 8,
+            "max_steps": 30,
+            "logging_steps": 1,
+            "max_length": 16,
+            "lr_scheduler_type": "constant",
+        },
         **extra,
     }
     return load_recipe(data=data)
@@ -48,12 +59,21 @@ class Feeder:
         return self
 
     def warnings(self, wid=None):
-        return [r for r in self.records if r.get("event") == "health" and (wid is None or r["warning"] == wid)]
+        return [
+            r for r in self.records if r.get("event") == "health" and (wid is None or r["warning"] == wid)
+        ]
 
 
 def _dpo_log(loss, margin, acc=0.5, lc=-20.0, lr=-22.0, beta=0.1, shift=0.0):
-    return {"loss": loss, "rewards/margins": margin, "rewards/accuracies": acc, "logps/chosen": lc,
-            "logps/rejected": lr, "rewards/chosen": beta * shift, "rewards/rejected": beta * shift - margin}
+    return {
+        "loss": loss,
+        "rewards/margins": margin,
+        "rewards/accuracies": acc,
+        "logps/chosen": lc,
+        "logps/rejected": lr,
+        "rewards/chosen": beta * shift,
+        "rewards/rejected": beta * shift - margin,
+    }
 
 
 # ------------------------------------------------------------------------------------------- each warning
@@ -178,8 +198,10 @@ def test_eval_and_summary_logs_are_ignored():
 def _tiny_pairs():
     from datasets import Dataset
 
-    rows = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)}
-            for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 9), (4, 4), (6, 1), (8, 3)]]
+    rows = [
+        {"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)}
+        for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 9), (4, 4), (6, 1), (8, 3)]
+    ]
     return Dataset.from_list(rows)
 
 
@@ -190,8 +212,9 @@ def _build(recipe, tmp_path, callbacks):
 
     model, tok = load_model(recipe.model, seed=recipe.seed)
     train_tok, _ = tokenize_dataset(_tiny_pairs(), "paired", tok, 16, None)
-    trainer = build_trainer(recipe, model, tok, train_tok, None, output_dir=str(tmp_path / "ckpt"),
-                            callbacks=callbacks)
+    trainer = build_trainer(
+        recipe, model, tok, train_tok, None, output_dir=str(tmp_path / "ckpt"), callbacks=callbacks
+    )
     return trainer, tok
 
 
@@ -217,11 +240,25 @@ def test_real_dpo_run_overfits_eight_pairs_and_stops(tmp_path):
 def test_real_probe_measures_lengths_and_kl(tmp_path):
     """The optional sampling probe on a real trainer: reference length at train start, then policy length
     and sampled KL (against the trainer's reference model); length_drift with a zero tolerance."""
-    recipe = _recipe("dpo", training={"learning_rate": 1e-2, "per_device_train_batch_size": 8, "max_steps": 4,
-                                      "logging_steps": 2, "max_length": 16})
+    recipe = _recipe(
+        "dpo",
+        training={
+            "learning_rate": 1e-2,
+            "per_device_train_batch_size": 8,
+            "max_steps": 4,
+            "logging_steps": 2,
+            "max_length": 16,
+        },
+    )
     records: list[dict] = []
-    health = HealthCallback.from_recipe(recipe, records.append, probe_every=2, probe_max_new_tokens=6,
-                                        length_drift=1e-9, probe_prompts=["1+1=", "2+3=", "4+4=", "9+9="])
+    health = HealthCallback.from_recipe(
+        recipe,
+        records.append,
+        probe_every=2,
+        probe_max_new_tokens=6,
+        length_drift=1e-9,
+        probe_prompts=["1+1=", "2+3=", "4+4=", "9+9="],
+    )
     trainer, _ = _build(recipe, tmp_path, [health])
     health.attach(trainer)
     assert health.reference_model is trainer.ref_model

@@ -189,7 +189,9 @@ def _independent_loss(algorithm: str, lp, policy, ref, tok) -> tuple[torch.Tenso
         parts["odds_term"] = losses.orpo_loss(
             pc, pr, lc, lr, lam=lp.lam, nll=0.0
         ).mean()  # −λ·mean(ls(log_odds))
-        per_example = losses.orpo_loss(pc, pr, lc, lr, lam=lp.lam, nll=parts["nll"] if lp.nll_on_prompt else None)
+        per_example = losses.orpo_loss(
+            pc, pr, lc, lr, lam=lp.lam, nll=parts["nll"] if lp.nll_on_prompt else None
+        )
     else:  # simpo: CPOTrainer averages over the completion tokens (average_log_prob=True for loss_type="simpo")
         per_example = losses.simpo_loss(
             pc,

@@ -60,8 +60,14 @@ def _rows(n=12, seed=0, max_prompt=6, max_completion=6):
     def ids(lo, hi):
         return [rng.randrange(3, 250) for _ in range(rng.randint(lo, hi))]
 
-    return [{"prompt_ids": ids(2, max_prompt), "chosen_ids": ids(1, max_completion), "rejected_ids": ids(1, max_completion)}
-            for _ in range(n)]
+    return [
+        {
+            "prompt_ids": ids(2, max_prompt),
+            "chosen_ids": ids(1, max_completion),
+            "rejected_ids": ids(1, max_completion),
+        }
+        for _ in range(n)
+    ]
 
 
 def _unpaired(rows):
@@ -73,16 +79,30 @@ def _unpaired(rows):
 
 
 def _dpo_config(tmp, **kw):
-    base = dict(output_dir=str(tmp / "out"), per_device_train_batch_size=4, max_steps=1, report_to="none", bf16=False,
-                gradient_checkpointing=False, save_strategy="no", remove_unused_columns=False, max_length=64,
-                precompute_ref_log_probs=True, disable_tqdm=True)
+    base = dict(
+        output_dir=str(tmp / "out"),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        remove_unused_columns=False,
+        max_length=64,
+        precompute_ref_log_probs=True,
+        disable_tqdm=True,
+    )
     return DPOConfig(**{**base, **kw})
 
 
 def _dpo(tmp, ds, cache_dir, *, seed=0, identity=IDENTITY, **kw):
-    return DPO(model=build_builtin("tiny-arith", seed), args=_dpo_config(tmp, **kw), train_dataset=ds,
-               processing_class=load_tokenizer("builtin:tiny-arith"),
-               reference_cache={"dir": str(cache_dir), "identity": identity})
+    return DPO(
+        model=build_builtin("tiny-arith", seed),
+        args=_dpo_config(tmp, **kw),
+        train_dataset=ds,
+        processing_class=load_tokenizer("builtin:tiny-arith"),
+        reference_cache={"dir": str(cache_dir), "identity": identity},
+    )
 
 
 # ------------------------------------------------------------------------------- every key part counts
@@ -94,8 +114,13 @@ def base_parts(tmp_path_factory):
         model=model_identity(ModelSection(name="builtin:tiny-arith"), seed=0),
         tokenizer=tokenizer_identity(tok),
         data=data_fingerprint(ds, ["prompt_ids", "chosen_ids", "rejected_ids"]),
-        family="paired", max_length=64, max_prompt_length=32, truncation_mode="keep_start",
-        dtype={"weights": "torch.float32", "autocast": "no"}, kl=None, ld_alpha=None,
+        family="paired",
+        max_length=64,
+        max_prompt_length=32,
+        truncation_mode="keep_start",
+        dtype={"weights": "torch.float32", "autocast": "no"},
+        kl=None,
+        ld_alpha=None,
     )
 
 
@@ -120,11 +145,17 @@ def _mutations(tmp: Path):
         return tokenizer_identity(t)
 
     edited = [dict(r) for r in rows]
-    edited[3] = {**edited[3], "chosen_ids": [*edited[3]["chosen_ids"][:-1], (edited[3]["chosen_ids"][-1] + 1) % 250]}
+    edited[3] = {
+        **edited[3],
+        "chosen_ids": [*edited[3]["chosen_ids"][:-1], (edited[3]["chosen_ids"][-1] + 1) % 250],
+    }
     swapped = [rows[1], rows[0], *rows[2:]]
     moved = [dict(r) for r in rows]  # same tokens, one moved from completion to prompt
-    moved[0] = {**moved[0], "prompt_ids": moved[0]["prompt_ids"] + moved[0]["chosen_ids"][:1],
-                "chosen_ids": moved[0]["chosen_ids"][1:] or [7]}
+    moved[0] = {
+        **moved[0],
+        "prompt_ids": moved[0]["prompt_ids"] + moved[0]["chosen_ids"][:1],
+        "chosen_ids": moved[0]["chosen_ids"][1:] or [7],
+    }
     ck0, ck1 = _checkpoint(tmp, 0), _checkpoint(tmp, 1)
     local = model_identity(ModelSection(name=str(ck0)), seed=0, memo_dir=tmp)
     model = build_builtin("tiny-arith", 0)
@@ -135,18 +166,64 @@ def _mutations(tmp: Path):
     assert weights_sample_fingerprint(model) != fp_before and weights_sha256(model) != sha_before
 
     return [
-        ("model: builtin seed", lambda p: {**p, "model": model_identity(ModelSection(name="builtin:tiny-arith"), seed=1)}),
-        ("model: builtin config", lambda p: {**p, "model": model_identity(ModelSection(name="builtin:small-25m"), seed=0)}),
-        ("model: dtype", lambda p: {**p, "model": model_identity(ModelSection(name="builtin:tiny-arith", dtype="bfloat16"), seed=0)}),
-        ("model: attn implementation", lambda p: {**p, "model": model_identity(ModelSection(name="builtin:tiny-arith", attn_implementation="eager"), seed=0)}),
+        (
+            "model: builtin seed",
+            lambda p: {**p, "model": model_identity(ModelSection(name="builtin:tiny-arith"), seed=1)},
+        ),
+        (
+            "model: builtin config",
+            lambda p: {**p, "model": model_identity(ModelSection(name="builtin:small-25m"), seed=0)},
+        ),
+        (
+            "model: dtype",
+            lambda p: {
+                **p,
+                "model": model_identity(ModelSection(name="builtin:tiny-arith", dtype="bfloat16"), seed=0),
+            },
+        ),
+        (
+            "model: attn implementation",
+            lambda p: {
+                **p,
+                "model": model_identity(
+                    ModelSection(name="builtin:tiny-arith", attn_implementation="eager"), seed=0
+                ),
+            },
+        ),
         ("model: local weights", lambda p: {**p, "model": local}),
-        ("model: other local weights", lambda p: {**p, "model": model_identity(ModelSection(name=str(ck1)), seed=0, memo_dir=tmp)}),
-        ("model: revision", lambda p: {**p, "model": model_identity(ModelSection(name=str(ck0), revision="v2"), seed=0, memo_dir=tmp)}),
-        ("model: weights edited in memory", lambda p: {**p, "model": {**p["model"], "in_memory": weights_sample_fingerprint(model)}}),
+        (
+            "model: other local weights",
+            lambda p: {**p, "model": model_identity(ModelSection(name=str(ck1)), seed=0, memo_dir=tmp)},
+        ),
+        (
+            "model: revision",
+            lambda p: {
+                **p,
+                "model": model_identity(ModelSection(name=str(ck0), revision="v2"), seed=0, memo_dir=tmp),
+            },
+        ),
+        (
+            "model: weights edited in memory",
+            lambda p: {**p, "model": {**p["model"], "in_memory": weights_sample_fingerprint(model)}},
+        ),
         ("model: full weights hash", lambda p: {**p, "model": {"weights_sha256": weights_sha256(model)}}),
-        ("tokenizer: vocabulary", lambda p: {**p, "tokenizer": tok_changed(lambda t: t.add_tokens(["<extra-token>"]))}),
-        ("tokenizer: special tokens", lambda p: {**p, "tokenizer": tok_changed(lambda t: setattr(t, "pad_token", t.bos_token))}),
-        ("chat template", lambda p: {**p, "tokenizer": tok_changed(lambda t: setattr(t, "chat_template", (t.chat_template or "") + " "))}),
+        (
+            "tokenizer: vocabulary",
+            lambda p: {**p, "tokenizer": tok_changed(lambda t: t.add_tokens(["<extra-token>"]))},
+        ),
+        (
+            "tokenizer: special tokens",
+            lambda p: {**p, "tokenizer": tok_changed(lambda t: setattr(t, "pad_token", t.bos_token))},
+        ),
+        (
+            "chat template",
+            lambda p: {
+                **p,
+                "tokenizer": tok_changed(
+                    lambda t: setattr(t, "chat_template", (t.chat_template or "") + " ")
+                ),
+            },
+        ),
         ("data: one token", lambda p: {**p, "data": data(edited)}),
         ("data: row order", lambda p: {**p, "data": data(swapped)}),
         ("data: prompt/completion boundary", lambda p: {**p, "data": data(moved)}),
@@ -172,7 +249,9 @@ def test_every_key_part_changes_the_key(base_parts, tmp_path):
     assert len(set(keys.values())) == len(keys), "two different changes gave the same key"
     # the KL switch of the unpaired family
     unpaired = {**base_parts, "family": "unpaired"}
-    assert cache_key(build_key_parts(**{**unpaired, "kl": True})) != cache_key(build_key_parts(**{**unpaired, "kl": False}))
+    assert cache_key(build_key_parts(**{**unpaired, "kl": True})) != cache_key(
+        build_key_parts(**{**unpaired, "kl": False})
+    )
 
 
 def test_hf_cache_blob_name_is_the_file_hash(tmp_path):
@@ -188,7 +267,9 @@ def test_hf_cache_blob_name_is_the_file_hash(tmp_path):
     import hashlib
 
     assert refcache.file_sha256(plain, tmp_path / "memo") == hashlib.sha256(b"weights").hexdigest()
-    assert refcache.file_sha256(plain, tmp_path / "memo") == hashlib.sha256(b"weights").hexdigest()  # memoised
+    assert (
+        refcache.file_sha256(plain, tmp_path / "memo") == hashlib.sha256(b"weights").hexdigest()
+    )  # memoised
 
 
 # ------------------------------------------------------------------------------- reuse, files, invalidation
@@ -212,11 +293,15 @@ def test_reused_across_runs_invalidated_by_a_change_and_no_pickle(tmp_path, monk
     assert [e["hit"] for e in third.reference_cache_events] == [False] and len(calls) == 2
     fourth = _dpo(tmp_path, ds, cache_dir, seed=1)  # other weights under the same name → recomputed
     assert [e["hit"] for e in fourth.reference_cache_events] == [False] and len(calls) == 3
-    assert first.reference_cache_events[0]["key"] not in {third.reference_cache_events[0]["key"],
-                                                          fourth.reference_cache_events[0]["key"]}
+    assert first.reference_cache_events[0]["key"] not in {
+        third.reference_cache_events[0]["key"],
+        fourth.reference_cache_events[0]["key"],
+    }
 
     files = [p for p in cache_dir.rglob("*") if p.is_file()]
-    assert {p.name for p in files} <= {"logps.arrow", "key.json"} | {p.name for p in files if p.suffix == ".lock"}
+    assert {p.name for p in files} <= {"logps.arrow", "key.json"} | {
+        p.name for p in files if p.suffix == ".lock"
+    }
     for p in files:
         head = p.read_bytes()[:8]
         assert not head.startswith(b"\x80"), f"{p} looks like a pickle"
@@ -225,7 +310,15 @@ def test_reused_across_runs_invalidated_by_a_change_and_no_pickle(tmp_path, monk
             assert head.startswith(b"ARROW1")
         if p.name == "key.json":
             meta = json.loads(p.read_text())
-            assert {"model", "tokenizer", "chat_template_sha256", "data", "lengths", "dtype", "algorithm"} <= set(meta["parts"])
+            assert {
+                "model",
+                "tokenizer",
+                "chat_template_sha256",
+                "data",
+                "lengths",
+                "dtype",
+                "algorithm",
+            } <= set(meta["parts"])
     assert not list(cache_dir.glob(".*tmp-*")), "temporary directories left behind"
 
 
@@ -245,27 +338,56 @@ def test_cached_dpo_columns_equal_on_the_fly_reference(tmp_path):
     ds = Dataset.from_list(_rows(10))
     cached = _dpo(tmp_path, ds, tmp_path / "cache", per_device_train_batch_size=3)
     # TRL's on-the-fly path: precompute off, a separate reference model, one batch of all rows
-    plain = PrefoptDPOTrainer(model=build_builtin("tiny-arith", 0), ref_model=build_builtin("tiny-arith", 0).eval(),
-                              args=_dpo_config(tmp_path, precompute_ref_log_probs=False, per_device_train_batch_size=10),
-                              train_dataset=ds, processing_class=load_tokenizer("builtin:tiny-arith"))
+    plain = PrefoptDPOTrainer(
+        model=build_builtin("tiny-arith", 0),
+        ref_model=build_builtin("tiny-arith", 0).eval(),
+        args=_dpo_config(tmp_path, precompute_ref_log_probs=False, per_device_train_batch_size=10),
+        train_dataset=ds,
+        processing_class=load_tokenizer("builtin:tiny-arith"),
+    )
     batch = plain.data_collator([ds[i] for i in range(len(ds))])
     with torch.no_grad():
         _, _, ref_c, ref_r, _, _ = plain.policy_and_reference_logps(plain.model, batch)
-    np.testing.assert_allclose(np.array(cached.train_dataset["ref_chosen_logps"]), ref_c.numpy(), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(np.array(cached.train_dataset["ref_rejected_logps"]), ref_r.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(cached.train_dataset["ref_chosen_logps"]), ref_c.numpy(), rtol=0, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.array(cached.train_dataset["ref_rejected_logps"]), ref_r.numpy(), rtol=0, atol=1e-5
+    )
 
 
 def test_cached_kto_columns_include_kl_terms_and_equal_on_the_fly(tmp_path):
     ds = _unpaired(_rows(6))
-    cfg = KTOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=1, report_to="none",
-                    bf16=False, gradient_checkpointing=False, save_strategy="no", remove_unused_columns=False,
-                    max_length=64, precompute_ref_log_probs=True, train_sampling_strategy="sequential", disable_tqdm=True)
+    cfg = KTOConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        remove_unused_columns=False,
+        max_length=64,
+        precompute_ref_log_probs=True,
+        train_sampling_strategy="sequential",
+        disable_tqdm=True,
+    )
     tok = load_tokenizer("builtin:tiny-arith")
-    kto = KTO(model=build_builtin("tiny-arith", 0), args=cfg, train_dataset=ds, processing_class=tok,
-              reference_cache={"dir": str(tmp_path / "cache"), "identity": IDENTITY})
+    kto = KTO(
+        model=build_builtin("tiny-arith", 0),
+        args=cfg,
+        train_dataset=ds,
+        processing_class=tok,
+        reference_cache={"dir": str(tmp_path / "cache"), "identity": IDENTITY},
+    )
     assert {"ref_logps", "ref_KL_logps"} <= set(kto.train_dataset.column_names)
-    again = KTO(model=build_builtin("tiny-arith", 0), args=cfg, train_dataset=ds, processing_class=tok,
-                reference_cache={"dir": str(tmp_path / "cache"), "identity": IDENTITY})
+    again = KTO(
+        model=build_builtin("tiny-arith", 0),
+        args=cfg,
+        train_dataset=ds,
+        processing_class=tok,
+        reference_cache={"dir": str(tmp_path / "cache"), "identity": IDENTITY},
+    )
     assert [e["hit"] for e in again.reference_cache_events] == [True]
     # on the fly: TRL's compute_ref_log_probs with an independent copy of the starting model, one batch
     from trl.trainer.utils import add_fused_lm_head
@@ -277,9 +399,16 @@ def test_cached_kto_columns_include_kl_terms_and_equal_on_the_fly(tmp_path):
     np.testing.assert_allclose(np.array(kto.train_dataset["ref_logps"]), logps.numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.array(kto.train_dataset["ref_KL_logps"]), kl.numpy(), rtol=0, atol=1e-5)
     # a different KL pairing is a different entry
-    other = ds.remove_columns("KL_completion_ids").add_column("KL_completion_ids", list(reversed(ds["KL_completion_ids"])))
-    third = KTO(model=build_builtin("tiny-arith", 0), args=cfg, train_dataset=other, processing_class=tok,
-                reference_cache={"dir": str(tmp_path / "cache"), "identity": IDENTITY})
+    other = ds.remove_columns("KL_completion_ids").add_column(
+        "KL_completion_ids", list(reversed(ds["KL_completion_ids"]))
+    )
+    third = KTO(
+        model=build_builtin("tiny-arith", 0),
+        args=cfg,
+        train_dataset=other,
+        processing_class=tok,
+        reference_cache={"dir": str(tmp_path / "cache"), "identity": IDENTITY},
+    )
     assert [e["hit"] for e in third.reference_cache_events] == [False]
 
 
@@ -297,15 +426,23 @@ def _racer(cache_dir: str, out_dir: str, start, idx: int) -> None:
     ds = Dataset.from_list(_rows(8))
     start.wait()
     t = _dpo(Path(out_dir) / f"run{idx}", ds, cache_dir)
-    Path(out_dir, f"result-{idx}.json").write_text(json.dumps({
-        "events": t.reference_cache_events, "chosen": list(map(float, t.train_dataset["ref_chosen_logps"]))}))
+    Path(out_dir, f"result-{idx}.json").write_text(
+        json.dumps(
+            {
+                "events": t.reference_cache_events,
+                "chosen": list(map(float, t.train_dataset["ref_chosen_logps"])),
+            }
+        )
+    )
     os._exit(0)  # skip atexit handlers inherited from the test process
 
 
 def test_two_processes_racing_compute_once(tmp_path):
     ctx = mp.get_context("fork")
     start = ctx.Barrier(2)
-    procs = [ctx.Process(target=_racer, args=(str(tmp_path / "cache"), str(tmp_path), start, i)) for i in range(2)]
+    procs = [
+        ctx.Process(target=_racer, args=(str(tmp_path / "cache"), str(tmp_path), start, i)) for i in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -338,15 +475,29 @@ def test_reference_first_gives_trl_loss_and_gradients(tmp_path, peft):
         model = build_builtin("tiny-arith", 0)
         kw = {}
         if peft:
-            model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM",
-                                                     init_lora_weights=False))
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=4,
+                    lora_alpha=8,
+                    target_modules="all-linear",
+                    task_type="CAUSAL_LM",
+                    init_lora_weights=False,
+                ),
+            )
         else:
             with torch.no_grad():  # a policy that differs from its reference
                 for p in model.parameters():
                     p.add_(0.01 * torch.randn_like(p))
             kw["ref_model"] = build_builtin("tiny-arith", 0)
-        t = DPO(model=model, args=_dpo_config(tmp_path, precompute_ref_log_probs=False, per_device_train_batch_size=6),
-                train_dataset=ds, processing_class=load_tokenizer("builtin:tiny-arith"), reference_first=first, **kw)
+        t = DPO(
+            model=model,
+            args=_dpo_config(tmp_path, precompute_ref_log_probs=False, per_device_train_batch_size=6),
+            train_dataset=ds,
+            processing_class=load_tokenizer("builtin:tiny-arith"),
+            reference_first=first,
+            **kw,
+        )
         t.model.train()
         batch = t.data_collator([ds[i] for i in range(len(ds))])
         loss = t.compute_loss(t.model, batch)

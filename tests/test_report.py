@@ -23,48 +23,121 @@ def _write_run(run: Path, algorithm: str = "dpo", with_probe: bool = True) -> No
     lines = []
     for step in range(1, 41):
         t = step / 40
-        rec = {"step": step, "epoch": t, "loss": 0.69 * math.exp(-2 * t) + 0.01, "grad_norm": 1.0,
-               "learning_rate": 1e-3}
+        rec = {
+            "step": step,
+            "epoch": t,
+            "loss": 0.69 * math.exp(-2 * t) + 0.01,
+            "grad_norm": 1.0,
+            "learning_rate": 1e-3,
+        }
         if algorithm != "kto_minimal":
-            rec.update({
-                "rewards/chosen": -0.2 * t, "rewards/rejected": -1.5 * t, "rewards/margins": 1.3 * t,
-                "rewards/accuracies": min(1.0, 0.5 + t), "logps/chosen": -10 - 2 * t, "logps/rejected": -12 - 15 * t,
-            })
+            rec.update(
+                {
+                    "rewards/chosen": -0.2 * t,
+                    "rewards/rejected": -1.5 * t,
+                    "rewards/margins": 1.3 * t,
+                    "rewards/accuracies": min(1.0, 0.5 + t),
+                    "logps/chosen": -10 - 2 * t,
+                    "logps/rejected": -12 - 15 * t,
+                }
+            )
         if algorithm == "kto":
             rec["kl"] = 0.5 * t
         lines.append(rec)
         if step == 25:
-            lines.append({"event": "health", "warning": "overfit", "step": 25, "loss": 0.04, "accuracy": 1.0,
-                          "reason": "loss", "advice": "Use IPO or a larger β."})
+            lines.append(
+                {
+                    "event": "health",
+                    "warning": "overfit",
+                    "step": 25,
+                    "loss": 0.04,
+                    "accuracy": 1.0,
+                    "reason": "loss",
+                    "advice": "Use IPO or a larger β.",
+                }
+            )
         if with_probe and step % 10 == 0:
-            lines.append({"event": "probe", "step": step, "mean_length": 3 + 0.1 * step, "reference_mean_length": 3.0,
-                          "kl_sampled": 0.2 * step})
+            lines.append(
+                {
+                    "event": "probe",
+                    "step": step,
+                    "mean_length": 3 + 0.1 * step,
+                    "reference_mean_length": 3.0,
+                    "kl_sampled": 0.2 * step,
+                }
+            )
     lines.append({"step": 40, "train_runtime": 12.0, "train_loss": 0.2})
     lines.append({"step": 41, "loss": "nan"})  # non-finite values are written as strings; skipped in plots
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    (run / "manifest.json").write_text(json.dumps({
-        "status": "finished", "algorithm": algorithm, "trainer": "prefopt.trainers.PrefoptDPOTrainer", "seed": 42,
-        "global_step": 40, "train_loss": 0.2, "train_runtime_s": 12.0, "data": {"train_rows": 2000, "eval_rows": 0},
-        "versions": {"trl": "1.16.0", "torch": "2.x"}, "git_commit": "abc123", "world_size": 1,
-        "prefopt_overrides": ["tokenisation: prefopt pre-tokenises"],
-    }))
-    (run / "eval.json").write_text(json.dumps({
-        "algorithm": algorithm, "reward_definition": "beta * (sum logp_policy - sum logp_ref), beta = 0.1",
-        "preference": {"source": "world", "num_pairs": 100, "accuracy": 0.8, "reference_accuracy": 0.55,
-                       "reward_margin": 1.2, "logp_shift_chosen": -0.5, "logp_shift_rejected": -9.0,
-                       "logp_chosen": -3.0, "logp_rejected": -14.0, "reference_logp_chosen": -2.5,
-                       "reference_logp_rejected": -5.0, "reward_definition": "beta * ...",
-                       "reference_accuracy_definition": "summed logp_ref"},
-        "sampling": {"num_prompts": 16, "samples_per_prompt": 1, "temperature": 1.0, "max_new_tokens": 8,
-                     "kl_to_reference": 1.7, "mean_length": 2.1, "reference_mean_length": 2.3},
-        "world": {"policy": {"task": "arith", "reward_sampled": 0.7, "reward_greedy": 0.8},
-                  "reference": {"task": "arith", "reward_sampled": 0.5, "reward_greedy": 0.75},
-                  "lift_sampled": 0.2, "lift_greedy": 0.05},
-        "notes": [],
-    }))
-    (run / "data_report.json").write_text(json.dumps({
-        "rows_in": 2010, "rows_out": 2000, "dropped": 10, "drops": {"duplicate": 10}, "truncation": {}, "notes": [],
-    }))
+    (run / "manifest.json").write_text(
+        json.dumps(
+            {
+                "status": "finished",
+                "algorithm": algorithm,
+                "trainer": "prefopt.trainers.PrefoptDPOTrainer",
+                "seed": 42,
+                "global_step": 40,
+                "train_loss": 0.2,
+                "train_runtime_s": 12.0,
+                "data": {"train_rows": 2000, "eval_rows": 0},
+                "versions": {"trl": "1.16.0", "torch": "2.x"},
+                "git_commit": "abc123",
+                "world_size": 1,
+                "prefopt_overrides": ["tokenisation: prefopt pre-tokenises"],
+            }
+        )
+    )
+    (run / "eval.json").write_text(
+        json.dumps(
+            {
+                "algorithm": algorithm,
+                "reward_definition": "beta * (sum logp_policy - sum logp_ref), beta = 0.1",
+                "preference": {
+                    "source": "world",
+                    "num_pairs": 100,
+                    "accuracy": 0.8,
+                    "reference_accuracy": 0.55,
+                    "reward_margin": 1.2,
+                    "logp_shift_chosen": -0.5,
+                    "logp_shift_rejected": -9.0,
+                    "logp_chosen": -3.0,
+                    "logp_rejected": -14.0,
+                    "reference_logp_chosen": -2.5,
+                    "reference_logp_rejected": -5.0,
+                    "reward_definition": "beta * ...",
+                    "reference_accuracy_definition": "summed logp_ref",
+                },
+                "sampling": {
+                    "num_prompts": 16,
+                    "samples_per_prompt": 1,
+                    "temperature": 1.0,
+                    "max_new_tokens": 8,
+                    "kl_to_reference": 1.7,
+                    "mean_length": 2.1,
+                    "reference_mean_length": 2.3,
+                },
+                "world": {
+                    "policy": {"task": "arith", "reward_sampled": 0.7, "reward_greedy": 0.8},
+                    "reference": {"task": "arith", "reward_sampled": 0.5, "reward_greedy": 0.75},
+                    "lift_sampled": 0.2,
+                    "lift_greedy": 0.05,
+                },
+                "notes": [],
+            }
+        )
+    )
+    (run / "data_report.json").write_text(
+        json.dumps(
+            {
+                "rows_in": 2010,
+                "rows_out": 2000,
+                "dropped": 10,
+                "drops": {"duplicate": 10},
+                "truncation": {},
+                "notes": [],
+            }
+        )
+    )
 
 
 def _check_png(path: Path) -> None:

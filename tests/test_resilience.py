@@ -19,14 +19,36 @@ from prefopt.resilience import MARKER, complete_checkpoints, last_complete_check
 REPO = Path(__file__).resolve().parents[1]
 DPO = REPO / "configs" / "recipes" / "quickstart" / "dpo.yaml"
 ARGS = [
-    "--set", "training.max_steps=8", "--set", "training.save_steps=2", "--set", "training.logging_steps=1",
-    "--set", "training.per_device_train_batch_size=8", "--set", "training.warmup_steps=0",
-    "--set", "data.train.0.size=48", "--set", "evaluation.enabled=false",
+    "--set",
+    "training.max_steps=8",
+    "--set",
+    "training.save_steps=2",
+    "--set",
+    "training.logging_steps=1",
+    "--set",
+    "training.per_device_train_batch_size=8",
+    "--set",
+    "training.warmup_steps=0",
+    "--set",
+    "data.train.0.size=48",
+    "--set",
+    "evaluation.enabled=false",
 ]
 
 
 def _cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "prefopt.cli", "train", "--config", str(DPO), "--output-dir", str(out), *ARGS, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "prefopt.cli",
+        "train",
+        "--config",
+        str(DPO),
+        "--output-dir",
+        str(out),
+        *ARGS,
+        *extra,
+    ]
 
 
 def _env():
@@ -34,12 +56,16 @@ def _env():
 
 
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(out, *extra), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        _cmd(out, *extra), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 def _start_and_signal(out: Path, sig: int, after_step: int) -> subprocess.CompletedProcess:
     """Start a run, wait until checkpoint-<after_step> is complete, then send `sig`."""
-    proc = subprocess.Popen(_cmd(out), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(out), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     target = out / "checkpoints" / f"checkpoint-{after_step}" / MARKER
     deadline = time.time() + 300
     while not target.exists():
@@ -58,7 +84,10 @@ def _steps(out: Path) -> list[int]:
 
 
 def _max_diff(a: Path, b: Path) -> float:
-    wa, wb = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
+    wa, wb = (
+        load_file(str(a / "model" / "model.safetensors")),
+        load_file(str(b / "model" / "model.safetensors")),
+    )
     return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 
 

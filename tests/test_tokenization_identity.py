@@ -58,7 +58,9 @@ def _batch_sequences(algorithm, batch):
     else:  # orpo / simpo: legacy rows
         for side in ("chosen", "rejected"):
             for row, lab, am in zip(
-                batch[f"{side}_input_ids"].tolist(), batch[f"{side}_labels"].tolist(), batch[f"{side}_attention_mask"].tolist()
+                batch[f"{side}_input_ids"].tolist(),
+                batch[f"{side}_labels"].tolist(),
+                batch[f"{side}_attention_mask"].tolist(),
             ):
                 real = [t for t, a in zip(row, am) if a]
                 comp = [t for t, label in zip(row, lab) if label != -100]
@@ -75,7 +77,9 @@ def test_every_trainer_sees_prefopt_token_ids(algorithm, rows, tmp_path):
     kind = "unpaired" if algorithm == "kto" else "paired"
     data = Dataset.from_list(_unpaired(rows) if kind == "unpaired" else rows)
     tokenized, _ = tokenize_dataset(data, kind, tok)
-    trainer = build_trainer(_recipe(algorithm), build_builtin("tiny-arith", 0), tok, tokenized, None, output_dir=str(tmp_path))
+    trainer = build_trainer(
+        _recipe(algorithm), build_builtin("tiny-arith", 0), tok, tokenized, None, output_dir=str(tmp_path)
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     seen = _batch_sequences(algorithm, batch)
     if kind == "unpaired":
@@ -103,7 +107,9 @@ def test_generation_and_evaluation_use_the_same_prompt_ids():
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
-        def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=False):
+        def forward(
+            self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=False
+        ):
             if past_key_values is None:
                 for row, m in zip(input_ids.tolist(), attention_mask.tolist()):
                     seen.append([t for t, a in zip(row, m) if a])

@@ -41,14 +41,20 @@ class Adapter:
     @classmethod
     def overrides(cls, recipe) -> list[str]:
         """Where prefopt departs from stock TRL for this recipe (shown by --dry-run and in the manifest)."""
-        return ["tokenisation: prefopt pre-tokenises (prefopt.tokenization); TRL's own tokenisation is skipped"]
+        return [
+            "tokenisation: prefopt pre-tokenises (prefopt.tokenization); TRL's own tokenisation is skipped"
+        ]
 
     # ---- shared
     @classmethod
     def trl_config(cls, recipe, *, output_dir: str, training: dict[str, Any] | None = None):
         from prefopt.recipe import PREFOPT_TRAINING_KEYS
 
-        kwargs = {k: v for k, v in (training if training is not None else recipe.training).items() if k not in PREFOPT_TRAINING_KEYS}
+        kwargs = {
+            k: v
+            for k, v in (training if training is not None else recipe.training).items()
+            if k not in PREFOPT_TRAINING_KEYS
+        }
         kwargs.setdefault("seed", recipe.seed)
         kwargs.setdefault("data_seed", recipe.seed)
         kwargs.setdefault("report_to", "none")

@@ -29,7 +29,11 @@ class ORPOAdapter(Adapter):
 
     @classmethod
     def overrides(cls, recipe):
-        out = super().overrides(recipe) + ["tokenisation: no BOS prepended (TRL's ORPO adds one; SFT/DPO do not)"]
+        out = super().overrides(recipe) + [
+            "tokenisation: no BOS prepended (TRL's ORPO adds one; SFT/DPO do not)"
+        ]
         if not recipe.loss_params.nll_on_prompt:
-            out.append("loss: NLL term over the chosen completion, mean per example (paper Eq. 2); TRL's covers the prompt too")
+            out.append(
+                "loss: NLL term over the chosen completion, mean per example (paper Eq. 2); TRL's covers the prompt too"
+            )
         return out

@@ -406,7 +406,11 @@ def _transform_one(
         )
     kind = data_kind(ds)
     if kind != needed:
-        name = algorithm_kind if algorithm_kind in ALGORITHM_KINDS else f"{'an' if needed == 'unpaired' else 'a'} {needed} algorithm"
+        name = (
+            algorithm_kind
+            if algorithm_kind in ALGORITHM_KINDS
+            else f"{'an' if needed == 'unpaired' else 'a'} {needed} algorithm"
+        )
         if transform != "none":
             raise PrefoptError(
                 f"data.transform: {transform} gives {kind} rows, but {name} trains on {needed} data.",
