@@ -784,11 +784,34 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
         "git_commit": manifest.git_commit(),
         "torch_threads": torch.get_num_threads(),
     }
+    summary["points_wall_s"], summary["points_cpu_s"] = _totals(results)
     summary["iterative_vs_offline_dpo"] = iterative_vs_offline(results)
     manifest.write_json(out_dir / "compare.json", summary)
     (out_dir / "compare.md").write_text(format_markdown(summary))
     plot_frontier(summary, out_dir / "frontier.png")
     return summary
+
+
+def _totals(results: list[dict]) -> tuple[float, float]:
+    """Wall and CPU seconds of all points, reused ones included (iterative DPO: its cumulative total; the
+    RLHF reward model once)."""
+    wall = cpu = 0.0
+    rm_seen = set()
+    for r in results:
+        if r.get("algorithm") == "iterative_dpo":
+            if r.get("final"):
+                wall += r.get("cumulative_wall_s") or 0.0
+                cpu += r.get("cumulative_cpu_s") or 0.0
+            continue
+        wall += r.get("wall_s") or 0.0
+        cpu += r.get("cpu_s") or 0.0
+        rm = r.get("reward_model")
+        if rm:  # every RLHF row carries the shared reward model's cost; count it once
+            if r["run_dir"] in rm_seen or str(Path(r["run_dir"]).parent) in rm_seen:
+                wall -= rm.get("wall_s") or 0.0
+                cpu -= rm.get("cpu_s") or 0.0
+            rm_seen.add(str(Path(r["run_dir"]).parent))
+    return round(wall, 1), round(cpu, 1)
 
 
 def _default_base(sweep: Sweep, points: list[Point]) -> Path | None:
@@ -913,10 +936,12 @@ def sorted_rows(summary: dict) -> list[dict]:
 def format_markdown(summary: dict) -> str:
     rows = sorted_rows(summary)
     ev = summary["evaluation"]
+    n_prompts = (summary["reference"].get("eval") or {}).get("num_prompts", ev["num_prompts"])
     lines = [
         f"# prefopt compare — world task `{summary['task']}`",
         "",
-        f"Sweep: `{summary.get('sweep')}` · total wall time {summary['wall_s']:.0f} s · "
+        f"Sweep: `{summary.get('sweep')}` · wall time {summary['wall_s']:.0f} s (this invocation; all points: "
+        f"{summary.get('points_wall_s', summary['wall_s']):.0f} s wall, {summary.get('points_cpu_s', 0):.0f} s CPU) · "
         f"{summary['hardware'].get('cpu_count')} CPU(s), torch threads {summary.get('torch_threads')} · "
         f"load average at start {summary['load_average']['start'][0]:.1f}",
         "",
@@ -941,7 +966,7 @@ def format_markdown(summary: dict) -> str:
         )
     lines += [
         "",
-        f"True reward: mean exact-answer reward on {ev['num_prompts']} held-out prompts, {ev['samples_per_prompt']} "
+        f"True reward: mean exact-answer reward on {n_prompts} held-out prompts, {ev['samples_per_prompt']} "
         f"samples each at T = 1 (sampled) and one greedy answer; KL(π‖π_ref) on those samples (nats/sequence). "
         f"Pref. acc.: held-out pairs (drawn from {ev['pref_prompts']} world test prompts) ranked by log π − log π_ref "
         "(summed over the reply, the same for every algorithm); logp acc.: ranked by log π alone. "
@@ -1006,6 +1031,14 @@ def iterative_vs_offline(results: list[dict]) -> dict | None:
             f"{b['kl']:.3f} → iterative {'beats' if first['beats_offline'] else 'does not beat'} offline "
             f"({first['iterative']['reward_sampled'] - b['reward_sampled']:+.3f})."
         )
+    n = first["nearest_offline"]
+    if b is None or n["name"] != b["name"]:
+        text += (
+            f" Nearest-KL offline DPO: {n['name']}, {n['reward_sampled']:.3f} at KL {n['kl']:.3f} "
+            f"({first['iterative']['reward_sampled'] - n['reward_sampled']:+.3f})."
+        )
+    if len({r.get("seed") for r in off}) < 2:
+        text += " One training seed per point: add seeds (`seeds: [...]`) before reading gaps of a few hundredths."
     return {"runs": out, "beats_offline": all(o["beats_offline"] for o in out), "text": text}
 
 
@@ -1056,11 +1089,21 @@ def plot_frontier(summary: dict, path: Path) -> Path:
                     range(len(rs)), key=lambda i: (rs[i].get("seed") or 0, rs[i]["params"].get("round", 0))
                 )
                 ax.plot([xs[i] for i in order], [ys[i] for i in order], c=color, lw=1, zorder=2)
-            for r, x, y in zip(rs, xs, ys):
+            offsets = ((5, 4), (5, -9), (-8, 8))  # neighbours of one algorithm often sit close together
+            for i, (r, x, y) in enumerate(zip(rs, xs, ys)):
                 label = _short_label(r)
                 if label:
-                    ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-        ax.set_xlabel("KL(π ‖ π_ref) on samples (nats / sequence)")
+                    ax.annotate(
+                        label,
+                        (x, y),
+                        textcoords="offset points",
+                        xytext=offsets[i % len(offsets)],
+                        fontsize=7,
+                        color=color if alg != "reference" else "black",
+                    )
+        # symlog: readable near the reference (KL ≈ 0, estimates can be slightly negative) and far out
+        ax.set_xscale("symlog", linthresh=0.1, linscale=0.5)
+        ax.set_xlabel("KL(π ‖ π_ref) on samples (nats / sequence, symlog)")
         ax.set_ylabel(title)
         ax.set_title(title)
         ax.grid(alpha=0.3)

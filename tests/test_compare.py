@@ -109,6 +109,17 @@ def test_sweep_errors_name_the_key(data, message):
         compare.expand_grid(compare.load_sweep(data=data))
 
 
+def test_rlhf_and_iterative_sections_are_validated_before_training():
+    base = str(QUICKSTART / "dpo.yaml")
+    with pytest.raises(PrefoptError, match='rlhf: unknown key "policy.betta". Did you mean "beta"'):
+        compare.plan_sweep(compare.load_sweep(data={"base": base, "rlhf": {"policy": {"betta": 0.1}}}))
+    with pytest.raises(PrefoptError, match='Did you mean "rounds"'):
+        compare.plan_sweep(compare.load_sweep(data={"base": base, "iterative_dpo": {"round": 3}}))
+    plan = compare.plan_sweep(compare.load_sweep(data={"base": base, "iterative_dpo": {"rounds": 2}}))
+    assert plan.points == [] and plan.iterative_dpo.rounds == 2 and plan.task == "arith"
+    assert plan.side_bases["iterative_dpo"].source_path.name == "dpo.yaml"
+
+
 def test_dry_run_lists_points(capsys):
     args = _parser().parse_args(["compare", "--config", str(QUICK), "--dry-run"])
     assert args.func(args) == 0
@@ -236,7 +247,6 @@ def test_table_sorted_by_algorithm_and_beta_and_frontier_png(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- end to end
-@pytest.mark.slow
 def test_tiny_sweep_writes_table_json_and_frontier(tmp_path):
     out = tmp_path / "cmp"
     args = _parser().parse_args(
@@ -323,7 +333,6 @@ def test_reward_model_scorer_uses_prefopt_ids():
     assert scorer("2+2=", "4") == float(tok.eos_token_id)
 
 
-@pytest.mark.slow
 def test_iterative_dpo_minimal(tmp_path):
     from prefopt.iterative import run_iterative_dpo
     from prefopt.recipe import load_recipe
