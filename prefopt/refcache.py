@@ -202,7 +202,8 @@ def reference_tensors(model) -> Iterator[tuple[str, Any]]:
     if isinstance(model, PeftModel):
         items = []
         for n, p in model.get_base_model().named_parameters():
-            if "lora_" in n or ".modules_to_save." in n or "lora_magnitude" in n:
+            # adapters are not the reference — except TRL's "ref" adapter (re-training an existing adapter)
+            if ("lora_" in n and ".ref." not in n) or ".modules_to_save." in n:
                 continue
             items.append((n.replace(".base_layer.", ".").replace(".original_module.", "."), p))
     else:

@@ -142,6 +142,13 @@ def build_trainer(
         "processing_class": tokenizer,
         "callbacks": callbacks or [],
     }
+    from prefopt import refcache
+
+    cache_kwargs = refcache.trainer_kwargs(recipe)
+    if cache_kwargs:
+        # the cache feeds TRL's precompute path: no reference copy is kept in memory
+        config.precompute_ref_log_probs = True
+        kwargs.update(cache_kwargs)
     needs_copy = recipe.model.name.startswith("builtin:")
     if (
         adapter.uses_reference
@@ -199,11 +206,6 @@ def train(
         manifest.prepare_run_dir(run_dir, overwrite=overwrite or recipe.output.overwrite, resume=resume)
         (run_dir / "resolved.yaml").write_text(dump_resolved(recipe))
     training = resolve_batch(recipe)
-    if recipe.reference_cache.enabled:
-        log.warning(
-            "reference_cache.enabled: the shared reference log-prob cache (prefopt/refcache.py) is not wired "
-            "into `prefopt train` yet; reference log-probs are computed as TRL does"
-        )
     ckpt_dir = run_dir / "checkpoints"
     # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
     # zero3.yaml) can shard the weights while they load.
@@ -282,6 +284,9 @@ def train(
             k: training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps")
         },
     }
+    events = getattr(trainer, "reference_cache_events", None)
+    if events:
+        summary["reference_cache"] = events  # hit/miss, key and seconds for each dataset
     if recipe.output.save_model:
         save_model(trainer, tokenizer, run_dir / "model")
     if main:

@@ -11,6 +11,16 @@ Each override is listed (with its reason) in docs/losses.md and printed by ``pre
 * **Summed IPO** (``length_normalize: false``): TRL only has the averaged form, so the loss is
   :func:`prefopt.losses.ipo_loss` with ``length_normalize=False``.
 
+Performance layers (no change to the loss; see docs/performance.md):
+
+* **Split forward** (all five, on by default): :mod:`prefopt.batching` runs the rows of a padded batch
+  in up to four length groups, each trimmed to its own longest row — the same per-token log-probs on
+  fewer token slots. ``padding/fraction`` is logged. Length-grouped *sampling* is opt-in
+  (``training.train_sampling_strategy: group_by_length``).
+* **Reference log-prob cache** (DPO/IPO/KTO, ``reference_cache.enabled``; on by default in
+  ``prefopt compare``): :mod:`prefopt.refcache` stores the reference log-probs on disk, keyed by
+  content, and feeds TRL's ``precompute_ref_log_probs`` path from it.
+
 Everything else — log-prob computation, reference handling (adapter-disabled base under LoRA,
 precomputed log-probs), metrics — is TRL's.
 """
@@ -22,12 +32,15 @@ from trl import DPOTrainer, KTOTrainer
 from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
 
+from prefopt.batching import LengthGroupingMixin
+from prefopt.refcache import ReferenceCacheMixin
+
 
 def _is_pretokenized(dataset) -> bool:
     return dataset is not None and hasattr(dataset, "column_names") and "prompt_ids" in dataset.column_names
 
 
-class PrefoptDPOTrainer(DPOTrainer):
+class PrefoptDPOTrainer(LengthGroupingMixin, ReferenceCacheMixin, DPOTrainer):
     """``trl.DPOTrainer`` on prefopt's tokenisation; swaps in prefopt's loss for cDPO / summed IPO."""
 
     def __init__(self, *args, prefopt_loss: dict | None = None, **kwargs):
@@ -100,7 +113,7 @@ class PrefoptDPOTrainer(DPOTrainer):
         return loss
 
 
-class PrefoptKTOTrainer(KTOTrainer):
+class PrefoptKTOTrainer(LengthGroupingMixin, ReferenceCacheMixin, KTOTrainer):
     """``trl.KTOTrainer`` on prefopt's tokenisation; KL pairs independent of the per-device batch size."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -145,7 +158,7 @@ class _LegacyTokenizationMixin:
         return super().tokenize_row(feature, model)
 
 
-class PrefoptORPOTrainer(_LegacyTokenizationMixin, ORPOTrainer):
+class PrefoptORPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, ORPOTrainer):
     """``trl.experimental.orpo.ORPOTrainer`` on prefopt's tokenisation.
 
     The odds-ratio term is TRL's. The NLL term is the paper's by default (Hong et al. 2024, Eq. 2:
@@ -166,7 +179,7 @@ class PrefoptORPOTrainer(_LegacyTokenizationMixin, ORPOTrainer):
         return (*out[:4], -chosen_avg_logps.mean(), *out[5:])
 
 
-class PrefoptCPOTrainer(_LegacyTokenizationMixin, CPOTrainer):
+class PrefoptCPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, CPOTrainer):
     """``trl.experimental.cpo.CPOTrainer`` (SimPO) on prefopt's tokenisation (TRL's loss with cpo_alpha=0)."""
 
 

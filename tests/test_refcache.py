@@ -512,3 +512,46 @@ def test_reference_first_gives_trl_loss_and_gradients(tmp_path, peft):
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-7, msg=n)
     for k in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
         assert m1[k] == pytest.approx(m0[k], abs=1e-6), k
+
+
+def test_prefopt_train_reuses_the_cache_and_trains_the_same(tmp_path, monkeypatch):
+    """Through `prefopt train`: the first run with `reference_cache:` computes and stores, the second
+    (another β, as in a sweep) hits, and a run without the cache takes the same steps (same losses)."""
+    from prefopt import cli
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "quickstart" / "dpo.yaml"
+    common = [
+        "--set",
+        "training.max_steps=3",
+        "--set",
+        "training.logging_steps=1",
+        "--set",
+        "data.train.0.size=64",
+        "--set",
+        "evaluation.enabled=false",
+        "--set",
+        "output.save_model=false",
+    ]
+    cache = ["--set", "reference_cache.enabled=true", "--set", f"reference_cache.dir={tmp_path / 'rc'}"]
+
+    def run(name, *extra):
+        out = tmp_path / name
+        assert cli.main(["train", "--config", str(recipe), "--output-dir", str(out), *common, *extra]) == 0
+        manifest = json.loads((out / "manifest.json").read_text())
+        losses = [
+            json.loads(line)["loss"]
+            for line in (out / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line and "event" not in json.loads(line)
+        ]
+        return manifest, losses
+
+    first, losses_first = run("a", *cache)
+    second, _ = run("b", *cache, "--set", "loss.beta=0.5")
+    plain, losses_plain = run("c")
+    assert [e["hit"] for e in first["reference_cache"]] == [False]
+    assert [e["hit"] for e in second["reference_cache"]] == [True]
+    assert first["reference_cache"][0]["key"] == second["reference_cache"][0]["key"]
+    assert "reference_cache" not in plain
+    assert len(losses_first) == 3
+    assert losses_first == pytest.approx(losses_plain, abs=1e-5)
