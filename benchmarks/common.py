@@ -136,95 +136,6 @@ def model_dir(root: Path, key: str = MODEL, seed: int = SEED) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ prefopt wiring
-def ensure_integration() -> list[str]:
-    """If ``prefopt/trainers.py`` and ``prefopt/train.py`` do not wire the reference cache and the
-    batching mixins in yet, apply the documented integration lines in memory (no file is changed) and
-    say so. Once they are wired in, this does nothing."""
-    import inspect
-
-    import prefopt.train as train_mod
-    import prefopt.trainers as T
-    from prefopt.batching import LengthGroupingMixin
-    from prefopt.refcache import ReferenceCacheMixin
-
-    notes = []
-    for name, mixins in (
-        ("PrefoptDPOTrainer", (LengthGroupingMixin, ReferenceCacheMixin)),
-        ("PrefoptKTOTrainer", (LengthGroupingMixin, ReferenceCacheMixin)),
-        ("PrefoptORPOTrainer", (LengthGroupingMixin,)),
-        ("PrefoptCPOTrainer", (LengthGroupingMixin,)),
-    ):
-        cls = getattr(T, name)
-        missing = tuple(m for m in mixins if not issubclass(cls, m))
-        if missing:
-            setattr(T, name, type(name, (*missing, cls), {"__module__": cls.__module__}))
-            notes.append(f"{name}: mixed in {', '.join(m.__name__ for m in missing)} in memory")
-    if "refcache" not in inspect.getsource(train_mod.build_trainer):
-        original = train_mod.build_trainer
-
-        def build_trainer(
-            recipe,
-            model,
-            tokenizer,
-            train_tok,
-            eval_tok,
-            *,
-            output_dir,
-            callbacks=None,
-            training=None,
-            config=None,
-        ):
-            from prefopt import refcache
-            from prefopt.algorithms import get_adapter
-
-            adapter = get_adapter(recipe.algorithm)
-            if config is None:
-                config = adapter.trl_config(recipe, output_dir=output_dir, training=training)
-            extra = refcache.trainer_kwargs(recipe)
-            if extra:
-                config.precompute_ref_log_probs = True
-            if issubclass(adapter.trainer_class(recipe), LengthGroupingMixin):
-                extra["length_grouping"] = None if "train_sampling_strategy" not in recipe.training else False
-            cls = adapter.trainer_class(recipe)
-            if extra:
-                wrapped = type(
-                    cls.__name__,
-                    (cls,),
-                    {"__init__": lambda self, *a, **k: cls.__init__(self, *a, **{**extra, **k})},
-                )
-                orig_tc = adapter.trainer_class
-                adapter.trainer_class = classmethod(lambda c, r: wrapped)
-                try:
-                    return original(
-                        recipe,
-                        model,
-                        tokenizer,
-                        train_tok,
-                        eval_tok,
-                        output_dir=output_dir,
-                        callbacks=callbacks,
-                        training=training,
-                        config=config,
-                    )
-                finally:
-                    adapter.trainer_class = orig_tc
-            return original(
-                recipe,
-                model,
-                tokenizer,
-                train_tok,
-                eval_tok,
-                output_dir=output_dir,
-                callbacks=callbacks,
-                training=training,
-                config=config,
-            )
-
-        train_mod.build_trainer = build_trainer
-        notes.append("prefopt.train.build_trainer: reference_cache wiring applied in memory")
-    return notes
-
-
 def batching_off() -> None:
     """prefopt without the split forward and without length grouping: exactly TRL's work per step."""
     from prefopt.batching import LengthGroupingMixin
@@ -388,9 +299,7 @@ def alternate(
 
 def summarize(r: Any) -> str:
     if isinstance(r, dict):
-        return ", ".join(
-            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items() if k != "notes"
-        )
+        return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items())
     return str(r)
 
 

@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     from prefopt.models import build_builtin, load_tokenizer
 
     datasets.disable_progress_bars()
-    notes = common.ensure_integration()
     tmp = Path(tempfile.mkdtemp(prefix="bench-limit-"))
     n_batches = args.rounds + 1
     pairs = common.text_pairs(args.batch * n_batches, seed=2, scale=args.scale)
@@ -148,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         f"(= {2 * args.batch} sequences) per step, {args.rounds} rounds; machine {common.machine()}",
         flush=True,
     )
-    for n in notes:
-        print(f"  note: {n}")
     order = ["dpo", "dpo-nosplit", "sft"]
     results: dict[str, list] = {k: [] for k in order}
     for k in range(n_batches):
@@ -194,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
             "shipped_wall": round(ratio("dpo", "sft", "wall"), 4),
             "rounds": args.rounds,
             "batch_pairs": args.batch,
-            "notes": notes,
         },
     )
     return 0

@@ -68,7 +68,6 @@ def worker(args) -> dict:
     from prefopt.recipe import ModelSection
 
     datasets.disable_progress_bars()
-    notes = common.ensure_integration()
     lora = None if args.lora == "none" else LORA
     base = rss_mb()
     out = Path(args.out)
@@ -126,7 +125,7 @@ def worker(args) -> dict:
             train_sampling_strategy="sequential",
         )
         SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok).train()
-    return {"peak_mb": peak_mb(), "baseline_mb": base, "notes": notes}
+    return {"peak_mb": peak_mb(), "baseline_mb": base}
 
 
 def main(argv: list[str] | None = None) -> int:

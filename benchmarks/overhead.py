@@ -67,7 +67,6 @@ def worker(args) -> dict:
     import prefopt.train as train_mod
 
     datasets.disable_progress_bars()
-    notes = common.ensure_integration()
     if args.worker == "prefopt-off":
         common.batching_off()
     recipe = common.prefopt_recipe(
@@ -101,7 +100,6 @@ def worker(args) -> dict:
         "train_s": timing["t2"] - timing["t1"],
         "step_cpu_s": common.median(timer.cpu),
         "steps": summary["global_step"],
-        "notes": notes,
     }
 
 
@@ -164,9 +162,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"  median step {r['step_cpu_s']:5.2f}s cpu  steps {r['steps']}",
                 flush=True,
             )
-    notes = results["prefopt"][0].get("notes") or []
-    for n in notes:
-        print(f"  note: {n}")
 
     def ratios(kind, field):
         return [a[field] / b[field] for a, b in zip(results[kind], results["trl"])]
@@ -199,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
             "pairs": args.pairs,
             "batch": args.batch,
             "steps": args.steps,
-            "notes": notes,
         },
     )
     return 0

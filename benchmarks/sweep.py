@@ -6,7 +6,8 @@ interpreter with ``OMP_NUM_THREADS=1``:
 
 * **prefopt** — ``prefopt.train.train(recipe)`` per β with ``reference_cache: {enabled: true}`` and a
   cache directory that is empty at the start of the round: run 1 computes and stores the reference
-  log-probs, runs 2–4 read them. Length-grouped batches and the split forward are on (prefopt's default).
+  log-probs, runs 2–4 read them. The split forward is on (prefopt's default); batches are drawn at
+  random, as TRL's.
 * **TRL** — ``load_dataset("json")`` of the text pairs (an empty ``HF_DATASETS_CACHE`` at the start of
   the round), ``trl.DPOTrainer`` per β with ``precompute_ref_log_probs=True``. TRL 1.16 does keep its
   precomputed log-probs next to the dataset's cache files and reuses them, but its key is the
@@ -83,7 +84,6 @@ def worker(args) -> dict:
 
     import prefopt.train as train_mod
 
-    notes = common.ensure_integration()
     build = train_mod.build_trainer
     trainers = []
 
@@ -119,7 +119,6 @@ def worker(args) -> dict:
         "wall_s": time.perf_counter() - t0,
         "cpu_s": common.cpu_seconds() - c0,
         "runs": runs,
-        "notes": notes,
     }
 
 
@@ -198,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             shutil.rmtree(round_dir, ignore_errors=True)
-    for n in results["prefopt"][0].get("notes") or []:
-        print(f"  note: {n}")
 
     def ratio(kind, base_kind, field):
         return common.median([a[field] / b[field] for a, b in zip(results[kind], results[base_kind])])

@@ -16,13 +16,23 @@ from prefopt import cli
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "recipes" / "quickstart"
 ALGORITHMS = ["dpo", "ipo", "kto", "orpo", "simpo"]
-# CI guard on the sampled true-reward lift (measured, seed 42, 1 thread: dpo +0.150, ipo +0.127, kto +0.153,
-# orpo +0.206, simpo +0.042; with 2 threads kto gave +0.108). SimPO's quickstart does not reach +0.05 yet on
-# this world (open work in the ground-truth issue); its guard still catches a broken mapping (CPO-SimPO /
-# absolute-γ confusion gave -0.08). KTO lifts sampled accuracy but lowers greedy accuracy on this world
-# (-0.07 to -0.14; open work too), so its argmax sanity floor is lower.
-MIN_LIFT = {"simpo": 0.02}
-MIN_GREEDY = {"kto": -0.20}
+# CI guard on the sampled true-reward lift: +0.05 for every algorithm (the closing note reports the full
+# lift over 3 seeds). Measured with one torch thread (which this module pins, so CI trains exactly as
+# measured), seed 42: dpo +0.139, ipo +0.125, kto +0.144, orpo +0.193, simpo +0.072.
+# Greedy accuracy is a sanity floor against a collapsed argmax. KTO and SimPO lower it on this world
+# (3 seeds: kto -0.01 to -0.10, simpo -0.04 to -0.08), so their floors are lower; see docs/world.md.
+MIN_LIFT = 0.05
+MIN_GREEDY = {"kto": -0.20, "simpo": -0.15}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _run(args: list[str]) -> int:
@@ -46,7 +56,7 @@ def test_quickstart_improves_true_reward(algorithm, tmp_path):
     ):
         assert (out / name).exists(), name
     world = json.loads((out / "eval.json").read_text())["world"]
-    assert world["lift_sampled"] >= MIN_LIFT.get(algorithm, 0.05), world
+    assert world["lift_sampled"] >= MIN_LIFT, world
     assert world["lift_greedy"] >= MIN_GREEDY.get(algorithm, -0.10), (
         world
     )  # sanity: no collapse of the argmax answer

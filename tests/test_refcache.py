@@ -514,12 +514,11 @@ def test_reference_first_gives_trl_loss_and_gradients(tmp_path, peft):
         assert m1[k] == pytest.approx(m0[k], abs=1e-6), k
 
 
-def test_prefopt_train_reuses_the_cache_and_trains_the_same(tmp_path, monkeypatch):
+def test_prefopt_train_reuses_the_cache_and_trains_the_same(tmp_path):
     """Through `prefopt train`: the first run with `reference_cache:` computes and stores, the second
     (another β, as in a sweep) hits, and a run without the cache takes the same steps (same losses)."""
     from prefopt import cli
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     recipe = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "quickstart" / "dpo.yaml"
     common = [
         "--set",
