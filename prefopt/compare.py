@@ -996,8 +996,10 @@ def iterative_vs_offline(results: list[dict]) -> dict | None:
     for final in it:
         kl = final["eval"]["kl_to_reference"]
         reward = final["eval"]["reward_sampled"]
-        nearest = min(off, key=lambda r: abs(r["eval"]["kl_to_reference"] - kl))
-        within = [r for r in off if r["eval"]["kl_to_reference"] <= max(kl * 1.25, kl + 0.05)]
+        # the same seed's offline points when there are any (same data draw and evaluation), else all
+        pool = [r for r in off if r.get("seed") == final.get("seed")] or off
+        nearest = min(pool, key=lambda r: abs(r["eval"]["kl_to_reference"] - kl))
+        within = [r for r in pool if r["eval"]["kl_to_reference"] <= max(kl * 1.25, kl + 0.05)]
         best = max(within, key=lambda r: r["eval"]["reward_sampled"]) if within else None
         out.append(
             {
@@ -1037,6 +1039,32 @@ def iterative_vs_offline(results: list[dict]) -> dict | None:
             f" Nearest-KL offline DPO: {n['name']}, {n['reward_sampled']:.3f} at KL {n['kl']:.3f} "
             f"({first['iterative']['reward_sampled'] - n['reward_sampled']:+.3f})."
         )
+    if len(out) > 1:
+        import statistics
+
+        def spread(values: list[float]) -> str:
+            return f"{statistics.mean(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+        wins = sum(o["beats_offline"] for o in out)
+        near = [o["nearest_offline"] for o in out]
+        text = (
+            f"Over {len(out)} seeds, iterative DPO's final round: true reward "
+            f"{spread([o['iterative']['reward_sampled'] for o in out])} at KL "
+            f"{spread([o['iterative']['kl'] for o in out])}; the same seeds' nearest-KL offline DPO: "
+            f"{spread([n['reward_sampled'] for n in near])} at KL {spread([n['kl'] for n in near])}. "
+            f"Iterative beats offline DPO at comparable KL on {wins} of {len(out)} seeds. Per seed: {text}"
+        )
+        for o in out[1:]:
+            b = o["best_offline_at_comparable_kl"]
+            text += (
+                f" {o['iterative']['name']}: {o['iterative']['reward_sampled']:.3f} at KL {o['iterative']['kl']:.3f}"
+                + (
+                    f" vs {b['name']} {b['reward_sampled']:.3f} at KL {b['kl']:.3f}."
+                    if b
+                    else f" (no offline point at that KL or lower; nearest {o['nearest_offline']['name']} "
+                    f"{o['nearest_offline']['reward_sampled']:.3f} at KL {o['nearest_offline']['kl']:.3f})."
+                )
+            )
     if len({r.get("seed") for r in off}) < 2:
         text += " One training seed per point: add seeds (`seeds: [...]`) before reading gaps of a few hundredths."
     return {"runs": out, "beats_offline": all(o["beats_offline"] for o in out), "text": text}

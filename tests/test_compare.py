@@ -246,6 +246,26 @@ def test_table_sorted_by_algorithm_and_beta_and_frontier_png(tmp_path):
     assert data[:8] == PNG_MAGIC and len(data) > 10_000
 
 
+def test_iterative_vs_offline_compares_each_seed_with_its_own_offline_points():
+    def at(pt, seed):
+        return {**pt, "seed": seed, "name": f"{pt['name']}-seed{seed}"}
+
+    points = [
+        at(_pt("dpo", 0.50, 0.6, beta=2.0), 1),
+        at(_pt("dpo", 0.40, 0.6, beta=2.0), 2),
+        {**at(_pt("iterative_dpo", 0.55, 0.6, round=3, beta=2.0), 1), "final": True},
+        {**at(_pt("iterative_dpo", 0.45, 0.6, round=3, beta=2.0), 2), "final": True},
+    ]
+    cmp = compare.iterative_vs_offline(points)
+    # seed 2's iterative (0.45) is below seed 1's offline (0.50) but above its own seed's (0.40)
+    assert [r["best_offline_at_comparable_kl"]["reward_sampled"] for r in cmp["runs"]] == [0.50, 0.40]
+    assert cmp["beats_offline"]
+    assert cmp["text"].startswith("Over 2 seeds") and "on 2 of 2 seeds" in cmp["text"]
+    points[3] = {**points[3], "eval": {**points[3]["eval"], "reward_sampled": 0.35}}
+    cmp = compare.iterative_vs_offline(points)
+    assert not cmp["beats_offline"] and "on 1 of 2 seeds" in cmp["text"]
+
+
 # --------------------------------------------------------------------------------------------- end to end
 def test_tiny_sweep_writes_table_json_and_frontier(tmp_path):
     out = tmp_path / "cmp"
