@@ -27,13 +27,7 @@ from prefopt.models import build_builtin, load_tokenizer
 from prefopt.refcache import ReferenceCacheMixin
 from prefopt.trainers import PrefoptDPOTrainer, PrefoptKTOTrainer, add_kl_completions
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _with_mixins(cls):

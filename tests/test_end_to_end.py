@@ -25,14 +25,7 @@ MIN_LIFT = 0.05
 MIN_GREEDY = {"simpo": -0.15}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(args: list[str]) -> int:

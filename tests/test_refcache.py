@@ -37,12 +37,7 @@ from prefopt.trainers import PrefoptDPOTrainer, PrefoptKTOTrainer, add_kl_comple
 IDENTITY = {"source": "builtin:tiny-arith", "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _with_mixins(cls):
