@@ -230,6 +230,28 @@ def trl_dpo_config(
     return DPOConfig(**kw)
 
 
+def trl_sft_config(out_dir: Path, *, batch_pairs: int, max_length: int, **extra: Any):
+    """The SFT side of a DPO-vs-SFT comparison: the same settings as :func:`trl_dpo_config` (fp32, no
+    gradient checkpointing, lr 1e-5), ``2 × batch_pairs`` sequences per step (chosen + rejected), loss on
+    the completion tokens only."""
+    from trl import SFTConfig
+
+    kw: dict[str, Any] = dict(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=2 * batch_pairs,
+        learning_rate=1e-5,
+        max_length=max_length,
+        report_to="none",
+        save_strategy="no",
+        bf16=False,
+        gradient_checkpointing=False,
+        completion_only_loss=True,
+        disable_tqdm=True,
+        seed=SEED,
+    )
+    return SFTConfig(**{**kw, **extra})
+
+
 # ------------------------------------------------------------------------------------------ running
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its finished children. On a shared, loaded machine

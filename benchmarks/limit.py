@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
     import torch
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     import prefopt.trainers as T
     from prefopt import refcache
@@ -100,19 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in tok_ds
         for side in ("chosen_ids", "rejected_ids")
     ]
-    sft_cfg = SFTConfig(
-        output_dir=str(tmp / "sft"),
-        per_device_train_batch_size=2 * args.batch,
-        learning_rate=1e-5,
-        max_length=args.max_length,
-        report_to="none",
-        save_strategy="no",
-        bf16=False,
-        gradient_checkpointing=False,
-        completion_only_loss=True,
-        disable_tqdm=True,
-        seed=common.SEED,
-    )
+    sft_cfg = common.trl_sft_config(tmp / "sft", batch_pairs=args.batch, max_length=args.max_length)
     sft = SFTTrainer(
         model=build_builtin(common.MODEL, common.SEED),
         args=sft_cfg,

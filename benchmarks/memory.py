@@ -59,7 +59,7 @@ def worker(args) -> dict:
     import torch  # noqa: F401
     import trl  # noqa: F401
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     import prefopt.train as train_mod
     from prefopt.data.fast_tokenize import tokenize_dataset_fast
@@ -107,19 +107,11 @@ def worker(args) -> dict:
         model = build_builtin(common.MODEL, common.SEED)
         if lora:
             model = apply_lora(model, ModelSection(name=f"builtin:{common.MODEL}", lora=lora))
-        cfg = SFTConfig(
-            output_dir=str(out),
-            per_device_train_batch_size=2 * args.batch,
-            learning_rate=1e-5,
+        cfg = common.trl_sft_config(
+            out,
+            batch_pairs=args.batch,
             max_length=args.max_length,
             max_steps=args.steps,
-            report_to="none",
-            save_strategy="no",
-            bf16=False,
-            gradient_checkpointing=False,
-            completion_only_loss=True,
-            disable_tqdm=True,
-            seed=common.SEED,
             logging_steps=1,
             lr_scheduler_type="constant",
             train_sampling_strategy="sequential",

@@ -649,13 +649,12 @@ class ReferenceCacheMixin:
             self.precompute_ref_logps = False
 
 
-def trainer_kwargs(recipe, *, enabled: bool | None = None) -> dict[str, Any]:
-    """``{"reference_cache": {...}}`` for the trainer when the cache is on for this recipe (``enabled``
-    overrides ``recipe.reference_cache.enabled``, e.g. ``prefopt compare``'s default), else ``{}``."""
+def trainer_kwargs(recipe) -> dict[str, Any]:
+    """``{"reference_cache": {...}}`` for the trainer when ``recipe.reference_cache.enabled`` is set (as
+    ``prefopt compare`` does by default) and the algorithm has a reference, else ``{}``."""
     from prefopt.algorithms import get_adapter
 
-    on = recipe.reference_cache.enabled if enabled is None else enabled
-    if not on or not get_adapter(recipe.algorithm).uses_reference:
+    if not recipe.reference_cache.enabled or not get_adapter(recipe.algorithm).uses_reference:
         return {}
     root = default_cache_dir(recipe.reference_cache.dir)
     return {

@@ -257,33 +257,25 @@ def sample(
     seed: int = 0,
     batch_size: int = 256,
 ) -> list[list[str]]:
-    """Completions for each prompt, generated from exactly the prompt ids training used."""
-    from prefopt.tokenization import encode_prompt
+    """Completions for each prompt (text, EOS removed), generated from exactly the prompt ids training
+    used: :func:`prefopt.evaluation.generate_completions`, decoded."""
+    from prefopt.evaluation import generate_completions
 
-    was_training = model.training
-    model.eval()
     out: list[list[str]] = [[] for _ in prompts]
-    flat = [(i, p) for i, p in enumerate(prompts) for _ in range(num_samples)]
-    gen = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    for start in range(0, len(flat), batch_size):
-        chunk = flat[start : start + batch_size]
-        encoded = [encode_prompt(tokenizer, p) for _, p in chunk]
-        width = max(len(e) for e in encoded)
-        pad = tokenizer.pad_token_id
-        ids = torch.full((len(chunk), width), pad)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, e in enumerate(encoded):  # left padding for generation
-            ids[j, width - len(e) :] = torch.tensor(e)
-            mask[j, width - len(e) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        new = generate(model, ids, mask, max_new_tokens, temperature, gen, tokenizer.eos_token_id, pad)
-        for (i, _), row in zip(chunk, new.tolist()):
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            out[i].append(tokenizer.decode([t for t in row if t != pad], skip_special_tokens=True))
-    if was_training:
-        model.train()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    samples = generate_completions(
+        model,
+        tokenizer,
+        prompts,
+        num_samples=num_samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    for s in samples:
+        ids = [t for t in s["completion_ids"] if t != eos and t != pad]
+        out[s["prompt"]].append(tokenizer.decode(ids, skip_special_tokens=True))
     return out
 
 

@@ -73,7 +73,7 @@ def _unpaired(rows):
     return add_kl_completions(Dataset.from_list(out))
 
 
-def _dpo_config(tmp, **kw):
+def _trl_config(tmp, cls=DPOConfig, **kw):
     base = dict(
         output_dir=str(tmp / "out"),
         per_device_train_batch_size=4,
@@ -87,13 +87,13 @@ def _dpo_config(tmp, **kw):
         precompute_ref_log_probs=True,
         disable_tqdm=True,
     )
-    return DPOConfig(**{**base, **kw})
+    return cls(**{**base, **kw})
 
 
 def _dpo(tmp, ds, cache_dir, *, seed=0, identity=IDENTITY, **kw):
     return DPO(
         model=build_builtin("tiny-arith", seed),
-        args=_dpo_config(tmp, **kw),
+        args=_trl_config(tmp, **kw),
         train_dataset=ds,
         processing_class=load_tokenizer("builtin:tiny-arith"),
         reference_cache={"dir": str(cache_dir), "identity": identity},
@@ -336,7 +336,7 @@ def test_cached_dpo_columns_equal_on_the_fly_reference(tmp_path):
     plain = PrefoptDPOTrainer(
         model=build_builtin("tiny-arith", 0),
         ref_model=build_builtin("tiny-arith", 0).eval(),
-        args=_dpo_config(tmp_path, precompute_ref_log_probs=False, per_device_train_batch_size=10),
+        args=_trl_config(tmp_path, precompute_ref_log_probs=False, per_device_train_batch_size=10),
         train_dataset=ds,
         processing_class=load_tokenizer("builtin:tiny-arith"),
     )
@@ -353,20 +353,7 @@ def test_cached_dpo_columns_equal_on_the_fly_reference(tmp_path):
 
 def test_cached_kto_columns_include_kl_terms_and_equal_on_the_fly(tmp_path):
     ds = _unpaired(_rows(6))
-    cfg = KTOConfig(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_steps=1,
-        report_to="none",
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        remove_unused_columns=False,
-        max_length=64,
-        precompute_ref_log_probs=True,
-        train_sampling_strategy="sequential",
-        disable_tqdm=True,
-    )
+    cfg = _trl_config(tmp_path, KTOConfig, train_sampling_strategy="sequential")
     tok = load_tokenizer("builtin:tiny-arith")
     kto = KTO(
         model=build_builtin("tiny-arith", 0),
@@ -487,7 +474,7 @@ def test_reference_first_gives_trl_loss_and_gradients(tmp_path, peft):
             kw["ref_model"] = build_builtin("tiny-arith", 0)
         t = DPO(
             model=model,
-            args=_dpo_config(tmp_path, precompute_ref_log_probs=False, per_device_train_batch_size=6),
+            args=_trl_config(tmp_path, precompute_ref_log_probs=False, per_device_train_batch_size=6),
             train_dataset=ds,
             processing_class=load_tokenizer("builtin:tiny-arith"),
             reference_first=first,
