@@ -187,6 +187,8 @@ def load_model(model_cfg, *, seed: int, for_training: bool = True, tokenizer=Non
     else:
         path = _resolve_pretrained(name, revision=model_cfg.revision, what="model")
         model = _from_pretrained(path, model_cfg, dtype)
+    if model_cfg.quantization is not None:
+        guard_bnb_cpu_packing(model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if model_cfg.lora is not None and for_training:
@@ -204,6 +206,29 @@ def _bnb_config(model_cfg):
         bnb_4bit_compute_dtype=DTYPES[q.bnb_4bit_compute_dtype],
         bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
     )
+
+
+def guard_bnb_cpu_packing(model) -> int:
+    """Turn off bitsandbytes' CPU inference repacking where it would crash; returns how many layers.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit weight for a faster kernel on the first
+    eval-mode, no-grad forward (``Linear4bit.forward`` → ``_convert_weight_packed_for_cpu``). The repack
+    assumes ``out_features % 32 == 0`` and ``in_features % blocksize == 0`` and raises a reshape error
+    otherwise (e.g. a hidden size of 96 with blocksize 64). Real checkpoints' dimensions are multiples
+    of 64, so only small models hit it; for those layers the plain dequantising path is used instead.
+    """
+    n = 0
+    for module in model.modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        state = getattr(module.weight, "quant_state", None)
+        blocksize = getattr(state, "blocksize", 64) or 64
+        if module.out_features % 32 or module.in_features % blocksize:
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    if n:
+        log.debug("bitsandbytes CPU repacking off for %d 4-bit layer(s) with incompatible shapes", n)
+    return n
 
 
 def _from_pretrained(path: str, model_cfg, dtype):

@@ -294,3 +294,34 @@ def test_smoke_run_of_every_paper_recipe(name, tmp_path):
     assert manifest["algorithm"] == load_recipe(recipe_path(name)).algorithm
     assert manifest["global_step"] == 3
     assert math.isfinite(manifest["train_loss"])
+
+
+def test_4bit_builtin_model_evaluates_on_any_cpu():
+    """bitsandbytes 0.50 repacks 4-bit weights on AVX512-BF16 CPUs at the first eval-mode no-grad forward,
+    and crashes on layers whose sizes are not multiples of its blocks (the builtin models' 96-wide ones).
+    prefopt turns the repack off for exactly those layers, so QLoRA smoke runs evaluate on any CPU."""
+    import torch
+    from bitsandbytes.functional import has_avx512bf16
+
+    from prefopt.models import guard_bnb_cpu_packing, load_model
+
+    recipe = load_recipe(
+        recipe_path("zephyr-7b-beta-dpo-qlora.yaml"), overrides=["model.name=builtin:tiny-arith"]
+    )
+    model, tok = load_model(recipe.model, seed=0)
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert layers, "no 4-bit layers: the recipe no longer quantises"
+    for m in layers:  # what prefopt left on is safe to repack
+        if m.support_avx512bf16_for_cpu:
+            assert m.out_features % 32 == 0 and m.in_features % m.weight.quant_state.blocksize == 0
+    for m in layers:  # on a CPU without AVX512-BF16, pretend it has it: the guard must still catch them
+        m.support_avx512bf16_for_cpu = True
+    assert guard_bnb_cpu_packing(model) > 0
+    real = bool(has_avx512bf16())
+    for m in layers:  # back to what this CPU supports, guard applied
+        m.support_avx512bf16_for_cpu = m.support_avx512bf16_for_cpu and real
+    model.eval()
+    with torch.no_grad():
+        ids = torch.tensor([tok("1+2=", add_special_tokens=False)["input_ids"]])
+        out = model(input_ids=ids).logits
+    assert torch.isfinite(out.float()).all()
