@@ -43,7 +43,7 @@ from prefopt.errors import PrefoptError, did_you_mean
 
 log = logging.getLogger("prefopt")
 
-WORLD_VERSION = 1  # bump when a task or the warm start changes: invalidates every cache
+WORLD_VERSION = 2  # bump when a task or the warm start changes: invalidates every cache
 DATA_VERSION = 2  # bump when the preference data drawn from the reference changes
 
 
@@ -132,14 +132,17 @@ class WarmStart:
 
     base: str = "tiny-arith"
     seed: int = 0
-    steps: int = 1200
+    steps: int = 3000
     batch_size: int = 64
-    learning_rate: float = 3e-3
-    noise: float = 0.4  # fraction of demonstrations that are near-misses
+    learning_rate: float = 1e-3
+    noise: float = 0.5  # fraction of demonstrations that are near-misses
     demos: int = 20000
 
 
-WARM_STARTS: dict[str, WarmStart] = {"arith": WarmStart(), "count": WarmStart(steps=250, noise=0.3)}
+WARM_STARTS: dict[str, WarmStart] = {
+    "arith": WarmStart(),
+    "count": WarmStart(steps=250, learning_rate=3e-3, noise=0.3),
+}
 
 
 def cache_root() -> Path:

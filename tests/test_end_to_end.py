@@ -16,13 +16,13 @@ from prefopt import cli
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "recipes" / "quickstart"
 ALGORITHMS = ["dpo", "ipo", "kto", "orpo", "simpo"]
-# CI guard on the sampled true-reward lift: +0.05 for every algorithm (the closing note reports the full
-# lift over 3 seeds). Measured with one torch thread (which this module pins, so CI trains exactly as
-# measured), seed 42: dpo +0.139, ipo +0.125, kto +0.166, orpo +0.193, simpo +0.072.
-# Greedy accuracy is a sanity floor against a collapsed argmax. SimPO lowers it on this world (3 seeds:
-# -0.04 to -0.08), so its floor is lower; see docs/world.md.
-MIN_LIFT = 0.05
-MIN_GREEDY = {"simpo": -0.15}
+# CI guard on the sampled true-reward lift, +0.10 for every algorithm. The quickstarts lift by +0.18 to
+# +0.39 (3 seeds each, one torch thread, which this module pins so that CI trains exactly as measured;
+# docs/world.md), which leaves a wide margin for another machine's float rounding.
+# Greedy accuracy (the reference's is 0.97) is a floor against a collapsed argmax: the quickstarts move
+# it by -0.02 to +0.01.
+MIN_LIFT = 0.10
+MIN_GREEDY = -0.05
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -35,7 +35,7 @@ def _run(args: list[str]) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_quickstart_improves_true_reward(algorithm, tmp_path):
-    """CI guard for the ground-truth lift (the closing note reports the full +0.15 over 3 seeds)."""
+    """CI guard for the ground-truth lift (docs/world.md reports the full lift over 3 seeds)."""
     out = tmp_path / algorithm
     assert _run(["train", "--config", str(QUICKSTART / f"{algorithm}.yaml"), "--output-dir", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -50,9 +50,7 @@ def test_quickstart_improves_true_reward(algorithm, tmp_path):
         assert (out / name).exists(), name
     world = json.loads((out / "eval.json").read_text())["world"]
     assert world["lift_sampled"] >= MIN_LIFT, world
-    assert world["lift_greedy"] >= MIN_GREEDY.get(algorithm, -0.10), (
-        world
-    )  # sanity: no collapse of the argmax answer
+    assert world["lift_greedy"] >= MIN_GREEDY, world  # sanity: no collapse of the argmax answer
 
     # the saved model reloads with plain transformers and gives the same true reward
     from prefopt import world as w
