@@ -120,11 +120,13 @@ def _print_summary(summary: dict) -> None:
 def cmd_demo(args) -> int:
     from prefopt.recipe import load_recipe
     from prefopt.train import train
+    from prefopt.world import torch_threads
 
     cfg = REPO_ROOT / "configs" / "recipes" / "quickstart" / "dpo.yaml"
     print("prefopt demo: ground-truth world (arith) — SFT warm start (cached after the first run), then DPO")
     recipe = load_recipe(cfg, args.set)
-    summary = train(recipe, output_dir=args.output_dir, overwrite=True)
+    with torch_threads(args.threads):  # the world's model is tiny: one thread is fastest
+        summary = train(recipe, output_dir=args.output_dir, overwrite=True)
     _print_summary(summary)
     return 0
 
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the offline demo: ground-truth world, warm start + DPO")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest here)")
     p.set_defaults(func=cmd_demo)
 
     from prefopt.commands_compare import add_compare_commands

@@ -648,16 +648,11 @@ def run_sweep(
     Points whose run directory already holds a finished result for the same recipe and evaluation
     settings are reused (a re-run continues an interrupted sweep); ``rerun`` runs them again.
     ``only`` restricts the run to some of: the grid's algorithms, ``rlhf``, ``iterative_dpo``."""
-    import torch
+    from prefopt.world import torch_threads
 
     plan = plan_sweep(sweep, only)
-    threads_before = torch.get_num_threads()
-    if sweep.threads:
-        torch.set_num_threads(sweep.threads)
-    try:
+    with torch_threads(sweep.threads):
         return _run_plan(sweep, plan, output_dir=output_dir, rerun=rerun)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:

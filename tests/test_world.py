@@ -86,3 +86,14 @@ def test_unpaired_rows_are_labelled_by_true_reward_and_balanced():
     rows = world.preference_rows("arith", 150, seed=7, kind="unpaired")
     assert all(r["label"] == (arith.reward(r["prompt"], r["completion"]) == 1.0) for r in rows)
     assert sum(r["label"] for r in rows) * 2 == len(rows)
+
+
+def test_torch_threads_sets_and_restores():
+    import torch
+
+    torch.set_num_threads(2)  # the module's fixture pinned 1 and restores the default afterwards
+    with world.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with world.torch_threads(None):  # None leaves them alone
+        assert torch.get_num_threads() == 2
