@@ -205,6 +205,9 @@ def _bnb_config(model_cfg):
         bnb_4bit_quant_type=q.bnb_4bit_quant_type,
         bnb_4bit_compute_dtype=DTYPES[q.bnb_4bit_compute_dtype],
         bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
+        bnb_4bit_quant_storage=torch.uint8
+        if q.bnb_4bit_quant_storage == "uint8"
+        else DTYPES[q.bnb_4bit_quant_storage],
     )
 
 

@@ -57,6 +57,13 @@ class QuantizationSection(_Section):
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     bnb_4bit_compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_quant_storage: Literal["uint8", "float32", "bfloat16", "float16"] = Field(
+        "uint8",
+        description=(
+            "dtype the packed 4-bit weights are stored in. ZeRO-3 and FSDP shard them only when it equals "
+            "the training dtype (e.g. bfloat16); uint8 (bitsandbytes' default) suits DDP and ZeRO-2."
+        ),
+    )
 
 
 class ModelSection(_Section):

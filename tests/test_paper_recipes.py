@@ -325,3 +325,18 @@ def test_4bit_builtin_model_evaluates_on_any_cpu():
         ids = torch.tensor([tok("1+2=", add_special_tokens=False)["input_ids"]])
         out = model(input_ids=ids).logits
     assert torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize(("storage", "dtype"), [("uint8", "torch.uint8"), ("bfloat16", "torch.bfloat16")])
+def test_4bit_weights_are_stored_in_the_chosen_dtype(storage, dtype):
+    """model.quantization.bnb_4bit_quant_storage reaches bitsandbytes: ZeRO-3 / FSDP shard 4-bit weights
+    only when they are stored in the training dtype (docs/cluster.md)."""
+    from prefopt.models import load_model
+
+    recipe = load_recipe(
+        recipe_path("zephyr-7b-beta-dpo-qlora.yaml"),
+        overrides=["model.name=builtin:tiny-arith", f"model.quantization.bnb_4bit_quant_storage={storage}"],
+    )
+    model, _ = load_model(recipe.model, seed=0)
+    weights = [m.weight for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert weights and {str(w.dtype) for w in weights} == {dtype}
