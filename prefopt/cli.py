@@ -49,6 +49,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="print the resolved TRL configuration; load no model"
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="with --dry-run: plan the batch for N processes (default: this launch's world size)",
+    )
     p.add_argument("--smoke", action="store_true", help="builtin model + small local sample, a few steps")
 
 
@@ -81,10 +87,18 @@ def _train(args) -> int:
         from prefopt.smoke import smoke_recipe
 
         recipe = smoke_recipe(recipe)
+    processes = getattr(args, "processes", None)
+    if processes is not None and (not args.dry_run or processes < 1):
+        raise PrefoptError(
+            f"--processes {processes}: it plans a dry run's batch for that many processes, so it needs "
+            "--dry-run and a value of 1 or more. Fix: add --dry-run, or launch with accelerate to train "
+            "on several processes.",
+            where="command line",
+        )
     if args.dry_run:
         from prefopt.train import dry_run
 
-        print(json.dumps(dry_run(recipe), indent=2))
+        print(json.dumps(dry_run(recipe, processes), indent=2))
         return 0
     from prefopt.train import train
 

@@ -231,6 +231,22 @@ def test_cli_dry_run_prints_the_trl_configuration(name, capsys):
     )
 
 
+def test_cli_dry_run_plans_the_published_launch_with_processes(capsys):
+    """`--dry-run --processes 8` shows what the 8-GPU launch of the Zephyr recipe hands TRL."""
+    from prefopt.cli import main
+
+    path = str(recipe_path("zephyr-7b-beta-dpo-full.yaml"))
+    assert main(["train", "--config", path, "--dry-run", "--processes", "8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    per_device, accumulation, global_batch = EXPECTED["zephyr-7b-beta-dpo-full.yaml"]["batch"]
+    assert out["processes"] == 8 and out["global_batch_size"] == global_batch
+    assert out["trl_config"]["per_device_train_batch_size"] == per_device
+    assert out["trl_config"]["gradient_accumulation_steps"] == accumulation
+    assert main(["train", "--config", path, "--processes", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--processes 8" in err and "--dry-run" in err and "Traceback" not in err
+
+
 # ------------------------------------------------------------------------------------------- smoke
 @pytest.mark.parametrize("name", RECIPES)
 def test_smoke_recipe_keeps_algorithm_and_loss(name):
