@@ -379,8 +379,9 @@ def preference_rows(
     are sampled from the reference at temperature 1. Paired: up to ``pairs_per_prompt`` pairs, each a
     correct answer (a correct sample, or the true answer when none was correct) against a distinct
     wrong sample (a near-miss when none was wrong); with Bradley-Terry ``noise`` the sides of a pair
-    swap with that probability. Unpaired: every distinct sample labelled by its true reward
-    (desirable = correct), plus the true answer as a desirable row when no sample was correct.
+    swap with that probability. Unpaired: the same pairs, each as a desirable row (the correct
+    answer) and an undesirable row (the wrong one), so the labels are balanced; with ``noise`` a pair's
+    labels swap with that probability.
     """
     task = get_task(task_name)
     key = _key(
