@@ -87,7 +87,7 @@ def _train(args) -> int:
         from prefopt.smoke import smoke_recipe
 
         recipe = smoke_recipe(recipe)
-    processes = getattr(args, "processes", None)
+    processes = args.processes
     if processes is not None and (not args.dry_run or processes < 1):
         raise PrefoptError(
             f"--processes {processes}: it plans a dry run's batch for that many processes, so it needs "
