@@ -127,7 +127,7 @@ def model_dir(root: Path, key: str = MODEL, seed: int = SEED) -> Path:
     d = root / f"{key}-seed{seed}"
     if (d / "config.json").exists():
         return d
-    from prefopt.models import build_builtin, load_tokenizer
+    from prefopt.model.loading import build_builtin, load_tokenizer
 
     model = build_builtin(key, seed)
     model.save_pretrained(d, safe_serialization=True)
@@ -138,7 +138,7 @@ def model_dir(root: Path, key: str = MODEL, seed: int = SEED) -> Path:
 # ------------------------------------------------------------------------------------------ prefopt wiring
 def batching_off() -> None:
     """prefopt without the split forward and without length grouping: exactly TRL's work per step."""
-    from prefopt.batching import LengthGroupingMixin
+    from prefopt.training.batching import LengthGroupingMixin
 
     LengthGroupingMixin._split_enabled = lambda self: False
     LengthGroupingMixin._length_grouping_on = lambda self, ds: False
@@ -159,7 +159,7 @@ def prefopt_recipe(
     seed: int = SEED,
     training: dict[str, Any] | None = None,
 ):
-    from prefopt.recipe import Recipe
+    from prefopt.config.recipe import Recipe
 
     training = {
         "per_device_train_batch_size": batch,

@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     from prefopt.data.fast_tokenize import default_num_proc, tokenize_dataset_fast
     from prefopt.data.registry import get_source
     from prefopt.data.report import DropReport
-    from prefopt.models import load_tokenizer
-    from prefopt.tokenization import tokenize_dataset
+    from prefopt.data.tokenization import tokenize_dataset
+    from prefopt.model.loading import load_tokenizer
 
     datasets.disable_progress_bars()
     tmp = tempfile.TemporaryDirectory()

@@ -50,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    import prefopt.trainers as T
-    from prefopt import refcache
-    from prefopt.algorithms import get_adapter
+    import prefopt.training.trainers as T
     from prefopt.data.fast_tokenize import tokenize_dataset_fast
     from prefopt.data.report import DropReport
-    from prefopt.models import build_builtin, load_tokenizer
+    from prefopt.model.loading import build_builtin, load_tokenizer
+    from prefopt.training import refcache
+    from prefopt.training.algorithms import get_adapter
 
     datasets.disable_progress_bars()
     tmp = Path(tempfile.mkdtemp(prefix="bench-limit-"))

@@ -3,7 +3,7 @@
 With LoRA the DPO reference is the base model with the adapter disabled, so no second copy of the
 weights should exist: DPO's peak should be SFT's.
 
-* **prefopt LoRA DPO** — ``prefopt.train.train(recipe)`` with ``model.lora`` (r 16, all linear layers),
+* **prefopt LoRA DPO** — ``prefopt.pipeline.run.train(recipe)`` with ``model.lora`` (r 16, all linear layers),
   builtin small-25m, on-the-fly reference (the adapter-disabled base; no reference cache), as shipped.
 * **TRL LoRA SFT** — ``trl.SFTTrainer`` with the same ``peft.LoraConfig`` on the same model weights and
   the 2B sequences (prompt + chosen, prompt + rejected) of the same pairs, 2B sequences per step, tokenised
@@ -14,7 +14,7 @@ step k of SFT hold the same tokens (length grouping would put the longest pairs 
 sampler would not, and the peak follows the longest batch).
 
 Each run is a fresh interpreter (``OMP_NUM_THREADS=1``) that first imports the same modules (torch,
-transformers, trl, peft, prefopt.train), then records its RSS (``baseline``), runs ``--steps`` steps and
+transformers, trl, peft, prefopt.pipeline.run), then records its RSS (``baseline``), runs ``--steps`` steps and
 reports its peak RSS (``ru_maxrss``). Runs alternate (ABBA), ``--reps`` each (default 5); the ratio is
 the median of the per-round ratios of peak RSS. Target ≤ 1.10. (``--lora none`` compares full fine-tuning
 instead, where DPO does hold a reference copy.)
@@ -61,11 +61,11 @@ def worker(args) -> dict:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    import prefopt.train as train_mod
+    import prefopt.pipeline.run as train_mod
+    from prefopt.config.recipe import ModelSection
     from prefopt.data.fast_tokenize import tokenize_dataset_fast
     from prefopt.data.report import DropReport
-    from prefopt.models import apply_lora, build_builtin, load_tokenizer
-    from prefopt.recipe import ModelSection
+    from prefopt.model.loading import apply_lora, build_builtin, load_tokenizer
 
     datasets.disable_progress_bars()
     lora = None if args.lora == "none" else LORA

@@ -1,10 +1,10 @@
 """Overhead: one prefopt DPO run vs a plain TRL script with the identical model, data, batch and steps.
 
 * **plain TRL** — ``AutoModelForCausalLM.from_pretrained`` of the builtin small-25m weights (saved once
-  from ``prefopt.models.build_builtin("small-25m", 0)``), ``load_dataset("json")`` of the text pairs,
+  from ``prefopt.model.loading.build_builtin("small-25m", 0)``), ``load_dataset("json")`` of the text pairs,
   ``trl.DPOTrainer`` (it tokenises the text and loads its own reference copy), ``train()``. No prefopt
   code runs in that process.
-* **prefopt** — ``prefopt.train.train(recipe)``: the same pairs through the ``jsonl`` reader, prefopt's
+* **prefopt** — ``prefopt.pipeline.run.train(recipe)``: the same pairs through the ``jsonl`` reader, prefopt's
   tokenisation, the same weights built in memory, the same TRL config values (fp32, no gradient
   checkpointing, lr, batch, steps), metrics.jsonl and manifest. Evaluation and model saving are off on
   both sides. Measured twice: as shipped (batches drawn at random as TRL's; the split forward on, so
@@ -64,7 +64,7 @@ def worker(args) -> dict:
         }
     import datasets
 
-    import prefopt.train as train_mod
+    import prefopt.pipeline.run as train_mod
 
     datasets.disable_progress_bars()
     if args.worker == "prefopt-off":

@@ -11,9 +11,9 @@ batch and we count:
 
 * **plain TRL** — ``RandomSampler`` (TRL's default), one ``(2B, L)`` forward: ``2B × L`` slots;
 * **prefopt** (default) — random batches as TRL's, and the split forward
-  (:func:`prefopt.batching.install_split_forward`): rows sorted by length and cut into ≤ 4 groups, each
+  (:func:`prefopt.training.batching.install_split_forward`): rows sorted by length and cut into ≤ 4 groups, each
   padded to its own longest row;
-* **group_by_length only** — :class:`prefopt.batching.PreferenceLengthGroupedSampler`, one ``(2B, L)``
+* **group_by_length only** — :class:`prefopt.training.batching.PreferenceLengthGroupedSampler`, one ``(2B, L)``
   forward (what batching alone can do: chosen-vs-rejected padding stays);
 * **prefopt with group_by_length** — grouped batches and the split forward (opt-in:
   ``training.train_sampling_strategy: group_by_length``).
@@ -47,7 +47,7 @@ def tokenised_pairs(rows: int, seed: int, max_length: int):
     from prefopt.data.fast_tokenize import tokenize_dataset_fast
     from prefopt.data.registry import get_source
     from prefopt.data.report import DropReport
-    from prefopt.models import load_tokenizer
+    from prefopt.model.loading import load_tokenizer
 
     datasets.disable_progress_bars()
     tmp = tempfile.TemporaryDirectory()
@@ -62,7 +62,7 @@ def tokenised_pairs(rows: int, seed: int, max_length: int):
 
 
 def count(ds, collator, batches, split: bool) -> tuple[int, int]:
-    from prefopt.batching import batch_token_slots
+    from prefopt.training.batching import batch_token_slots
 
     real = slots = 0
     for b in batches:
@@ -78,8 +78,8 @@ def measured_slots(ds, collator, batches, n: int = 3) -> tuple[int, int]:
     import torch
     from trl.trainer.utils import add_fused_lm_head
 
-    from prefopt.batching import batch_token_slots, install_split_forward
-    from prefopt.models import build_builtin
+    from prefopt.model.loading import build_builtin
+    from prefopt.training.batching import batch_token_slots, install_split_forward
 
     model = build_builtin("tiny-arith", 0).eval()
     model.config.max_position_embeddings = 4096
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from prefopt.batching import PreferenceLengthGroupedSampler, pair_lengths
+    from prefopt.training.batching import PreferenceLengthGroupedSampler, pair_lengths
 
     t0 = time.perf_counter()
     ds, tok = tokenised_pairs(args.rows, args.seed, args.max_length)

@@ -4,7 +4,7 @@
 One round = one whole sweep (β = 0.05, 0.1, 0.2, 0.5; one epoch over the same pairs each) in a fresh
 interpreter with ``OMP_NUM_THREADS=1``:
 
-* **prefopt** — ``prefopt.train.train(recipe)`` per β with ``reference_cache: {enabled: true}`` and a
+* **prefopt** — ``prefopt.pipeline.run.train(recipe)`` per β with ``reference_cache: {enabled: true}`` and a
   cache directory that is empty at the start of the round: run 1 computes and stores the reference
   log-probs, runs 2–4 read them. The split forward is on (prefopt's default); batches are drawn at
   random, as TRL's.
@@ -82,7 +82,7 @@ def worker(args) -> dict:
             )
         return {"wall_s": time.perf_counter() - t0, "cpu_s": common.cpu_seconds() - c0, "runs": runs}
 
-    import prefopt.train as train_mod
+    import prefopt.pipeline.run as train_mod
 
     build = train_mod.build_trainer
     trainers = []

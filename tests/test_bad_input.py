@@ -38,7 +38,7 @@ def _recipe(tmp: Path, data_rows=None, *, algorithm="dpo", data=None, data_extra
 
 
 def _no_template_tokenizer(tmp: Path) -> str:
-    from prefopt.models import load_tokenizer
+    from prefopt.model.loading import load_tokenizer
 
     tok = load_tokenizer("builtin:tiny-arith")
     tok.chat_template = None
@@ -285,7 +285,7 @@ def test_bad_input_exits_2_with_a_clear_message(case, build, expected, tmp_path,
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from prefopt.errors import PrefoptError
+    from prefopt.core.errors import PrefoptError
 
     path = _recipe(tmp_path, training={"learnig_rate": 1e-5})
     with pytest.raises(PrefoptError):
@@ -293,7 +293,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_tokenizer_without_pad_token_is_handled(tmp_path):
-    from prefopt.models import load_tokenizer
+    from prefopt.model.loading import load_tokenizer
 
     tok = load_tokenizer("builtin:tiny-arith")
     tok.pad_token = None

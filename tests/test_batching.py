@@ -1,4 +1,4 @@
-"""Length-grouped batching and the split forward (prefopt.batching): pairs stay together, the order is
+"""Length-grouped batching and the split forward (prefopt.training.batching): pairs stay together, the order is
 deterministic and the same on every rank, padding drops against random batches, and the split forward
 gives the same log-probs and gradients as one padded forward."""
 
@@ -15,7 +15,8 @@ from datasets import Dataset
 from torch.utils.data import RandomSampler, SequentialSampler
 from trl import DPOConfig, KTOConfig
 
-from prefopt.batching import (
+from prefopt.model.loading import build_builtin, load_tokenizer
+from prefopt.training.batching import (
     LengthGroupingMixin,
     PreferenceLengthGroupedSampler,
     batch_token_slots,
@@ -23,9 +24,8 @@ from prefopt.batching import (
     pair_lengths,
     plan_row_groups,
 )
-from prefopt.models import build_builtin, load_tokenizer
-from prefopt.refcache import ReferenceCacheMixin
-from prefopt.trainers import PrefoptDPOTrainer, PrefoptKTOTrainer, add_kl_completions
+from prefopt.training.refcache import ReferenceCacheMixin
+from prefopt.training.trainers import PrefoptDPOTrainer, PrefoptKTOTrainer, add_kl_completions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from prefopt import compare
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
+from prefopt.studies import compare
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "sweeps" / "world-quick.yaml"
@@ -20,7 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _parser():
-    from prefopt.commands_compare import add_compare_commands
+    from prefopt.cli.compare import add_compare_commands
 
     p = argparse.ArgumentParser(prog="prefopt")
     add_compare_commands(p.add_subparsers(dest="command", required=True))
@@ -45,8 +45,8 @@ def test_shipped_sweep_expands_to_five_algorithms_times_three():
     assert all(p.recipe.reference_cache.enabled for p in points if p.algorithm in ("dpo", "ipo", "kto"))
     assert not any(p.recipe.reference_cache.enabled for p in points if p.algorithm in ("orpo", "simpo"))
     assert sweep.rlhf is not None and sweep.iterative_dpo["rounds"] == 3
-    from prefopt.iterative import IterativeDPOSection
-    from prefopt.rlhf import RLHFSection
+    from prefopt.studies.iterative import IterativeDPOSection
+    from prefopt.studies.rlhf import RLHFSection
 
     RLHFSection(**sweep.rlhf)
     IterativeDPOSection(**sweep.iterative_dpo)
@@ -130,7 +130,7 @@ def test_dry_run_lists_points(capsys):
 
 # --------------------------------------------------------------------------------------------- pieces
 def test_best_vs_worst_pairs_and_ties():
-    from prefopt.iterative import best_vs_worst, world_reward
+    from prefopt.studies.iterative import best_vs_worst, world_reward
 
     prompts = ["1+2=", "3+4=", "5+5="]
     samples = [["3", "4", "4", "3 "], ["7", "7", "7", "7"], ["11", "9", "9", "12"]]
@@ -148,12 +148,12 @@ def test_best_vs_worst_pairs_and_ties():
 
 
 def test_scorer_paths():
-    from prefopt.iterative import IterativeDPOSection, load_callable, make_scorer, world_reward
+    from prefopt.studies.iterative import IterativeDPOSection, load_callable, make_scorer, world_reward
 
-    assert load_callable("prefopt.iterative:world_reward") is world_reward
-    assert load_callable("prefopt.iterative.world_reward") is world_reward
+    assert load_callable("prefopt.studies.iterative:world_reward") is world_reward
+    assert load_callable("prefopt.studies.iterative.world_reward") is world_reward
     with pytest.raises(PrefoptError, match="cannot load the scorer"):
-        load_callable("prefopt.iterative:nope")
+        load_callable("prefopt.studies.iterative:nope")
     score = make_scorer(IterativeDPOSection())
     assert score(["2+2=", "count a 3:"], ["4", "aa"]) == [1.0, 0.0]
     with pytest.raises(ValueError, match="not a prompt"):
@@ -296,8 +296,8 @@ def test_tiny_sweep_writes_table_json_and_frontier(tmp_path):
 
 @pytest.fixture(scope="module")
 def rlhf_run(tmp_path_factory):
-    from prefopt.recipe import load_recipe
-    from prefopt.rlhf import run_rlhf
+    from prefopt.config.recipe import load_recipe
+    from prefopt.studies.rlhf import run_rlhf
 
     sweep = compare.load_sweep(QUICK)
     base = load_recipe(QUICKSTART / "dpo.yaml", sweep.overrides)
@@ -331,9 +331,9 @@ def test_reward_model_scorer_uses_prefopt_ids():
     """The RLHF scorer scores prompt ids + generated ids cut after EOS — what the reward model trained on."""
     import torch
 
-    from prefopt.models import load_tokenizer
-    from prefopt.rlhf import RewardModelScorer
-    from prefopt.tokenization import encode_completion, encode_prompt
+    from prefopt.data.tokenization import encode_completion, encode_prompt
+    from prefopt.model.loading import load_tokenizer
+    from prefopt.studies.rlhf import RewardModelScorer
 
     class Last(torch.nn.Module):  # "reward" = id of the last non-pad token
         def __init__(self):
@@ -354,8 +354,8 @@ def test_reward_model_scorer_uses_prefopt_ids():
 
 
 def test_iterative_dpo_minimal(tmp_path):
-    from prefopt.iterative import run_iterative_dpo
-    from prefopt.recipe import load_recipe
+    from prefopt.config.recipe import load_recipe
+    from prefopt.studies.iterative import run_iterative_dpo
 
     sweep = compare.load_sweep(QUICK)
     base = load_recipe(QUICKSTART / "dpo.yaml", sweep.overrides)
@@ -373,8 +373,8 @@ def test_iterative_dpo_minimal(tmp_path):
 
 @pytest.mark.slow
 def test_iterative_dpo_scored_by_the_rlhf_reward_model(rlhf_run, tmp_path):
-    from prefopt.iterative import run_iterative_dpo
-    from prefopt.recipe import load_recipe
+    from prefopt.config.recipe import load_recipe
+    from prefopt.studies.iterative import run_iterative_dpo
 
     _, rlhf_dir = rlhf_run
     sweep = compare.load_sweep(QUICK)

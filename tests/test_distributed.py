@@ -101,7 +101,7 @@ def test_two_processes_match_one(algorithm, tmp_path):
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert worst <= 1e-4, worst
     # and training did move the weights (the comparison is not vacuous)
-    from prefopt.models import load_trained
+    from prefopt.model.loading import load_trained
     from prefopt.world import reference_checkpoint
 
     ref, _ = load_trained(reference_checkpoint("arith"))

@@ -54,7 +54,7 @@ def test_quickstart_improves_true_reward(algorithm, tmp_path):
 
     # the saved model reloads with plain transformers and gives the same true reward
     from prefopt import world as w
-    from prefopt.models import load_trained
+    from prefopt.model.loading import load_trained
 
     model, tok = load_trained(out)
     again = w.evaluate_policy(model, tok, "arith")
@@ -87,7 +87,7 @@ def test_lora_run_saves_an_adapter_that_reloads(tmp_path):
     assert (out / "model" / "adapter_model.safetensors").exists()
     from peft import PeftModel
 
-    from prefopt.models import load_trained
+    from prefopt.model.loading import load_trained
 
     model, _ = load_trained(out)
     assert isinstance(model, PeftModel)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from prefopt import cli
-from prefopt.errors import PrefoptError
-from prefopt.evaluation import (
+from prefopt.core.errors import PrefoptError
+from prefopt.evaluate.metrics import (
     as_pairs,
     completion_logps,
     evaluate_run,
@@ -131,7 +131,7 @@ def test_eval_of_a_tiny_dpo_run_returns_every_field(dpo_run):
 
 
 def test_eval_cli_with_a_data_file(dpo_run, tmp_path, capsys, monkeypatch):
-    from prefopt.commands_eval import add_eval_commands
+    from prefopt.cli.evaluate import add_eval_commands
 
     rows = [
         {"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)}
@@ -142,7 +142,7 @@ def test_eval_cli_with_a_data_file(dpo_run, tmp_path, capsys, monkeypatch):
     parser = argparse.ArgumentParser(prog="prefopt")
     add_eval_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["eval", "--run", str(dpo_run), "--data", str(data)])
-    monkeypatch.setattr("prefopt.evaluation.DEFAULT_WORLD_PROMPTS", 16)
+    monkeypatch.setattr("prefopt.evaluate.metrics.DEFAULT_WORLD_PROMPTS", 16)
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "preference_accuracy" in out and "kl_to_reference" in out
@@ -168,7 +168,7 @@ def test_reference_free_orpo_gets_kl_against_the_starting_model(orpo_run):
 # ------------------------------------------------------------------------------------------- the pieces
 @pytest.fixture(scope="module")
 def tiny():
-    from prefopt.models import build_builtin, load_tokenizer
+    from prefopt.model.loading import build_builtin, load_tokenizer
 
     return build_builtin("tiny-arith", 0).eval(), load_tokenizer("builtin:tiny-arith")
 
@@ -176,8 +176,8 @@ def tiny():
 def test_policy_equal_to_reference_has_zero_kl_and_zero_shifts(tiny):
     from datasets import Dataset
 
-    from prefopt.recipe import load_recipe
-    from prefopt.tokenization import tokenize_dataset
+    from prefopt.config.recipe import load_recipe
+    from prefopt.data.tokenization import tokenize_dataset
 
     model, tok = tiny
     recipe = load_recipe(
@@ -206,8 +206,8 @@ def test_sampled_ids_and_logps_match_prefopt_tokenisation():
     world.sequence_logps (the tokenisation training used). Evaluation scores the sampled ids themselves,
     so a non-canonical sample (a random model emitting stray bytes) is scored as sampled."""
     from prefopt import world
-    from prefopt.models import load_trained
-    from prefopt.tokenization import encode_completion, encode_prompt
+    from prefopt.data.tokenization import encode_completion, encode_prompt
+    from prefopt.model.loading import load_trained
 
     model, tok = load_trained(world.reference_checkpoint("arith"))
     prompts = ["12+30=", "7+8=", "40+9="]
@@ -258,8 +258,8 @@ def test_length_batches_respect_rows_and_token_budget():
 
 
 def test_without_held_out_data_evaluation_says_what_to_do(tiny):
-    from prefopt.evaluation import evaluate_models
-    from prefopt.recipe import load_recipe
+    from prefopt.config.recipe import load_recipe
+    from prefopt.evaluate.metrics import evaluate_models
 
     model, tok = tiny
     recipe = load_recipe(

@@ -1,4 +1,4 @@
-"""prefopt.fidelity: one test per rule (through prefopt.recipe.load_recipe), loss-key hints, KTO weights."""
+"""prefopt.config.fidelity: one test per rule (through prefopt.config.recipe.load_recipe), loss-key hints, KTO weights."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from prefopt import fidelity
-from prefopt.errors import PrefoptError
-from prefopt.fidelity import RULES, check_kto_weights, check_recipe, evaluate_rules, loss_key_hint
-from prefopt.recipe import load_recipe
+from prefopt.config import fidelity
+from prefopt.config.fidelity import RULES, check_kto_weights, check_recipe, evaluate_rules, loss_key_hint
+from prefopt.config.recipe import load_recipe
+from prefopt.core.errors import PrefoptError
 
 BASE = {
     "algorithm": "dpo",

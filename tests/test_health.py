@@ -1,5 +1,5 @@
 """Health warnings: each one provoked. ``overfit`` (and stopping) by a real DPO run that over-fits eight
-pairs through ``prefopt.train.build_trainer``; the length probe by a real sampling probe; the others by
+pairs through ``prefopt.pipeline.run.build_trainer``; the length probe by a real sampling probe; the others by
 feeding the callback the log dicts TRL would produce (a real run that collapses or diverges takes
 minutes)."""
 
@@ -12,8 +12,8 @@ import math
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from prefopt.health import ADVICE, WARNINGS, HealthCallback, check_stop_on
-from prefopt.recipe import HealthSection, load_recipe
+from prefopt.config.recipe import HealthSection, load_recipe
+from prefopt.training.health import ADVICE, WARNINGS, HealthCallback, check_stop_on
 
 
 def _recipe(algorithm="dpo", **extra):
@@ -206,9 +206,9 @@ def _tiny_pairs():
 
 
 def _build(recipe, tmp_path, callbacks):
-    from prefopt.models import load_model
-    from prefopt.tokenization import tokenize_dataset
-    from prefopt.train import build_trainer
+    from prefopt.data.tokenization import tokenize_dataset
+    from prefopt.model.loading import load_model
+    from prefopt.pipeline.run import build_trainer
 
     model, tok = load_model(recipe.model, seed=recipe.seed)
     train_tok, _ = tokenize_dataset(_tiny_pairs(), "paired", tok, 16, None)
@@ -220,7 +220,7 @@ def _build(recipe, tmp_path, callbacks):
 
 def test_real_dpo_run_overfits_eight_pairs_and_stops(tmp_path):
     """A learning rate far too high for eight pairs: accuracy pins at 1.0 → overfit → stop (stop_on)."""
-    from prefopt.callbacks import MetricsJsonlCallback
+    from prefopt.training.callbacks import MetricsJsonlCallback
 
     recipe = _recipe("dpo", health={"overfit_accuracy_steps": 3, "stop_on": ["overfit", "nonfinite"]})
     metrics = MetricsJsonlCallback(tmp_path / "metrics.jsonl")
@@ -289,7 +289,7 @@ def test_length_drift_from_the_probe(monkeypatch):
 def test_probe_prompts_come_from_the_held_out_split_first():
     from datasets import Dataset
 
-    from prefopt.health import probe_prompts_for
+    from prefopt.training.health import probe_prompts_for
 
     recipe = _recipe("dpo")
     held = Dataset.from_list([{"prompt": p} for p in ["1+1=", "1+1=", "2+2=", "3+3="]])

@@ -1,4 +1,4 @@
-"""prefopt.losses: hand-computed values, limits, numerics, and parity with TRL 1.16's own loss code.
+"""prefopt.training.losses: hand-computed values, limits, numerics, and parity with TRL 1.16's own loss code.
 
 Where TRL's loss lives inside a trainer method, the method is called unbound on a stub ``self``
 (``types.SimpleNamespace``) and a stub model whose per-token log-prob depends only on the token id,
@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prefopt import losses
-from prefopt.losses import (
+from prefopt.training import losses
+from prefopt.training.losses import (
     LOSS_FUNCTIONS,
     average_logps,
     dpo_loss,

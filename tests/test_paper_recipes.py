@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from prefopt.errors import PrefoptError
-from prefopt.recipe import load_recipe
-from prefopt.train import dry_run, resolve_batch
+from prefopt.config.recipe import load_recipe
+from prefopt.core.errors import PrefoptError
+from prefopt.pipeline.run import dry_run, resolve_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = ROOT / "configs" / "recipes" / "papers"
@@ -162,7 +162,7 @@ def test_ipo_beta_is_tau_and_orpo_beta_is_lambda():
 
 
 def test_kto_weights_meet_the_unpaired_balance_rule():
-    from prefopt.fidelity import check_kto_weights
+    from prefopt.config.fidelity import check_kto_weights
 
     kto = load_recipe(recipe_path("kto-zephyr-sft-halos.yaml"))
     assert kto.data.transform == "unpair"  # one desirable + one undesirable row per pair: n_D = n_U
@@ -250,7 +250,7 @@ def test_cli_dry_run_plans_the_published_launch_with_processes(capsys):
 # ------------------------------------------------------------------------------------------- smoke
 @pytest.mark.parametrize("name", RECIPES)
 def test_smoke_recipe_keeps_algorithm_and_loss(name):
-    from prefopt.smoke import EVAL_ROWS, FIXTURES_DIR, LORA_R, MAX_ROWS, MAX_STEPS, smoke_recipe
+    from prefopt.config.smoke import EVAL_ROWS, FIXTURES_DIR, LORA_R, MAX_ROWS, MAX_STEPS, smoke_recipe
 
     recipe = load_recipe(recipe_path(name))
     smoke = smoke_recipe(recipe)
@@ -288,9 +288,9 @@ def test_smoke_recipe_keeps_algorithm_and_loss(name):
 
 
 def test_every_fixture_is_read_by_its_source():
+    from prefopt.config.smoke import FIXTURES, FIXTURES_DIR, MAX_ROWS
     from prefopt.data.registry import get_source
     from prefopt.data.report import DropReport
-    from prefopt.smoke import FIXTURES, FIXTURES_DIR, MAX_ROWS
 
     for source, file in FIXTURES.items():
         report = DropReport(source)
@@ -319,7 +319,7 @@ def test_4bit_builtin_model_evaluates_on_any_cpu():
     import torch
     from bitsandbytes.functional import has_avx512bf16
 
-    from prefopt.models import guard_bnb_cpu_packing, load_model
+    from prefopt.model.loading import guard_bnb_cpu_packing, load_model
 
     recipe = load_recipe(
         recipe_path("zephyr-7b-beta-dpo-qlora.yaml"), overrides=["model.name=builtin:tiny-arith"]
@@ -347,7 +347,7 @@ def test_4bit_builtin_model_evaluates_on_any_cpu():
 def test_4bit_weights_are_stored_in_the_chosen_dtype(storage, dtype):
     """model.quantization.bnb_4bit_quant_storage reaches bitsandbytes: ZeRO-3 / FSDP shard 4-bit weights
     only when they are stored in the training dtype (docs/cluster.md)."""
-    from prefopt.models import load_model
+    from prefopt.model.loading import load_model
 
     recipe = load_recipe(
         recipe_path("zephyr-7b-beta-dpo-qlora.yaml"),

@@ -1,15 +1,15 @@
-"""Parity: the loss each prefopt trainer actually optimises equals ``prefopt.losses`` on log-probs
+"""Parity: the loss each prefopt trainer actually optimises equals ``prefopt.training.losses`` on log-probs
 computed independently here (issue 5, item 3).
 
 For every algorithm (and each prefopt loss override) a trainer is built with
-``prefopt.train.build_trainer`` on the builtin ``tiny-arith`` model. On the collated batch, in train mode,
+``prefopt.pipeline.run.build_trainer`` on the builtin ``tiny-arith`` model. On the collated batch, in train mode,
 ``trainer.compute_loss(trainer.model, batch)`` is compared with a loss assembled independently:
 
 * log-probs from a plain forward of each sequence on its own (no padding, no fused LM head):
   ``model(input_ids, attention_mask).logits`` → ``log_softmax`` → the log-prob of every next token;
 * the prompt/completion split from ``encode_prompt`` / ``encode_completion`` (not from the batch);
 * reference log-probs from a model built anew from the starting weights (not the trainer's ``ref_model``);
-* the loss from :mod:`prefopt.losses`.
+* the loss from :mod:`prefopt.training.losses`.
 
 Every trainer's batch loss is a mean over examples (pairs), and one batch holds the whole data set, so the
 comparison does not depend on the order in which the train sampler put the rows. The loss must agree
@@ -36,11 +36,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-from prefopt import losses
-from prefopt.models import build_builtin, load_tokenizer
-from prefopt.recipe import Recipe
-from prefopt.tokenization import encode_completion, encode_prompt, tokenize_dataset
-from prefopt.train import build_trainer
+from prefopt.config.recipe import Recipe
+from prefopt.data.tokenization import encode_completion, encode_prompt, tokenize_dataset
+from prefopt.model.loading import build_builtin, load_tokenizer
+from prefopt.pipeline.run import build_trainer
+from prefopt.training import losses
 
 SEED = 0
 LOSS_TOL = 1e-5
@@ -115,7 +115,7 @@ def _side(model, tok, rows, key, grad: bool):
 
 
 def _kl_rows(rows):
-    """prefopt's mismatched KTO pairs (prefopt.trainers.add_kl_completions): row i's prompt with the completion
+    """prefopt's mismatched KTO pairs (prefopt.training.trainers.add_kl_completions): row i's prompt with the completion
     of row (i + n // 2) mod n, in data set order."""
     n = len(rows)
     return [
@@ -125,7 +125,7 @@ def _kl_rows(rows):
 
 
 def _independent_loss(algorithm: str, lp, policy, ref, tok) -> tuple[torch.Tensor, dict]:
-    """The batch loss from prefopt.losses on independently computed log-probs, and its parts."""
+    """The batch loss from prefopt.training.losses on independently computed log-probs, and its parts."""
     parts: dict = {}
     if algorithm == "kto":
         rows = _unpaired(EXAMPLES)

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from prefopt import cli
-from prefopt.errors import PrefoptError
-from prefopt.recipe import load_recipe, parse_override
-from prefopt.train import dry_run, resolve_batch
+from prefopt.config.recipe import load_recipe, parse_override
+from prefopt.core.errors import PrefoptError
+from prefopt.pipeline.run import dry_run, resolve_batch
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = sorted((REPO / "configs" / "recipes" / "quickstart").glob("*.yaml"))
@@ -33,7 +33,7 @@ def write(tmp_path: Path, data: dict, name: str = "recipe.yaml") -> Path:
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Fail the test if anything tries to load a model."""
-    import prefopt.models as models
+    import prefopt.model.loading as models
 
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the recipe was validated")
@@ -190,7 +190,7 @@ def test_dry_run_shows_what_trl_receives(algorithm, loss, expected):
         assert out["trl_config"][k] == pytest.approx(v) if isinstance(v, float) else out["trl_config"][k] == v
     assert out["trl_config"]["gradient_accumulation_steps"] == 4
     assert out["global_batch_size"] == 32
-    assert out["trainer"].startswith("prefopt.trainers.Prefopt")
+    assert out["trainer"].startswith("prefopt.training.trainers.Prefopt")
 
 
 def test_global_batch_refuses_impossible_combinations():

@@ -1,4 +1,4 @@
-"""The reference log-prob cache (prefopt.refcache): invalidation by every key part, reuse across runs,
+"""The reference log-prob cache (prefopt.training.refcache): invalidation by every key part, reuse across runs,
 no pickle on disk, one computation when two processes race, and numbers equal to TRL's on-the-fly
 reference log-probs."""
 
@@ -17,11 +17,11 @@ import torch
 from datasets import Dataset
 from trl import DPOConfig, KTOConfig
 
-from prefopt import refcache
-from prefopt.batching import LengthGroupingMixin
-from prefopt.models import build_builtin, load_tokenizer
-from prefopt.recipe import ModelSection
-from prefopt.refcache import (
+from prefopt.config.recipe import ModelSection
+from prefopt.model.loading import build_builtin, load_tokenizer
+from prefopt.training import refcache
+from prefopt.training.batching import LengthGroupingMixin
+from prefopt.training.refcache import (
     ReferenceCache,
     ReferenceCacheMixin,
     build_key_parts,
@@ -32,7 +32,7 @@ from prefopt.refcache import (
     weights_sample_fingerprint,
     weights_sha256,
 )
-from prefopt.trainers import PrefoptDPOTrainer, PrefoptKTOTrainer, add_kl_completions
+from prefopt.training.trainers import PrefoptDPOTrainer, PrefoptKTOTrainer, add_kl_completions
 
 IDENTITY = {"source": "builtin:tiny-arith", "seed": 0}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prefopt.report import write_report
+from prefopt.evaluate.report import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -74,7 +74,7 @@ def _write_run(run: Path, algorithm: str = "dpo", with_probe: bool = True) -> No
             {
                 "status": "finished",
                 "algorithm": algorithm,
-                "trainer": "prefopt.trainers.PrefoptDPOTrainer",
+                "trainer": "prefopt.training.trainers.PrefoptDPOTrainer",
                 "seed": 42,
                 "global_step": 40,
                 "train_loss": 0.2,
@@ -190,8 +190,8 @@ def test_dpo_kl_proxy_is_plotted_from_the_rewards(tmp_path):
 
 
 def test_report_cli_and_errors(tmp_path, capsys):
-    from prefopt.commands_eval import add_eval_commands
-    from prefopt.errors import PrefoptError
+    from prefopt.cli.evaluate import add_eval_commands
+    from prefopt.core.errors import PrefoptError
 
     run = tmp_path / "run"
     _write_run(run)

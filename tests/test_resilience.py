@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from prefopt.resilience import MARKER, complete_checkpoints, last_complete_checkpoint
+from prefopt.training.resilience import MARKER, complete_checkpoints, last_complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DPO = REPO / "configs" / "recipes" / "quickstart" / "dpo.yaml"
@@ -143,7 +143,7 @@ def test_nonfinite_loss_stops_with_last_checkpoint_intact(tmp_path, monkeypatch,
     import torch
 
     from prefopt import cli
-    from prefopt.trainers import PrefoptDPOTrainer
+    from prefopt.training.trainers import PrefoptDPOTrainer
 
     original = PrefoptDPOTrainer.compute_loss
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from prefopt.models import load_tokenizer
-from prefopt.recipe import Recipe
-from prefopt.tokenization import encode_completion, encode_prompt, tokenize_dataset
-from prefopt.train import build_trainer
+from prefopt.config.recipe import Recipe
+from prefopt.data.tokenization import encode_completion, encode_prompt, tokenize_dataset
+from prefopt.model.loading import load_tokenizer
+from prefopt.pipeline.run import build_trainer
 
 EXAMPLES = [
     {"prompt": "37+48=", "chosen": "85", "rejected": "86"},
@@ -71,7 +71,7 @@ def _batch_sequences(algorithm, batch):
 @pytest.mark.parametrize("rows", [EXAMPLES, CHAT], ids=["text", "chat"])
 @pytest.mark.parametrize("algorithm", ["dpo", "ipo", "kto", "orpo", "simpo"])
 def test_every_trainer_sees_prefopt_token_ids(algorithm, rows, tmp_path):
-    from prefopt.models import build_builtin
+    from prefopt.model.loading import build_builtin
 
     tok = load_tokenizer("builtin:tiny-arith")
     kind = "unpaired" if algorithm == "kto" else "paired"

@@ -44,7 +44,7 @@ def test_reference_policy_is_imperfect_but_competent():
     reference samples the right answer about half the time but knows it (greedy ~0.96). Measured on two
     warm-start seeds: 0.530 / 0.970 and 0.522 / 0.957. An under-trained reference is what this guards
     against: world v1 (1200 steps) landed anywhere from 0.22 to 0.56 depending on the machine and seed."""
-    from prefopt.models import load_trained
+    from prefopt.model.loading import load_trained
 
     model, tok = load_trained(world.reference_checkpoint("arith"))
     result = world.evaluate_policy(model, tok, "arith", reference=model)

@@ -1,4 +1,4 @@
-"""``prefopt compare``: argument parsing only (the work is in :mod:`prefopt.compare`). Wired into
+"""``prefopt compare``: argument parsing only (the work is in :mod:`prefopt.studies.compare`). Wired into
 :mod:`prefopt.cli` with ``add_compare_commands(sub)``."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def add_compare_commands(subparsers) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from prefopt.compare import format_markdown, load_sweep, plan_sweep, run_sweep
+    from prefopt.studies.compare import format_markdown, load_sweep, plan_sweep, run_sweep
 
     sweep = load_sweep(args.config)
     if args.dry_run:

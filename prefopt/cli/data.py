@@ -3,7 +3,7 @@
 ``convert`` runs exactly what a recipe's ``data:`` block runs (same source, same checks, same
 transforms) and writes canonical JSONL; ``inspect`` summarises a file; ``sources`` lists the
 readers and their options. Handlers return an exit code; user errors are raised as
-:class:`~prefopt.errors.PrefoptError` for the top-level CLI to print (exit status 2).
+:class:`~prefopt.core.errors.PrefoptError` for the top-level CLI to print (exit status 2).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
 
 DEFAULT_TOKENIZER = "builtin:tiny-arith"
 
@@ -116,7 +116,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def _section(source: str, path: str, split: str | None, max_rows: int | None, options: dict[str, Any]):
-    from prefopt.recipe import SourceSection
+    from prefopt.config.recipe import SourceSection
 
     fields = {"source": source, "path": path, "split": split, "max_rows": max_rows, **options}
     try:
@@ -156,8 +156,8 @@ def write_rows(ds: Any, path: Path, fmt: str = "canonical") -> int:
 # ------------------------------------------------------------------------------------------- commands
 def convert(args: argparse.Namespace) -> tuple[Any, Any]:
     """The dataset and drop report ``convert`` would write (used by the handler and tests)."""
+    from prefopt.config.recipe import DataSection
     from prefopt.data.transforms import prepare
-    from prefopt.recipe import DataSection
 
     src = _section(args.source, args.input, args.split, args.max_rows, parse_options(args.option))
     data = DataSection(
@@ -172,7 +172,7 @@ def convert(args: argparse.Namespace) -> tuple[Any, Any]:
     ds, _, report = prepare(data.train, None, data, args.to, Path.cwd(), args.seed)
     if args.format == "text":
         from prefopt.data.transforms import render_chat_template
-        from prefopt.models import load_tokenizer
+        from prefopt.model.loading import load_tokenizer
 
         ds = render_chat_template(ds, load_tokenizer(args.tokenizer), report)
     return ds, report
@@ -206,7 +206,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     ds = load_source(src, where=f"prefopt data inspect ({name})", base_dir=Path.cwd(), seed=0, report=report)
     tokenizer = None
     if args.tokenizer and args.tokenizer.lower() != "none":
-        from prefopt.models import load_tokenizer
+        from prefopt.model.loading import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
     summary = inspect_dataset(ds, tokenizer, max_length=args.max_length)

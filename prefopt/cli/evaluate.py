@@ -1,5 +1,5 @@
 """``prefopt eval`` and ``prefopt report``: argument parsing only (the work is in
-:mod:`prefopt.evaluation` and :mod:`prefopt.report`). Wired into :mod:`prefopt.cli` with
+:mod:`prefopt.evaluate.metrics` and :mod:`prefopt.evaluate.report`). Wired into :mod:`prefopt.cli` with
 ``add_eval_commands(sub)``."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def add_eval_commands(subparsers) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from prefopt.evaluation import evaluate_run, format_summary
+    from prefopt.evaluate.metrics import evaluate_run, format_summary
 
     result = evaluate_run(args.run, data=args.data)
     if args.json:
@@ -48,7 +48,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from prefopt.report import write_report
+    from prefopt.evaluate.report import write_report
 
     path = write_report(args.run_dir)
     print(f"wrote {path}")

@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from prefopt.errors import NonFiniteError, PrefoptError, TrainingInterrupted
+from prefopt.core.errors import NonFiniteError, PrefoptError, TrainingInterrupted
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _setup_env() -> None:
@@ -80,11 +80,11 @@ def cmd_train(args) -> int:
 
 
 def _train(args) -> int:
-    from prefopt.recipe import load_recipe
+    from prefopt.config.recipe import load_recipe
 
     recipe = load_recipe(args.config, args.set)
     if getattr(args, "smoke", False):
-        from prefopt.smoke import smoke_recipe
+        from prefopt.config.smoke import smoke_recipe
 
         recipe = smoke_recipe(recipe)
     processes = args.processes
@@ -96,11 +96,11 @@ def _train(args) -> int:
             where="command line",
         )
     if args.dry_run:
-        from prefopt.train import dry_run
+        from prefopt.pipeline.run import dry_run
 
         print(json.dumps(dry_run(recipe, processes), indent=2))
         return 0
-    from prefopt.train import train
+    from prefopt.pipeline.run import train
 
     summary = train(recipe, output_dir=args.output_dir, overwrite=args.overwrite, resume=args.resume)
     _print_summary(summary)
@@ -108,7 +108,7 @@ def _train(args) -> int:
 
 
 def _print_summary(summary: dict) -> None:
-    from prefopt.train import is_main_process
+    from prefopt.pipeline.run import is_main_process
 
     if not is_main_process():
         return
@@ -132,8 +132,8 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_demo(args) -> int:
-    from prefopt.recipe import load_recipe
-    from prefopt.train import train
+    from prefopt.config.recipe import load_recipe
+    from prefopt.pipeline.run import train
     from prefopt.world import torch_threads
 
     cfg = REPO_ROOT / "configs" / "recipes" / "quickstart" / "dpo.yaml"
@@ -161,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest here)")
     p.set_defaults(func=cmd_demo)
 
-    from prefopt.commands_compare import add_compare_commands
-    from prefopt.commands_eval import add_eval_commands
-    from prefopt.data.cli import add_data_commands
+    from prefopt.cli.compare import add_compare_commands
+    from prefopt.cli.data import add_data_commands
+    from prefopt.cli.evaluate import add_eval_commands
 
     add_data_commands(sub)
     add_eval_commands(sub)

@@ -1,11 +1,11 @@
 """The fidelity guard: recipe settings that would make TRL 1.16 silently compute something other than the
 paper's algorithm (or fail only after the model is loaded) are caught when the recipe is loaded.
 
-:func:`check_recipe` runs inside :func:`prefopt.recipe.load_recipe`, after the schema and the
+:func:`check_recipe` runs inside :func:`prefopt.config.recipe.load_recipe`, after the schema and the
 ``training:`` keys have been validated and before any model or dataset is touched. Each rule is one
 record in :data:`RULES` — an id, the algorithms it applies to, a predicate over
 ``(algorithm, loss, training)``, a severity, a message and a fix — so when TRL changes, the guard
-changes by editing a row. ``error`` rules raise one :class:`~prefopt.errors.PrefoptError` listing every
+changes by editing a row. ``error`` rules raise one :class:`~prefopt.core.errors.PrefoptError` listing every
 violation (rule id, reason, fix); ``warn`` rules are logged on the ``prefopt`` logger. The table is
 rendered in ``docs/losses.md`` ("Fidelity guard").
 
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
 
 logger = logging.getLogger("prefopt")
 
@@ -351,7 +351,7 @@ RULES: list[Rule] = [
 
 # --------------------------------------------------------------------------------------------- checking
 def _resolved_loss(algorithm: str, loss: Mapping[str, Any]) -> dict[str, Any]:
-    from prefopt.recipe import LOSS_CLASSES
+    from prefopt.config.recipe import LOSS_CLASSES
 
     try:
         return LOSS_CLASSES[algorithm](**dict(loss)).model_dump()
@@ -471,7 +471,7 @@ LOSS_KEY_HINTS[("simpo", "epsilon")] = " SimPO's ε is loss.label_smoothing."
 def loss_key_hint(algorithm: str, key: str, value: Any = None, loss: Mapping | None = None) -> str:
     """A specific sentence for a ``loss:`` key that the algorithm does not take, else ``""``.
 
-    The sentence starts with a space (like :func:`prefopt.errors.did_you_mean`) so the recipe loader
+    The sentence starts with a space (like :func:`prefopt.core.errors.did_you_mean`) so the recipe loader
     can append it to its unknown-key message. ``value`` and ``loss`` (the recipe's loss mapping) are
     optional and only make some sentences more concrete.
     """

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from prefopt.errors import PrefoptError, did_you_mean
+from prefopt.core.errors import PrefoptError, did_you_mean
 
 ALGORITHMS = ("dpo", "ipo", "kto", "orpo", "simpo")
 
@@ -336,7 +336,7 @@ PREFOPT_TRAINING_KEYS = {
 @functools.cache
 def trl_config_fields(algorithm: str) -> dict[str, Any]:
     """Field name → dataclass field of the TRL config class the algorithm's adapter uses."""
-    from prefopt.algorithms import get_adapter
+    from prefopt.training.algorithms import get_adapter
 
     cls = get_adapter(algorithm).config_class()
     return {f.name: f for f in dataclasses.fields(cls)}
@@ -509,7 +509,7 @@ def load_recipe(
     _validate_loss(recipe, where)
     # The fidelity guard runs before the generic training-key check so that a TRL knob prefopt owns
     # (training.beta, training.simpo_gamma, ...) gets its specific message rather than "unknown key".
-    from prefopt.fidelity import check_recipe
+    from prefopt.config.fidelity import check_recipe
 
     check_recipe(recipe, where=where)
     _validate_training(recipe, where)
@@ -537,7 +537,7 @@ def _validate_loss(recipe: Recipe, where: str) -> None:
 
 
 def _loss_key_hint(algorithm: str, key: str, value: Any = None, loss: dict | None = None) -> str:
-    from prefopt.fidelity import loss_key_hint
+    from prefopt.config.fidelity import loss_key_hint
 
     return loss_key_hint(algorithm, key, value, loss)
 
@@ -560,7 +560,7 @@ def _validate_training(recipe: Recipe, where: str) -> None:
 
 
 def _config_name(algorithm: str) -> str:
-    from prefopt.algorithms import get_adapter
+    from prefopt.training.algorithms import get_adapter
 
     return get_adapter(algorithm).config_class().__name__
 

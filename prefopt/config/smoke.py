@@ -31,8 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from prefopt.errors import PrefoptError
-from prefopt.recipe import Recipe, load_recipe
+from prefopt.config.recipe import Recipe, load_recipe
+from prefopt.core.errors import PrefoptError
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "smoke_fixtures"
 FIXTURES: dict[str, str] = {

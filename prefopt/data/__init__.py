@@ -6,8 +6,8 @@
 * :mod:`prefopt.data.transforms` — unpair/pair/dedupe/margin/split and ``prepare`` (a recipe's
   whole ``data:`` block);
 * :mod:`prefopt.data.report` — the drop report: every removed row is counted with a reason;
-* :mod:`prefopt.data.fast_tokenize` — batched tokenisation identical to ``prefopt.tokenization``;
-* :mod:`prefopt.data.inspect` / :mod:`prefopt.data.cli` — ``prefopt data inspect|convert|sources``.
+* :mod:`prefopt.data.fast_tokenize` — batched tokenisation identical to ``prefopt.data.tokenization``;
+* :mod:`prefopt.data.inspect` / :mod:`prefopt.cli.data` — ``prefopt data inspect|convert|sources``.
 
 See docs/data.md.
 """

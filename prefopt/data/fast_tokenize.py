@@ -1,4 +1,4 @@
-"""A batched, parallel path to exactly the token ids of :func:`prefopt.tokenization.tokenize_dataset`.
+"""A batched, parallel path to exactly the token ids of :func:`prefopt.data.tokenization.tokenize_dataset`.
 
 ``tokenize_dataset`` is the reference: a per-row loop that renders the prompt with the chat template
 five times per pair and calls the tokenizer once per string. :func:`tokenize_dataset_fast` produces
@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset, Value, concatenate_datasets
 
+from prefopt.core.errors import PrefoptError
 from prefopt.data.schema import dataset_from_table
-from prefopt.errors import PrefoptError
-from prefopt.tokenization import TruncationStats, _require_template, is_messages
+from prefopt.data.tokenization import TruncationStats, _require_template, is_messages
 
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "completion_ids")
 _DROP, _PTRUNC, _CTRUNC = "_prefopt_drop", "_prefopt_prompt_truncated", "_prefopt_completions_truncated"
@@ -259,7 +259,7 @@ class _BatchTokenizer:
         ptrunc = np.zeros(n, dtype=np.int64)
         ctrunc = np.zeros(n, dtype=np.int64)
         mpl, ml = self.max_prompt_length, self.max_length
-        for i in range(n):  # the exact rule of prefopt.tokenization._truncate
+        for i in range(n):  # the exact rule of prefopt.data.tokenization._truncate
             p = prompt_ids[i]
             if mpl is not None and len(p) > mpl:
                 p = p[-mpl:] if mpl > 0 else p[:0]
@@ -338,7 +338,7 @@ def tokenize_dataset_fast(
     num_proc: int | None = None,
     batch_size: int = 500,
 ) -> tuple[Dataset, TruncationStats]:
-    """Same contract and output as :func:`prefopt.tokenization.tokenize_dataset`, batched and parallel."""
+    """Same contract and output as :func:`prefopt.data.tokenization.tokenize_dataset`, batched and parallel."""
     fn = _BatchTokenizer(tokenizer, kind, max_length, max_prompt_length)
     stats = TruncationStats()
     if len(dataset) == 0:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FILE_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
@@ -213,7 +213,7 @@ def _pick_split(dd: Any, split: str | None, default_split: str, where: str, what
     names = list(dd.keys())
     chosen = split or (default_split if default_split in names else (names[0] if len(names) == 1 else None))
     if chosen is None or chosen not in names:
-        from prefopt.errors import did_you_mean
+        from prefopt.core.errors import did_you_mean
 
         hint = did_you_mean(chosen, names) if chosen else ""
         raise PrefoptError(

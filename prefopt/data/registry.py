@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefopt.errors import PrefoptError, did_you_mean
+from prefopt.core.errors import PrefoptError, did_you_mean
 
 STANDARD_KEYS: tuple[str, ...] = ("path", "split", "max_rows")
 """Keys every source accepts (``source`` itself is ignored when present)."""

@@ -9,7 +9,7 @@ inner ``"\\n\\nHuman: "`` tag, say) are *flagged*: counted the same way, not rem
 counts from tokenisation are attached as well.
 
 The report is printed, saved as JSON in the run directory, and with ``data.strict: true``
-:meth:`DropReport.check_strict` turns any drop into a :class:`~prefopt.errors.PrefoptError`.
+:meth:`DropReport.check_strict` turns any drop into a :class:`~prefopt.core.errors.PrefoptError`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
 
 MAX_EXAMPLES = 10
 """Row indices kept per reason (the counts are always complete)."""

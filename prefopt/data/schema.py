@@ -33,7 +33,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from datasets import Dataset, Features, LargeList, List, Value
 
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
 
 Kind = Literal["paired", "unpaired"]
 Format = Literal["conversational", "text"]

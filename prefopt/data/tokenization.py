@@ -5,7 +5,7 @@ tokenise prompt+completion jointly and split at the common prefix, while ``trl.e
 prepend BOS to every prompt. A model warm-started one way and trained another sees a shifted input
 distribution (on the ground-truth world ORPO's accuracy fell from 0.46 to 0.15 that way). prefopt
 therefore tokenises once, here, and hands every trainer pre-tokenised ids (the trainer subclasses in
-:mod:`prefopt.trainers` skip TRL's own tokenisation).
+:mod:`prefopt.training.trainers` skip TRL's own tokenisation).
 
 The rule (documented in docs/data.md):
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
 
 
 def is_messages(value: Any) -> bool:

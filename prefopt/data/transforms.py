@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 from datasets import Dataset, Features, concatenate_datasets
 
+from prefopt.core.errors import PrefoptError
 from prefopt.data.report import DropReport
 from prefopt.data.schema import (
     COLUMNS,
@@ -35,7 +36,6 @@ from prefopt.data.schema import (
     dataset_from_table,
     features,
 )
-from prefopt.errors import PrefoptError
 
 ALGORITHM_KINDS = {"dpo": "paired", "ipo": "paired", "orpo": "paired", "simpo": "paired", "kto": "unpaired"}
 
@@ -271,7 +271,7 @@ def render_chat_template(ds: Dataset, tokenizer: Any, report: DropReport | None 
     tokenisation splits it (prompt rendered with the generation prompt; each reply is the rest of
     the full conversation's rendering). Text data is returned unchanged. A tokenizer without a chat
     template raises a :class:`PrefoptError` saying how to add one."""
-    from prefopt.tokenization import render_prompt
+    from prefopt.data.tokenization import render_prompt
 
     kind = data_kind(ds)
     if data_format(ds) == "text":

@@ -36,9 +36,9 @@ of the reference (:func:`prefopt.world.evaluate_policy`: 4 samples at temperatur
 per prompt, on ``evaluation.world_prompts`` = 300 held-out prompts — the world's own protocol, kept fixed
 so lifts compare across runs) and the lift.
 
-Everything uses prefopt's one tokenisation (:mod:`prefopt.tokenization`): the pairs are tokenised by
-:func:`~prefopt.tokenization.tokenize_dataset` with the recipe's ``max_length``/``max_prompt_length``,
-and generation starts from :func:`~prefopt.tokenization.encode_prompt`.
+Everything uses prefopt's one tokenisation (:mod:`prefopt.data.tokenization`): the pairs are tokenised by
+:func:`~prefopt.data.tokenization.tokenize_dataset` with the recipe's ``max_length``/``max_prompt_length``,
+and generation starts from :func:`~prefopt.data.tokenization.encode_prompt`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
 
 log = logging.getLogger("prefopt")
 
@@ -99,8 +99,8 @@ def completion_logps(
     """Summed log-prob of each completion given its prompt, and the completion lengths (tokens).
 
     ``sequences`` holds ``(prompt_ids, completion_ids)`` exactly as training sees them (right padding,
-    plain forward — :func:`prefopt.trainers.model_logps`)."""
-    from prefopt.trainers import model_logps
+    plain forward — :func:`prefopt.training.trainers.model_logps`)."""
+    from prefopt.training.trainers import model_logps
 
     was_training = model.training
     model.eval()
@@ -142,9 +142,9 @@ def generate_completions(
     Returns one dict per sample: ``prompt`` (index into ``prompts``), ``prompt_ids``, ``completion_ids``
     (the sampled tokens up to and including EOS when EOS was sampled; truncated at ``max_new_tokens``
     otherwise) and ``length`` (new tokens before EOS). Generation uses
-    :func:`prefopt.tokenization.encode_prompt` and the world's seeded sampling loop, so the same seed
+    :func:`prefopt.data.tokenization.encode_prompt` and the world's seeded sampling loop, so the same seed
     gives the same samples as :func:`prefopt.world.sample`."""
-    from prefopt.tokenization import encode_prompt
+    from prefopt.data.tokenization import encode_prompt
     from prefopt.world import generate as _generate
 
     was_training = model.training
@@ -360,9 +360,9 @@ def world_test_prompts(task: str, n: int, seed: int) -> list[str]:
 
 def load_eval_file(path: str | Path, seed: int = 0):
     """A canonical JSONL/JSON/parquet file (paired or unpaired rows, text or messages) → canonical dataset."""
+    from prefopt.config.recipe import SourceSection
     from prefopt.data.report import DropReport
     from prefopt.data.transforms import load_source
-    from prefopt.recipe import SourceSection
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -421,8 +421,8 @@ def evaluate_models(
     ``eval_ds`` is the canonical held-out dataset (paired or unpaired rows) or None; without one, a
     ground-truth-world recipe evaluates on pairs drawn from the world's held-out prompts. Caps come
     from ``recipe.evaluation``. Returns the dict written to ``eval.json``."""
-    from prefopt.tokenization import tokenize_dataset
-    from prefopt.train import world_task_of
+    from prefopt.data.tokenization import tokenize_dataset
+    from prefopt.pipeline.run import world_task_of
 
     ev = recipe.evaluation
     seed = recipe.seed
@@ -535,7 +535,7 @@ def load_run_recipe(run_dir: Path):
     """The recipe of a finished run, from ``resolved.yaml``."""
     import yaml
 
-    from prefopt.recipe import load_recipe
+    from prefopt.config.recipe import load_recipe
 
     path = run_dir / "resolved.yaml"
     if not path.exists():
@@ -558,9 +558,9 @@ def evaluate_run(
     evaluate on ``data`` (a canonical file) or the recipe's eval split, write ``run_dir/eval.json``.
     ``world_prompts`` overrides the number of held-out world prompts for the true reward (default 300,
     ``evaluation.world_prompts`` when the recipe has it)."""
-    from prefopt import manifest
-    from prefopt.models import load_trained
-    from prefopt.train import reference_for
+    from prefopt.model.loading import load_trained
+    from prefopt.pipeline import manifest
+    from prefopt.pipeline.run import reference_for
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

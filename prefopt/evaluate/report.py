@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
 
 # (file, title, y label, [(metric key, legend label)]). Keys are TRL's names, plus kl_proxy (derived
 # here) and the health probe's mean_length / reference_mean_length / kl_sampled.

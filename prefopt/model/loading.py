@@ -8,7 +8,7 @@ Sources understood by ``model.name``:
 * ``world:<task>`` — the ground-truth world's SFT reference policy for ``<task>`` (see
   :mod:`prefopt.world`), warm-started from the builtin model and cached on disk.
 * a local directory, or a hub id resolved through the local Hugging Face cache. Offline and not
-  cached → a :class:`~prefopt.errors.PrefoptError` that says how to pre-download it.
+  cached → a :class:`~prefopt.core.errors.PrefoptError` that says how to pre-download it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from prefopt.errors import PrefoptError, did_you_mean
+from prefopt.core.errors import PrefoptError, did_you_mean
 
 log = logging.getLogger("prefopt")
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
 
 FINISHED_MARKER = "manifest.json"
 
@@ -44,7 +44,7 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool = False) -> 
 
 def git_commit() -> str | None:
     try:
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
         )

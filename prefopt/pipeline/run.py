@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from prefopt.errors import PrefoptError
-from prefopt.recipe import Recipe, dump_resolved
+from prefopt.config.recipe import Recipe, dump_resolved
+from prefopt.core.errors import PrefoptError
 
 log = logging.getLogger("prefopt")
 
@@ -77,9 +77,9 @@ def resolve_batch(recipe: Recipe, n_processes: int | None = None) -> dict[str, A
 
 def prepare_data(recipe: Recipe, tokenizer, report_dir: Path | None = None):
     """Canonical data → tokenised datasets for the trainer. Returns (train, eval, canonical_eval, report)."""
-    from prefopt.algorithms import get_adapter
     from prefopt.data.fast_tokenize import tokenize_dataset_fast
     from prefopt.data.transforms import prepare
+    from prefopt.training.algorithms import get_adapter
 
     adapter = get_adapter(recipe.algorithm)
     base_dir = recipe.source_path.parent if recipe.source_path else None
@@ -128,7 +128,7 @@ def build_trainer(
     """Adapter → TRL config → prefopt trainer subclass. Nothing else."""
     from peft import PeftModel
 
-    from prefopt.algorithms import get_adapter
+    from prefopt.training.algorithms import get_adapter
 
     adapter = get_adapter(recipe.algorithm)
     if config is None:
@@ -142,7 +142,7 @@ def build_trainer(
         "processing_class": tokenizer,
         "callbacks": callbacks or [],
     }
-    from prefopt import refcache
+    from prefopt.training import refcache
 
     cache_kwargs = refcache.trainer_kwargs(recipe)
     if cache_kwargs:
@@ -177,13 +177,13 @@ def train(
     recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = False, resume: bool = False
 ) -> dict:
     """Run one recipe end to end. Returns a summary dict (also in manifest.json)."""
-    from prefopt import manifest
-    from prefopt.algorithms import get_adapter
-    from prefopt.callbacks import MetricsJsonlCallback
-    from prefopt.errors import TrainingInterrupted
-    from prefopt.health import HealthCallback, probe_prompts_for
-    from prefopt.models import load_model, tokenizer_for
-    from prefopt.resilience import (
+    from prefopt.core.errors import TrainingInterrupted
+    from prefopt.model.loading import load_model, tokenizer_for
+    from prefopt.pipeline import manifest
+    from prefopt.training.algorithms import get_adapter
+    from prefopt.training.callbacks import MetricsJsonlCallback
+    from prefopt.training.health import HealthCallback, probe_prompts_for
+    from prefopt.training.resilience import (
         CheckpointMarkerCallback,
         NonFiniteError,
         NonFiniteGuard,
@@ -295,7 +295,7 @@ def train(
             manifest.write_json(run_dir / "eval.json", evaluation)
             summary["eval"] = evaluation
         manifest.write_json(run_dir / "manifest.json", summary)
-        from prefopt.report import write_report
+        from prefopt.evaluate.report import write_report
 
         try:
             write_report(run_dir)
@@ -309,7 +309,7 @@ def _resume_point(ckpt_dir: Path, resume: bool) -> Path | None:
     """The last complete checkpoint to resume from, or None. Re-running the same command into the same
     output dir resumes too (the run is unfinished and has a checkpoint); incomplete checkpoints (a kill
     while saving) are removed first."""
-    from prefopt.resilience import last_complete_checkpoint, remove_incomplete_checkpoints
+    from prefopt.training.resilience import last_complete_checkpoint, remove_incomplete_checkpoints
 
     if is_main_process():
         removed = remove_incomplete_checkpoints(ckpt_dir)
@@ -343,7 +343,7 @@ def save_model(trainer, tokenizer, path: Path) -> None:
 def _kto_weight_check(recipe: Recipe, train_ds) -> None:
     if recipe.algorithm != "kto":
         return
-    from prefopt.fidelity import check_kto_weights
+    from prefopt.config.fidelity import check_kto_weights
 
     labels = train_ds["label"]
     n_d = sum(1 for x in labels if x)
@@ -363,7 +363,7 @@ def world_task_of(recipe: Recipe) -> str | None:
 
 def reference_for(recipe: Recipe):
     """The starting model (the reference for KL, also for reference-free algorithms)."""
-    from prefopt.models import load_model
+    from prefopt.model.loading import load_model
 
     ref_cfg = recipe.model.model_copy(update={"lora": None, "quantization": None})
     model, _ = load_model(ref_cfg, seed=recipe.seed, for_training=False)
@@ -371,12 +371,12 @@ def reference_for(recipe: Recipe):
 
 
 def run_evaluation(recipe: Recipe, model, tokenizer, eval_ds) -> dict | None:
-    """End-of-training evaluation (:func:`prefopt.evaluation.evaluate_models`): held-out preference
+    """End-of-training evaluation (:func:`prefopt.evaluate.metrics.evaluate_models`): held-out preference
     accuracy and margins, log-prob shifts, KL to the starting model on samples, lengths, and the
     ground-truth world's true reward when the data comes from it."""
     if not recipe.evaluation.enabled:
         return None
-    from prefopt.evaluation import evaluate_models
+    from prefopt.evaluate.metrics import evaluate_models
 
     model.eval()
     with torch.no_grad():
@@ -385,7 +385,7 @@ def run_evaluation(recipe: Recipe, model, tokenizer, eval_ds) -> dict | None:
 
 def dry_run(recipe: Recipe, n_processes: int | None = None) -> dict:
     """What TRL will receive, without loading a model: trainer class, config, every loss parameter."""
-    from prefopt.algorithms import get_adapter
+    from prefopt.training.algorithms import get_adapter
 
     adapter = get_adapter(recipe.algorithm)
     training = resolve_batch(recipe, n_processes)

@@ -7,14 +7,14 @@ Each round:
    round while the task's training split lasts).
 2. **Score** each completion with ``scorer`` — a dotted path to a Python callable
    ``f(prompt, completion) -> float`` (``module:function`` or ``module.function``; default
-   ``prefopt.iterative:world_reward``, the ground-truth world's true reward) — or with a reward model
-   saved by :mod:`prefopt.rlhf` (``reward_model: <run>/reward_model``).
+   ``prefopt.studies.iterative:world_reward``, the ground-truth world's true reward) — or with a reward model
+   saved by :mod:`prefopt.studies.rlhf` (``reward_model: <run>/reward_model``).
 3. **Pair** best against worst per prompt (the highest- and lowest-scoring distinct completions; among
    equal scores the more frequent one, i.e. the policy's dominant answer / dominant mistake). Prompts
    whose samples all score the same (ties) give no pair and are skipped (counted).
-4. **DPO round** with :func:`prefopt.train.build_trainer` on a recipe derived from the base DPO recipe
+4. **DPO round** with :func:`prefopt.pipeline.run.build_trainer` on a recipe derived from the base DPO recipe
    (its loss and training settings, plus this section's ``loss``/``training`` overrides), on the
-   pairs tokenised by :mod:`prefopt.tokenization` — the same ids as every other trainer.
+   pairs tokenised by :mod:`prefopt.data.tokenization` — the same ids as every other trainer.
 
 **Reference.** With ``reference: initial`` (default) every round's DPO reference is the *original*
 starting policy (the world reference), as in the iterative-DPO / self-rewarding papers that keep
@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefopt.errors import PrefoptError
+from prefopt.core.errors import PrefoptError
 
 log = logging.getLogger("prefopt")
 
@@ -59,10 +59,10 @@ class IterativeDPOSection(BaseModel):
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(8, gt=0)
     scorer: str = Field(
-        "prefopt.iterative:world_reward", description="Dotted path to f(prompt, completion) -> float."
+        "prefopt.studies.iterative:world_reward", description="Dotted path to f(prompt, completion) -> float."
     )
     reward_model: str | None = Field(
-        None, description="A reward model directory (prefopt.rlhf); replaces scorer."
+        None, description="A reward model directory (prefopt.studies.rlhf); replaces scorer."
     )
     reference: Literal["initial", "previous"] = "initial"
     loss: dict[str, Any] = Field(default_factory=dict, description="DPO loss overrides, e.g. {beta: 0.1}.")
@@ -98,7 +98,7 @@ def load_callable(path: str) -> Callable:
         raise PrefoptError(
             f'cannot load the scorer "{path}": {exc}.',
             where="iterative_dpo.scorer",
-            fix="name an importable callable as module:function, e.g. prefopt.iterative:world_reward.",
+            fix="name an importable callable as module:function, e.g. prefopt.studies.iterative:world_reward.",
         ) from None
     if not callable(obj):
         raise PrefoptError(f'"{path}" is not callable.', where="iterative_dpo.scorer")
@@ -110,7 +110,7 @@ def make_scorer(
 ) -> Callable[[list[str], list[str]], list[float]]:
     """A batch scorer ``(prompts, completions) -> scores`` from the section's scorer or reward model."""
     if section.reward_model:
-        from prefopt.rlhf import load_reward_model
+        from prefopt.studies.rlhf import load_reward_model
 
         p = Path(section.reward_model).expanduser()
         if not p.is_absolute() and base_dir is not None:
@@ -159,7 +159,7 @@ def best_vs_worst(
 def round_recipe(section: IterativeDPOSection, base_recipe, reference_dir: str, seed: int):
     """The DPO recipe of one round: the base recipe's DPO settings + the section's overrides, with the
     model pointing at the reference directory (so TRL loads the reference from it)."""
-    from prefopt.recipe import load_recipe
+    from prefopt.config.recipe import load_recipe
 
     data = base_recipe.to_dict()
     if data["algorithm"] != "dpo":
@@ -198,15 +198,15 @@ def run_iterative_dpo(
 ) -> dict:
     """Run the rounds; returns ``{"points": [...]}`` with one point per round (``algorithm:
     iterative_dpo``, ``params: {round, beta}``, ``final`` on the last), each evaluated with ``evaluate``
-    (default :class:`prefopt.compare.WorldEvaluator`) against the original reference."""
+    (default :class:`prefopt.studies.compare.WorldEvaluator`) against the original reference."""
     from prefopt import world
-    from prefopt.callbacks import MetricsJsonlCallback
-    from prefopt.compare import Measure, WorldEvaluator, world_task
-    from prefopt.models import load_model
-    from prefopt.resilience import NonFiniteGuard
-    from prefopt.rlhf import _starting_checkpoint
-    from prefopt.tokenization import tokenize_dataset
-    from prefopt.train import build_trainer, resolve_batch
+    from prefopt.data.tokenization import tokenize_dataset
+    from prefopt.model.loading import load_model
+    from prefopt.pipeline.run import build_trainer, resolve_batch
+    from prefopt.studies.compare import Measure, WorldEvaluator, world_task
+    from prefopt.studies.rlhf import _starting_checkpoint
+    from prefopt.training.callbacks import MetricsJsonlCallback
+    from prefopt.training.resilience import NonFiniteGuard
 
     if isinstance(section, dict):
         section = IterativeDPOSection(**section)

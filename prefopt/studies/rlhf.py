@@ -2,12 +2,12 @@
 trained against it on-policy with a KL penalty to the same reference (the classic "DPO vs PPO" study).
 
 1. **Reward model** — ``trl.RewardTrainer`` (loss −log σ(r(x, y_w) − r(x, y_l))) on the base recipe's
-   world pairs, tokenised once by prefopt (:func:`prefopt.train.prepare_data`; the same rows, ids and
+   world pairs, tokenised once by prefopt (:func:`prefopt.pipeline.run.prepare_data`; the same rows, ids and
    dedupe as the DPO points). Each sequence is ``prompt_ids + completion_ids`` exactly as the policy
    sees it, EOS included; the scalar is read at the last non-pad token (the EOS). The model is a Llama
    sequence classifier (``num_labels=1``, ``pad_token_id`` from the tokenizer): with
    ``reward_model.init: reference`` (default) the world reference's trunk plus a fresh linear head,
-   with ``init: builtin`` a freshly initialised builtin model (``prefopt.models.builtin_config``).
+   with ``init: builtin`` a freshly initialised builtin model (``prefopt.model.loading.builtin_config``).
 2. **Policy** — ``trl.RLOOTrainer`` (REINFORCE leave-one-out, Ahmadian et al. 2024; ``policy.trainer:
    grpo`` picks ``trl.GRPOTrainer``) with generation by ``transformers.generate`` (``use_vllm=False``),
    ``num_generations`` samples per prompt, at most ``max_completion_length`` new tokens, temperature 1.
@@ -18,7 +18,7 @@ trained against it on-policy with a KL penalty to the same reference (the classi
    prompts of the preference data, as text.
 
 Tokenisation: RLOO/GRPO tokenise text prompts with ``processing_class(text=prompts)`` (special tokens
-on), which is :func:`prefopt.tokenization.encode_prompt` for text prompts — for the builtin byte-level
+on), which is :func:`prefopt.data.tokenization.encode_prompt` for text prompts — for the builtin byte-level
 tokenizer, no BOS either way; :func:`check_prompt_tokenisation` asserts it before training. The reward
 model is passed to TRL as a *callable* (:class:`RewardModelScorer`), not as a model: TRL scores a model
 by re-tokenising ``prompt + decoded completion`` with ``add_special_tokens=False`` and no EOS, which is
@@ -103,7 +103,7 @@ class RewardModelScorer:
 
     Called by RLOO/GRPO as ``f(prompts=..., completions=..., completion_ids=..., **kw)``; scores
     ``encode_prompt(prompt) + completion_ids`` (cut after the first EOS, which is kept). Also usable as
-    ``scorer(prompt, completion)`` (text), tokenised with :func:`prefopt.tokenization.encode_completion`."""
+    ``scorer(prompt, completion)`` (text), tokenised with :func:`prefopt.data.tokenization.encode_completion`."""
 
     __name__ = "reward_model"
 
@@ -130,7 +130,7 @@ class RewardModelScorer:
         return out
 
     def sequences(self, prompts, completion_ids) -> list[list[int]]:
-        from prefopt.tokenization import encode_prompt
+        from prefopt.data.tokenization import encode_prompt
 
         eos = self.tokenizer.eos_token_id
         seqs = []
@@ -149,7 +149,7 @@ class RewardModelScorer:
         return self.score_ids(self.sequences(prompts, completion_ids))
 
     def score_text(self, prompts: list[str], completions: list[str]) -> list[float]:
-        from prefopt.tokenization import encode_completion, encode_prompt
+        from prefopt.data.tokenization import encode_completion, encode_prompt
 
         return self.score_ids(
             [
@@ -177,7 +177,7 @@ def load_reward_model(path: str | Path):
     """A reward model saved by :func:`run_rlhf` (``<run>/reward_model``) as a scorer."""
     from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
-    from prefopt.models import BUILTIN_DIR
+    from prefopt.model.loading import BUILTIN_DIR
 
     path = Path(path)
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
@@ -212,7 +212,7 @@ def build_reward_model(section: RewardModelSection, recipe, tokenizer, seed: int
 
     name = recipe.model.name
     if section.init == "builtin" or name.startswith("builtin:"):
-        from prefopt.models import builtin_config
+        from prefopt.model.loading import builtin_config
 
         key = name.split(":", 1)[1] if name.startswith("builtin:") else "tiny-arith"
         config = builtin_config(key)
@@ -227,7 +227,7 @@ def build_reward_model(section: RewardModelSection, recipe, tokenizer, seed: int
 
         path = str(world.reference_checkpoint(name.split(":", 1)[1]))
     else:
-        from prefopt.models import _resolve_pretrained
+        from prefopt.model.loading import _resolve_pretrained
 
         path = _resolve_pretrained(name, revision=recipe.model.revision, what="model")
     with torch.random.fork_rng(devices=[]):
@@ -252,7 +252,7 @@ def reward_pairs(paired_tok):
 def train_reward_model(section: RewardModelSection, recipe, tokenizer, paired_tok, run_dir: Path, seed: int):
     from trl import RewardConfig, RewardTrainer
 
-    from prefopt.callbacks import MetricsJsonlCallback
+    from prefopt.training.callbacks import MetricsJsonlCallback
 
     model = build_reward_model(section, recipe, tokenizer, seed)
     cfg = RewardConfig(
@@ -299,7 +299,7 @@ def reward_model_accuracy(scorer: RewardModelScorer, pairs: list[dict]) -> float
 
 def check_prompt_tokenisation(trainer, tokenizer, prompts: list[str]) -> None:
     """TRL's generation must start from exactly the ids prefopt trains and evaluates on."""
-    from prefopt.tokenization import encode_prompt
+    from prefopt.data.tokenization import encode_prompt
 
     theirs = trainer._tokenize_prompts(list(prompts))[0]
     ours = [encode_prompt(tokenizer, p) for p in prompts]
@@ -320,9 +320,9 @@ def train_policy(
 ):
     from datasets import Dataset
 
-    from prefopt.callbacks import MetricsJsonlCallback
-    from prefopt.models import load_model
-    from prefopt.resilience import NonFiniteGuard
+    from prefopt.model.loading import load_model
+    from prefopt.training.callbacks import MetricsJsonlCallback
+    from prefopt.training.resilience import NonFiniteGuard
 
     if section.trainer == "rloo":
         from trl import RLOOConfig as Config
@@ -397,14 +397,14 @@ def run_rlhf(
 ) -> dict:
     """Reward model, then one policy per ``policy.beta``; each policy is evaluated like the DPO points.
 
-    ``base_recipe`` is a world recipe (a :class:`prefopt.recipe.Recipe`; its algorithm's data kind is
+    ``base_recipe`` is a world recipe (a :class:`prefopt.config.recipe.Recipe`; its algorithm's data kind is
     used only to find the paired data — any algorithm works, its loss is ignored). Returns
     ``{"reward_model": {...}, "points": [...]}``; each point has ``algorithm: rlhf``, ``params:
-    {beta}``, ``eval`` (the ``evaluate`` result, default :class:`prefopt.compare.WorldEvaluator`),
+    {beta}``, ``eval`` (the ``evaluate`` result, default :class:`prefopt.studies.compare.WorldEvaluator`),
     timings and peak memory."""
-    from prefopt.compare import Measure, WorldEvaluator, world_task
-    from prefopt.models import load_tokenizer
-    from prefopt.recipe import load_recipe
+    from prefopt.config.recipe import load_recipe
+    from prefopt.model.loading import load_tokenizer
+    from prefopt.studies.compare import Measure, WorldEvaluator, world_task
 
     if isinstance(section, dict):
         section = RLHFSection(**section)
@@ -419,7 +419,7 @@ def run_rlhf(
     recipe._source_path = base_recipe.source_path
     tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.name)
     if data_cache is None:
-        from prefopt.compare import TokenizedCache
+        from prefopt.studies.compare import TokenizedCache
 
         data_cache = TokenizedCache()
     if evaluate is None:

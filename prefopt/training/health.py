@@ -43,7 +43,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from prefopt.errors import PrefoptError, did_you_mean
+from prefopt.core.errors import PrefoptError, did_you_mean
 
 log = logging.getLogger("prefopt")
 
@@ -148,11 +148,11 @@ def probe_prompts_for(recipe, eval_ds=None, train_ds=None, n: int | None = None)
 
     if eval_ds is not None and len(eval_ds):
         return distinct(eval_ds)
-    from prefopt.train import world_task_of
+    from prefopt.pipeline.run import world_task_of
 
     task = world_task_of(recipe)
     if task is not None:
-        from prefopt.evaluation import world_test_prompts
+        from prefopt.evaluate.metrics import world_test_prompts
 
         return world_test_prompts(task, n, recipe.seed)
     if train_ds is not None and len(train_ds):
@@ -163,7 +163,7 @@ def probe_prompts_for(recipe, eval_ds=None, train_ds=None, n: int | None = None)
 class HealthCallback(TrainerCallback):
     """Watch TRL's logged metrics and warn (and optionally stop) on the failure modes in docs/health.md.
 
-    ``health_section`` is the recipe's :class:`prefopt.recipe.HealthSection` (fields it lacks take the
+    ``health_section`` is the recipe's :class:`prefopt.config.recipe.HealthSection` (fields it lacks take the
     defaults in :data:`FIELD_DEFAULTS`; keyword arguments override both), ``algorithm`` the recipe's
     algorithm, ``metrics_writer`` a function taking one record dict (``MetricsJsonlCallback.write``).
     ``beta`` (β, τ for IPO) is needed for the DPO/IPO KL proxy; the probe needs ``tokenizer`` (or the
@@ -465,7 +465,7 @@ class HealthCallback(TrainerCallback):
         return None
 
     def _sample(self, model, with_kl: bool) -> dict:
-        from prefopt.evaluation import sampled_kl_and_length
+        from prefopt.evaluate.metrics import sampled_kl_and_length
 
         ref = self._reference_for_probe(model) if with_kl else None
         return sampled_kl_and_length(

@@ -3,7 +3,7 @@
 Every function takes per-sequence log-probabilities (and, where the loss needs them, completion
 lengths) and returns the **per-example** loss, shape ``(batch,)``; the batch loss is its mean. Nothing
 here touches a model, so each function can be checked against hand-computed values and against
-TRL's own formula code (``tests/test_losses.py``). The trainer subclasses in :mod:`prefopt.trainers`
+TRL's own formula code (``tests/test_losses.py``). The trainer subclasses in :mod:`prefopt.training.trainers`
 call these functions where TRL's loss differs from the paper (see ``docs/losses.md``).
 
 Conventions

@@ -24,7 +24,7 @@ finds them neither recomputes them nor keeps a reference copy of the model in me
 * the dtype of the weights and the autocast precision;
 * the family: ``paired`` (DPO/IPO; + TRL's ``ld_alpha``, which changes the reference sums) or
   ``unpaired`` (KTO; + whether the KL term is on). KTO's mismatched-pair KL log-probs are cached with
-  ``ref_logps`` because prefopt pairs row *i* with a fixed row (:func:`prefopt.trainers.add_kl_completions`),
+  ``ref_logps`` because prefopt pairs row *i* with a fixed row (:func:`prefopt.training.trainers.add_kl_completions`),
   so they are per-row and reference-only; their pairing is part of the data hash (``KL_completion_ids``).
   DPO and IPO runs on the same model and data share one entry.
 
@@ -170,7 +170,7 @@ def model_identity(model_cfg, seed: int, memo_dir: str | os.PathLike | None = No
         "quantization": model_cfg.quantization.model_dump() if model_cfg.quantization else None,
     }
     if name.startswith("builtin:"):
-        from prefopt.models import builtin_config
+        from prefopt.model.loading import builtin_config
 
         cfg = builtin_config(name.split(":", 1)[1]).to_dict()
         cfg.pop("transformers_version", None)
@@ -652,7 +652,7 @@ class ReferenceCacheMixin:
 def trainer_kwargs(recipe) -> dict[str, Any]:
     """``{"reference_cache": {...}}`` for the trainer when ``recipe.reference_cache.enabled`` is set (as
     ``prefopt compare`` does by default) and the algorithm has a reference, else ``{}``."""
-    from prefopt.algorithms import get_adapter
+    from prefopt.training.algorithms import get_adapter
 
     if not recipe.reference_cache.enabled or not get_adapter(recipe.algorithm).uses_reference:
         return {}

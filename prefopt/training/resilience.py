@@ -23,7 +23,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from prefopt.errors import NonFiniteError  # noqa: F401 - re-exported
+from prefopt.core.errors import NonFiniteError  # noqa: F401 - re-exported
 
 log = logging.getLogger("prefopt")
 

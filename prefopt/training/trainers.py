@@ -2,23 +2,23 @@
 
 Each override is listed (with its reason) in docs/losses.md and printed by ``prefopt train --dry-run``:
 
-* **Tokenisation (all five).** Datasets arrive pre-tokenised by :mod:`prefopt.tokenization`
+* **Tokenisation (all five).** Datasets arrive pre-tokenised by :mod:`prefopt.data.tokenization`
   (``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` or ``completion_ids``). DPO/KTO skip their own
   tokenisation; ORPO/CPO build their legacy ``*_input_ids``/``*_labels`` rows from the same ids
   instead of re-tokenising and prepending BOS.
 * **cDPO** (``algorithm: dpo`` with ``label_smoothing > 0``): TRL's sigmoid loss ignores ε, so the loss
-  is :func:`prefopt.losses.dpo_loss`.
+  is :func:`prefopt.training.losses.dpo_loss`.
 * **Summed IPO** (``length_normalize: false``): TRL only has the averaged form, so the loss is
-  :func:`prefopt.losses.ipo_loss` with ``length_normalize=False``.
+  :func:`prefopt.training.losses.ipo_loss` with ``length_normalize=False``.
 
 Performance layers (no change to the loss; see docs/performance.md):
 
-* **Split forward** (all five, on by default): :mod:`prefopt.batching` runs the rows of a padded batch
+* **Split forward** (all five, on by default): :mod:`prefopt.training.batching` runs the rows of a padded batch
   in up to four length groups, each trimmed to its own longest row — the same per-token log-probs on
   fewer token slots. ``padding/fraction`` is logged. Length-grouped *sampling* is opt-in
   (``training.train_sampling_strategy: group_by_length``).
 * **Reference log-prob cache** (DPO/IPO/KTO, ``reference_cache.enabled``; on by default in
-  ``prefopt compare``): :mod:`prefopt.refcache` stores the reference log-probs on disk, keyed by
+  ``prefopt compare``): :mod:`prefopt.training.refcache` stores the reference log-probs on disk, keyed by
   content, and feeds TRL's ``precompute_ref_log_probs`` path from it.
 
 Everything else — log-prob computation, reference handling (adapter-disabled base under LoRA,
@@ -32,8 +32,8 @@ from trl import DPOTrainer, KTOTrainer
 from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
 
-from prefopt.batching import LengthGroupingMixin
-from prefopt.refcache import ReferenceCacheMixin
+from prefopt.training.batching import LengthGroupingMixin
+from prefopt.training.refcache import ReferenceCacheMixin
 
 
 def _is_pretokenized(dataset) -> bool:
@@ -81,7 +81,7 @@ class PrefoptDPOTrainer(LengthGroupingMixin, ReferenceCacheMixin, DPOTrainer):
         return chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_len, rejected_len
 
     def _prefopt_compute_loss(self, model, inputs, return_outputs):
-        from prefopt import losses
+        from prefopt.training import losses
 
         mode = "train" if self.model.training else "eval"
         pc, pr, rc, rr, lc, lr = self.policy_and_reference_logps(model, inputs)

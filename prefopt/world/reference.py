@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from prefopt.errors import PrefoptError, did_you_mean
+from prefopt.core.errors import PrefoptError, did_you_mean
 
 log = logging.getLogger("prefopt")
 
@@ -221,14 +221,14 @@ def demonstrations(task: Task, n: int, noise: float, seed: int) -> list[tuple[st
 
 def sft_sequence(tokenizer, prompt, completion) -> tuple[list[int], list[int]]:
     """SFT input ids and labels (prompt masked) — prefopt's one tokenisation, as every trainer sees it."""
-    from prefopt.tokenization import encode_completion, encode_prompt
+    from prefopt.data.tokenization import encode_completion, encode_prompt
 
     pi, ci = encode_prompt(tokenizer, prompt), encode_completion(tokenizer, prompt, completion)
     return pi + ci, [-100] * len(pi) + ci
 
 
 def _sft_warm_start(task: Task, warm: WarmStart):
-    from prefopt.models import build_builtin, load_tokenizer
+    from prefopt.model.loading import build_builtin, load_tokenizer
 
     tok = load_tokenizer("builtin:" + warm.base)
     model = build_builtin(warm.base, warm.seed)
@@ -278,8 +278,8 @@ def sample(
     batch_size: int = 256,
 ) -> list[list[str]]:
     """Completions for each prompt (text, EOS removed), generated from exactly the prompt ids training
-    used: :func:`prefopt.evaluation.generate_completions`, decoded."""
-    from prefopt.evaluation import generate_completions
+    used: :func:`prefopt.evaluate.metrics.generate_completions`, decoded."""
+    from prefopt.evaluate.metrics import generate_completions
 
     out: list[list[str]] = [[] for _ in prompts]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -337,7 +337,7 @@ def sequence_logps(
     model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 256
 ) -> torch.Tensor:
     """Summed log-prob of each completion (with its EOS) given its prompt — prefopt's tokenisation."""
-    from prefopt.tokenization import encode_completion, encode_prompt
+    from prefopt.data.tokenization import encode_completion, encode_prompt
 
     device = next(model.parameters()).device
     res = []
@@ -413,7 +413,7 @@ def preference_rows(
 
 
 def _draw_rows(task: Task, size, split, seed, num_samples, noise, kind, pairs_per_prompt) -> list[dict]:
-    from prefopt.models import load_trained
+    from prefopt.model.loading import load_trained
 
     rng = random.Random(seed)
     pool = task.split(split)

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from prefopt.models import load_tokenizer
+    from prefopt.model.loading import load_tokenizer
 
     return load_tokenizer("builtin:tiny-arith")
 

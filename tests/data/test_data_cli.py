@@ -8,9 +8,9 @@ import json
 import pytest
 from data_helpers import FIXTURES
 
-from prefopt.data.cli import add_data_commands, parse_options
+from prefopt.cli.data import add_data_commands, parse_options
+from prefopt.core.errors import PrefoptError
 from prefopt.data.inspect import kto_weights
-from prefopt.errors import PrefoptError
 
 
 def run(argv: list[str]) -> int:

@@ -6,11 +6,11 @@ import random
 
 import pytest
 
+from prefopt.core.errors import PrefoptError
 from prefopt.data.fast_tokenize import ByteTable, Encoder, token_lengths, tokenize_dataset_fast
 from prefopt.data.report import DropReport
 from prefopt.data.schema import build_dataset
-from prefopt.errors import PrefoptError
-from prefopt.tokenization import tokenize_dataset
+from prefopt.data.tokenization import tokenize_dataset
 
 CHARS = "abc xyz déjà 中文 🙂\n<|eos|><|user|>"
 

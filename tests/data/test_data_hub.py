@@ -11,9 +11,9 @@ import datasets
 import pytest
 from datasets import Dataset
 
+from prefopt.core.errors import PrefoptError
 from prefopt.data.registry import get_source
 from prefopt.data.report import DropReport
-from prefopt.errors import PrefoptError
 
 
 def test_hub_id_goes_through_load_dataset_with_the_default_split(monkeypatch):
@@ -73,7 +73,7 @@ def test_offline_and_not_cached_says_how_to_download(tmp_path):
         """
         from prefopt.data.registry import get_source
         from prefopt.data.report import DropReport
-        from prefopt.errors import PrefoptError
+        from prefopt.core.errors import PrefoptError
         try:
             get_source("kto_mix")({"path": "trl-lib/kto-mix-14k"}, report=DropReport())
         except PrefoptError as e:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from data_helpers import FIXTURES
 
+from prefopt.core.errors import PrefoptError
 from prefopt.data.registry import Option, get_source, register_source, source_info, source_names
 from prefopt.data.report import DropReport
-from prefopt.errors import PrefoptError
 
 BUILTIN = {
     "ultrafeedback_h4",

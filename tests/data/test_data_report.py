@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from prefopt.core.errors import PrefoptError
 from prefopt.data.report import MAX_EXAMPLES, DropReport
-from prefopt.errors import PrefoptError
 
 
 def test_steps_counts_and_examples():

@@ -8,6 +8,7 @@ import json
 import pytest
 from datasets import Dataset
 
+from prefopt.core.errors import PrefoptError
 from prefopt.data.messages import (
     RowProblem,
     as_label,
@@ -25,7 +26,6 @@ from prefopt.data.schema import (
     data_kind,
     features,
 )
-from prefopt.errors import PrefoptError
 
 U = {"role": "user", "content": "hi"}
 A1 = {"role": "assistant", "content": "hello"}

@@ -8,8 +8,8 @@ import pytest
 from data_helpers import FIXTURES, examples, read
 from datasets import Dataset
 
+from prefopt.core.errors import PrefoptError
 from prefopt.data.schema import PAIRED, UNPAIRED, data_format, data_kind
-from prefopt.errors import PrefoptError
 
 
 def _reply(ds, i, col="chosen"):

@@ -6,6 +6,8 @@ import pytest
 from data_helpers import FIXTURES
 from datasets import Dataset
 
+from prefopt.config.recipe import DataSection, SourceSection
+from prefopt.core.errors import PrefoptError
 from prefopt.data.registry import register_source
 from prefopt.data.report import DropReport
 from prefopt.data.schema import build_dataset, compute_prompt_id, data_format, data_kind, features
@@ -18,8 +20,6 @@ from prefopt.data.transforms import (
     split_by_prompt,
     unpair,
 )
-from prefopt.errors import PrefoptError
-from prefopt.recipe import DataSection, SourceSection
 
 
 def _pairs(n=4, prompts=None, fmt="text"):

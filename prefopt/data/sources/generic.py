@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prefopt.core.errors import PrefoptError, did_you_mean
 from prefopt.data.io import RawInput, open_input
 from prefopt.data.messages import (
     RowProblem,
@@ -44,7 +45,6 @@ from prefopt.data.registry import Option, register_source
 from prefopt.data.report import DropReport
 from prefopt.data.sources._base import KEEP_TIES, RowContext, emit, options
 from prefopt.data.sources.sharegpt_ranking import check_roles
-from prefopt.errors import PrefoptError, did_you_mean
 
 FIELDS = (
     "prompt",

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from prefopt.core.errors import PrefoptError, did_you_mean
 from prefopt.data.messages import ROLE_ALIASES, normalize_messages, require_assistant, require_text
 from prefopt.data.registry import Option, register_source
 from prefopt.data.report import DropReport
 from prefopt.data.schema import ROLES
 from prefopt.data.sources._base import RowContext, options, read_source
-from prefopt.errors import PrefoptError, did_you_mean
 
 NAME = "sharegpt_ranking"
 DEFAULT_COLUMNS = {

@@ -27,11 +27,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from prefopt.core.errors import PrefoptError, did_you_mean
 from prefopt.data.messages import RowProblem, as_score, require_text
 from prefopt.data.registry import Option, register_source
 from prefopt.data.report import DropReport
 from prefopt.data.sources._base import KEEP_TIES, RowContext, options, read_source
-from prefopt.errors import PrefoptError, did_you_mean
 
 NAME = "ultrafeedback_raw"
 ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")

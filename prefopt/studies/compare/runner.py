@@ -1,8 +1,8 @@
 """``prefopt compare``: a measured algorithm comparison on the ground-truth world.
 
 One sweep file runs a grid — algorithms × loss parameters (β, τ, λ, ...) × seeds — from base recipes,
-optionally adds an RLHF baseline (Bradley-Terry reward model + RLOO, :mod:`prefopt.rlhf`) and
-iterative (online) DPO (:mod:`prefopt.iterative`), and measures every point the same way:
+optionally adds an RLHF baseline (Bradley-Terry reward model + RLOO, :mod:`prefopt.studies.rlhf`) and
+iterative (online) DPO (:mod:`prefopt.studies.iterative`), and measures every point the same way:
 
 * **true reward** of the trained policy on the world's held-out prompts, sampled (T = 1) and greedy
   (:func:`prefopt.world.evaluate_policy`);
@@ -29,8 +29,8 @@ Sweep file (``configs/sweeps/world.yaml``)::
       - {algorithm: dpo, base: ../recipes/quickstart/dpo.yaml, loss: {beta: [0.05, 0.1, 0.3]}}
       - {algorithm: ipo, base: ../recipes/quickstart/ipo.yaml, loss: {tau: [0.1, 0.25, 0.5]}}
     seeds: [0]
-    rlhf: {...}               # prefopt.rlhf.RLHFSection, or null
-    iterative_dpo: {rounds: 3, ...}   # prefopt.iterative.IterativeDPOSection, or null
+    rlhf: {...}               # prefopt.studies.rlhf.RLHFSection, or null
+    iterative_dpo: {rounds: 3, ...}   # prefopt.studies.iterative.IterativeDPOSection, or null
     output: runs/compare-world
 
 List values under ``loss:`` / ``training:`` of a grid entry are swept (their product); scalars are
@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from prefopt.errors import PrefoptError, did_you_mean
+from prefopt.core.errors import PrefoptError, did_you_mean
 
 log = logging.getLogger("prefopt")
 
@@ -117,9 +117,11 @@ class Sweep(_Strict):
     overrides: list[str] = Field(
         default_factory=list, description="`section.key=value` for every grid point."
     )
-    rlhf: dict[str, Any] | None = Field(None, description="RLHF baseline (prefopt.rlhf.RLHFSection) or null.")
+    rlhf: dict[str, Any] | None = Field(
+        None, description="RLHF baseline (prefopt.studies.rlhf.RLHFSection) or null."
+    )
     iterative_dpo: dict[str, Any] | None = Field(
-        None, description="Iterative DPO (prefopt.iterative) or null."
+        None, description="Iterative DPO (prefopt.studies.iterative) or null."
     )
     evaluation: CompareEvaluation = Field(default_factory=CompareEvaluation)
     reuse_tokenized: bool = Field(
@@ -193,7 +195,7 @@ def _models_in(ann) -> Iterator[type[BaseModel]]:
 
 def load_sweep(path: str | Path | None = None, *, data: dict | None = None) -> Sweep:
     """Read and validate a sweep file (or a dict, with paths relative to the working dir)."""
-    from prefopt.recipe import read_yaml
+    from prefopt.config.recipe import read_yaml
 
     where = str(path) if path is not None else "<sweep>"
     raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
@@ -244,8 +246,8 @@ def _swept(section: dict[str, Any]) -> set[str]:
 
 def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
     """Every grid point as a validated recipe (fails before anything trains)."""
-    from prefopt.algorithms import get_adapter
-    from prefopt.recipe import load_recipe, read_yaml
+    from prefopt.config.recipe import load_recipe, read_yaml
+    from prefopt.training.algorithms import get_adapter
 
     points: list[Point] = []
     seen: set[str] = set()
@@ -309,7 +311,7 @@ def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
 
 
 def world_task(recipe) -> str:
-    from prefopt.train import world_task_of
+    from prefopt.pipeline.run import world_task_of
 
     task = world_task_of(recipe)
     if task is None:
@@ -406,7 +408,7 @@ class WorldEvaluator:
     @classmethod
     def for_task(cls, task: str, settings: CompareEvaluation | None = None) -> WorldEvaluator:
         from prefopt import world
-        from prefopt.models import load_trained
+        from prefopt.model.loading import load_trained
 
         ref, tok = load_trained(world.reference_checkpoint(task))
         return cls(task, ref.eval(), tok, settings)
@@ -465,7 +467,7 @@ class TokenizedCache:
 
     @staticmethod
     def key(recipe) -> str:
-        from prefopt.algorithms import get_adapter
+        from prefopt.training.algorithms import get_adapter
 
         k = {
             "data": recipe.data.model_dump(mode="json"),
@@ -480,7 +482,7 @@ class TokenizedCache:
         return hashlib.sha256(json.dumps(k, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def get(self, recipe, tokenizer):
-        from prefopt.train import prepare_data
+        from prefopt.pipeline.run import prepare_data
 
         if not self.enabled:
             return prepare_data(recipe, tokenizer)
@@ -493,15 +495,15 @@ class TokenizedCache:
 
 
 def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: TokenizedCache) -> dict:
-    """Train one grid point (the pipeline of :func:`prefopt.train.train`, on cached tokenised data) and
+    """Train one grid point (the pipeline of :func:`prefopt.pipeline.run.train`, on cached tokenised data) and
     measure it."""
-    from prefopt import manifest
-    from prefopt.algorithms import get_adapter
-    from prefopt.callbacks import MetricsJsonlCallback
-    from prefopt.models import load_model
-    from prefopt.recipe import dump_resolved
-    from prefopt.resilience import NonFiniteGuard
-    from prefopt.train import _kto_weight_check, build_trainer, resolve_batch, save_model
+    from prefopt.config.recipe import dump_resolved
+    from prefopt.model.loading import load_model
+    from prefopt.pipeline import manifest
+    from prefopt.pipeline.run import _kto_weight_check, build_trainer, resolve_batch, save_model
+    from prefopt.training.algorithms import get_adapter
+    from prefopt.training.callbacks import MetricsJsonlCallback
+    from prefopt.training.resilience import NonFiniteGuard
 
     recipe = point.recipe
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -573,7 +575,8 @@ def _fingerprint(obj) -> str:
 def world_identity(task: str) -> dict:
     """What a finished point's numbers depend on besides its recipe: the world reference (its directory
     name is keyed by the warm start), the world's data version and the library versions."""
-    from prefopt import manifest, world
+    from prefopt import world
+    from prefopt.pipeline import manifest
 
     return {
         "reference": world.reference_checkpoint(task).name,
@@ -601,7 +604,7 @@ class Plan:
 
 def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
     """Validate everything a sweep will run — before anything trains."""
-    from prefopt.recipe import load_recipe
+    from prefopt.config.recipe import load_recipe
 
     where = str(sweep._source_path or "<sweep>")
     points = expand_grid(sweep, where)
@@ -619,9 +622,9 @@ def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
         if raw is None or (only and key not in only):
             continue
         if key == "rlhf":
-            from prefopt.rlhf import RLHFSection as cls
+            from prefopt.studies.rlhf import RLHFSection as cls
         else:
-            from prefopt.iterative import IterativeDPOSection as cls
+            from prefopt.studies.iterative import IterativeDPOSection as cls
         section = _validate_section(cls, raw, f"{where}: {key}")
         path = sweep.resolve(section.base) if section.base else default_base
         if path is None:
@@ -658,9 +661,10 @@ def run_sweep(
 def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
     import torch
 
-    from prefopt import manifest, world
-    from prefopt.models import load_trained
-    from prefopt.recipe import dump_resolved
+    from prefopt import world
+    from prefopt.config.recipe import dump_resolved
+    from prefopt.model.loading import load_trained
+    from prefopt.pipeline import manifest
 
     points, task = plan.points, plan.task
     run_rlhf, run_iter = plan.rlhf is not None, plan.iterative_dpo is not None
@@ -716,7 +720,7 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
         _log_point(res)
 
     if run_rlhf:
-        from prefopt.rlhf import run_rlhf as _run_rlhf
+        from prefopt.studies.rlhf import run_rlhf as _run_rlhf
 
         for seed in sweep.seeds:
             results.extend(
@@ -739,7 +743,7 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
                 )
             )
     if run_iter:
-        from prefopt.iterative import run_iterative_dpo
+        from prefopt.studies.iterative import run_iterative_dpo
 
         for seed in sweep.seeds:
             results.extend(
@@ -830,8 +834,8 @@ def _validate_section(cls, raw: dict, where: str):
 
 
 def _side_run(kind: str, seed: int, fn, out_dir: Path, rerun: bool, eval_fp, section, base) -> list[dict]:
-    from prefopt import manifest
-    from prefopt.recipe import dump_resolved
+    from prefopt.config.recipe import dump_resolved
+    from prefopt.pipeline import manifest
 
     run_dir = out_dir / "points" / f"{kind}-seed{seed}"
     fp = _fingerprint(

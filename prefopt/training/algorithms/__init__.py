@@ -2,7 +2,7 @@
 trainer, and a registry.
 
 An adapter translates and nothing else: ``trl_config`` builds the TRL config (loss parameters as TRL
-expects them), ``trainer_class`` names the trainer (a :mod:`prefopt.trainers` subclass where TRL's
+expects them), ``trainer_class`` names the trainer (a :mod:`prefopt.training.trainers` subclass where TRL's
 behaviour differs from the paper). ``describe`` is what ``prefopt train --dry-run`` prints.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from prefopt.errors import PrefoptError, did_you_mean
+from prefopt.core.errors import PrefoptError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,13 @@ class Adapter:
     def overrides(cls, recipe) -> list[str]:
         """Where prefopt departs from stock TRL for this recipe (shown by --dry-run and in the manifest)."""
         return [
-            "tokenisation: prefopt pre-tokenises (prefopt.tokenization); TRL's own tokenisation is skipped"
+            "tokenisation: prefopt pre-tokenises (prefopt.data.tokenization); TRL's own tokenisation is skipped"
         ]
 
     # ---- shared
     @classmethod
     def trl_config(cls, recipe, *, output_dir: str, training: dict[str, Any] | None = None):
-        from prefopt.recipe import PREFOPT_TRAINING_KEYS
+        from prefopt.config.recipe import PREFOPT_TRAINING_KEYS
 
         kwargs = {
             k: v
@@ -108,7 +108,7 @@ def register(adapter: type[Adapter]) -> type[Adapter]:
 
 
 def get_adapter(name: str) -> type[Adapter]:
-    from prefopt.algorithms import dpo, ipo, kto, orpo, simpo  # noqa: F401 - registers (idempotent)
+    from prefopt.training.algorithms import dpo, ipo, kto, orpo, simpo  # noqa: F401 - registers (idempotent)
 
     if name not in _REGISTRY:
         raise PrefoptError(

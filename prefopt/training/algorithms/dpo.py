@@ -1,10 +1,10 @@
 """DPO (Rafailov et al. 2023) and cDPO → ``trl.DPOTrainer`` with ``loss_type="sigmoid"``.
 
 TRL 1.x's sigmoid loss silently ignores ``label_smoothing``; with ε > 0 prefopt's trainer subclass
-swaps in :func:`prefopt.losses.dpo_loss` (cDPO). See docs/losses.md.
+swaps in :func:`prefopt.training.losses.dpo_loss` (cDPO). See docs/losses.md.
 """
 
-from prefopt.algorithms import Adapter, register
+from prefopt.training.algorithms import Adapter, register
 
 
 @register
@@ -23,7 +23,7 @@ class DPOAdapter(Adapter):
 
     @classmethod
     def trainer_class(cls, recipe):
-        from prefopt.trainers import PrefoptDPOTrainer
+        from prefopt.training.trainers import PrefoptDPOTrainer
 
         return PrefoptDPOTrainer
 
@@ -36,5 +36,7 @@ class DPOAdapter(Adapter):
     def overrides(cls, recipe):
         out = super().overrides(recipe)
         if recipe.loss_params.label_smoothing > 0:
-            out.append("loss: cDPO via prefopt.losses.dpo_loss (TRL's sigmoid ignores label_smoothing)")
+            out.append(
+                "loss: cDPO via prefopt.training.losses.dpo_loss (TRL's sigmoid ignores label_smoothing)"
+            )
         return out

@@ -1,10 +1,10 @@
 """IPO (Azar et al. 2023) → ``trl.DPOTrainer`` with ``loss_type="ipo"`` (TRL's ``beta`` is τ).
 
 Default ``length_normalize: true`` is TRL's averaged form (used as is); ``false`` is the summed form of
-the paper's reference code, computed by prefopt's trainer subclass with :func:`prefopt.losses.ipo_loss`.
+the paper's reference code, computed by prefopt's trainer subclass with :func:`prefopt.training.losses.ipo_loss`.
 """
 
-from prefopt.algorithms import Adapter, register
+from prefopt.training.algorithms import Adapter, register
 
 
 @register
@@ -23,7 +23,7 @@ class IPOAdapter(Adapter):
 
     @classmethod
     def trainer_class(cls, recipe):
-        from prefopt.trainers import PrefoptDPOTrainer
+        from prefopt.training.trainers import PrefoptDPOTrainer
 
         return PrefoptDPOTrainer
 
@@ -35,5 +35,7 @@ class IPOAdapter(Adapter):
     def overrides(cls, recipe):
         out = super().overrides(recipe)
         if not recipe.loss_params.length_normalize:
-            out.append("loss: summed IPO via prefopt.losses.ipo_loss(length_normalize=False) (TRL averages)")
+            out.append(
+                "loss: summed IPO via prefopt.training.losses.ipo_loss(length_normalize=False) (TRL averages)"
+            )
         return out

@@ -1,6 +1,6 @@
 """KTO (Ethayarajh et al. 2024) → ``trl.KTOTrainer`` (``loss_type="kto"``), unpaired data."""
 
-from prefopt.algorithms import Adapter, register
+from prefopt.training.algorithms import Adapter, register
 
 
 @register
@@ -19,7 +19,7 @@ class KTOAdapter(Adapter):
 
     @classmethod
     def trainer_class(cls, recipe):
-        from prefopt.trainers import PrefoptKTOTrainer
+        from prefopt.training.trainers import PrefoptKTOTrainer
 
         return PrefoptKTOTrainer
 

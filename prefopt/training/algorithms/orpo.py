@@ -1,6 +1,6 @@
 """ORPO (Hong et al. 2024) → ``trl.experimental.orpo.ORPOTrainer`` (TRL's ``beta`` is λ). No reference."""
 
-from prefopt.algorithms import Adapter, register
+from prefopt.training.algorithms import Adapter, register
 
 
 @register
@@ -19,7 +19,7 @@ class ORPOAdapter(Adapter):
 
     @classmethod
     def trainer_class(cls, recipe):
-        from prefopt.trainers import PrefoptORPOTrainer
+        from prefopt.training.trainers import PrefoptORPOTrainer
 
         return PrefoptORPOTrainer
 

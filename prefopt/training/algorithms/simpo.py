@@ -5,7 +5,7 @@ TRL's CPOTrainer defaults to ``cpo_alpha=1.0`` (an NLL term: CPO-SimPO) and take
 ``simpo_gamma = beta * gamma_beta_ratio`` so TRL computes the paper's loss.
 """
 
-from prefopt.algorithms import Adapter, register
+from prefopt.training.algorithms import Adapter, register
 
 
 @register
@@ -24,7 +24,7 @@ class SimPOAdapter(Adapter):
 
     @classmethod
     def trainer_class(cls, recipe):
-        from prefopt.trainers import PrefoptCPOTrainer
+        from prefopt.training.trainers import PrefoptCPOTrainer
 
         return PrefoptCPOTrainer
 

@@ -1,0 +1,7 @@
+"""``python -m prefopt.cli``."""
+
+import sys
+
+from prefopt.cli.main import main
+
+sys.exit(main())
