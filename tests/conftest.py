@@ -10,7 +10,7 @@ def one_torch_thread():
     """One intra-op torch thread for a module's tests. The tiny models train faster on one thread, far
     faster on a shared, loaded CPU (OpenMP spinning), and the quickstart guards train exactly as their
     lifts were measured (one thread)."""
-    from prefopt.world import torch_threads
+    from prefopt.core.runtime import torch_threads
 
     with torch_threads(1):
         yield

@@ -130,7 +130,8 @@ def test_dry_run_lists_points(capsys):
 
 # --------------------------------------------------------------------------------------------- pieces
 def test_best_vs_worst_pairs_and_ties():
-    from prefopt.studies.iterative import best_vs_worst, world_reward
+    from prefopt.studies.iterative import best_vs_worst
+    from prefopt.world.rewards import world_reward
 
     prompts = ["1+2=", "3+4=", "5+5="]
     samples = [["3", "4", "4", "3 "], ["7", "7", "7", "7"], ["11", "9", "9", "12"]]
@@ -148,12 +149,14 @@ def test_best_vs_worst_pairs_and_ties():
 
 
 def test_scorer_paths():
-    from prefopt.studies.iterative import IterativeDPOSection, load_callable, make_scorer, world_reward
+    from prefopt.judge.scorers import load_callable
+    from prefopt.studies.iterative import IterativeDPOSection, make_scorer
+    from prefopt.world.rewards import world_reward
 
-    assert load_callable("prefopt.studies.iterative:world_reward") is world_reward
-    assert load_callable("prefopt.studies.iterative.world_reward") is world_reward
+    assert load_callable("prefopt.world:world_reward") is world_reward
+    assert load_callable("prefopt.world.rewards.world_reward") is world_reward
     with pytest.raises(PrefoptError, match="cannot load the scorer"):
-        load_callable("prefopt.studies.iterative:nope")
+        load_callable("prefopt.world:nope")
     score = make_scorer(IterativeDPOSection())
     assert score(["2+2=", "count a 3:"], ["4", "aa"]) == [1.0, 0.0]
     with pytest.raises(ValueError, match="not a prompt"):
@@ -332,8 +335,8 @@ def test_reward_model_scorer_uses_prefopt_ids():
     import torch
 
     from prefopt.data.tokenization import encode_completion, encode_prompt
+    from prefopt.judge.scorers import RewardModelScorer
     from prefopt.model.loading import load_tokenizer
-    from prefopt.studies.rlhf import RewardModelScorer
 
     class Last(torch.nn.Module):  # "reward" = id of the last non-pad token
         def __init__(self):

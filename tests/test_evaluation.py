@@ -14,15 +14,9 @@ import torch
 
 from prefopt import cli
 from prefopt.core.errors import PrefoptError
-from prefopt.evaluate.metrics import (
-    as_pairs,
-    completion_logps,
-    evaluate_run,
-    generate_completions,
-    length_batches,
-    preference_metrics,
-    sampled_kl_and_length,
-)
+from prefopt.evaluate.metrics import as_pairs, evaluate_run, preference_metrics
+from prefopt.model.generation import generate_completions, sampled_kl_and_length
+from prefopt.model.logprobs import completion_logps, length_batches
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "recipes" / "quickstart"
@@ -201,18 +195,20 @@ def test_policy_equal_to_reference_has_zero_kl_and_zero_shifts(tiny):
 
 
 def test_sampled_ids_and_logps_match_prefopt_tokenisation():
-    """Generation starts from encode_prompt and samples the same text as world.sample (same seed); a
+    """Generation starts from encode_prompt and samples the same text as model.generation.sample (same seed); a
     finished sample's ids are what encode_completion gives for its text, and their log-probs equal
-    world.sequence_logps (the tokenisation training used). Evaluation scores the sampled ids themselves,
+    model.logprobs.sequence_logps (the tokenisation training used). Evaluation scores the sampled ids themselves,
     so a non-canonical sample (a random model emitting stray bytes) is scored as sampled."""
     from prefopt import world
     from prefopt.data.tokenization import encode_completion, encode_prompt
+    from prefopt.model.generation import sample
     from prefopt.model.loading import load_trained
+    from prefopt.model.logprobs import sequence_logps
 
     model, tok = load_trained(world.reference_checkpoint("arith"))
     prompts = ["12+30=", "7+8=", "40+9="]
     samples = generate_completions(model, tok, prompts, num_samples=4, max_new_tokens=8, seed=3)
-    texts = world.sample(model, tok, prompts, num_samples=4, max_new_tokens=8, seed=3)
+    texts = sample(model, tok, prompts, num_samples=4, max_new_tokens=8, seed=3)
     decoded = [tok.decode(s["completion_ids"], skip_special_tokens=True) for s in samples]
     assert decoded == [t for ts in texts for t in ts]
     done = [s for s in samples if s["completion_ids"][-1:] == [tok.eos_token_id]]
@@ -227,7 +223,7 @@ def test_sampled_ids_and_logps_match_prefopt_tokenisation():
     lp, _ = completion_logps(
         model, [(s["prompt_ids"], s["completion_ids"]) for s in done], pad_token_id=tok.pad_token_id
     )
-    ref = world.sequence_logps(
+    ref = sequence_logps(
         model,
         tok,
         [prompts[s["prompt"]] for s in done],

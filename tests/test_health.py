@@ -1,5 +1,5 @@
 """Health warnings: each one provoked. ``overfit`` (and stopping) by a real DPO run that over-fits eight
-pairs through ``prefopt.pipeline.run.build_trainer``; the length probe by a real sampling probe; the others by
+pairs through ``prefopt.training.build.build_trainer``; the length probe by a real sampling probe; the others by
 feeding the callback the log dicts TRL would produce (a real run that collapses or diverges takes
 minutes)."""
 
@@ -208,7 +208,7 @@ def _tiny_pairs():
 def _build(recipe, tmp_path, callbacks):
     from prefopt.data.tokenization import tokenize_dataset
     from prefopt.model.loading import load_model
-    from prefopt.pipeline.run import build_trainer
+    from prefopt.training.build import build_trainer
 
     model, tok = load_model(recipe.model, seed=recipe.seed)
     train_tok, _ = tokenize_dataset(_tiny_pairs(), "paired", tok, 16, None)

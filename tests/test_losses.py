@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from prefopt.training import losses
+from prefopt.training.algorithms import LOSS_FUNCTIONS
 from prefopt.training.losses import (
-    LOSS_FUNCTIONS,
     average_logps,
     dpo_loss,
     ipo_loss,

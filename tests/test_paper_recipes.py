@@ -17,7 +17,7 @@ import pytest
 
 from prefopt.config.recipe import load_recipe
 from prefopt.core.errors import PrefoptError
-from prefopt.pipeline.run import dry_run, resolve_batch
+from prefopt.training.plan import dry_run, resolve_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = ROOT / "configs" / "recipes" / "papers"

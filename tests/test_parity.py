@@ -2,7 +2,7 @@
 computed independently here (issue 5, item 3).
 
 For every algorithm (and each prefopt loss override) a trainer is built with
-``prefopt.pipeline.run.build_trainer`` on the builtin ``tiny-arith`` model. On the collated batch, in train mode,
+``prefopt.training.build.build_trainer`` on the builtin ``tiny-arith`` model. On the collated batch, in train mode,
 ``trainer.compute_loss(trainer.model, batch)`` is compared with a loss assembled independently:
 
 * log-probs from a plain forward of each sequence on its own (no padding, no fused LM head):
@@ -39,8 +39,8 @@ from datasets import Dataset
 from prefopt.config.recipe import Recipe
 from prefopt.data.tokenization import encode_completion, encode_prompt, tokenize_dataset
 from prefopt.model.loading import build_builtin, load_tokenizer
-from prefopt.pipeline.run import build_trainer
 from prefopt.training import losses
+from prefopt.training.build import build_trainer
 
 SEED = 0
 LOSS_TOL = 1e-5

@@ -10,7 +10,7 @@ import yaml
 from prefopt import cli
 from prefopt.config.recipe import load_recipe, parse_override
 from prefopt.core.errors import PrefoptError
-from prefopt.pipeline.run import dry_run, resolve_batch
+from prefopt.training.plan import dry_run, resolve_batch
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = sorted((REPO / "configs" / "recipes" / "quickstart").glob("*.yaml"))

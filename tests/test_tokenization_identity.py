@@ -10,7 +10,7 @@ from datasets import Dataset
 from prefopt.config.recipe import Recipe
 from prefopt.data.tokenization import encode_completion, encode_prompt, tokenize_dataset
 from prefopt.model.loading import load_tokenizer
-from prefopt.pipeline.run import build_trainer
+from prefopt.training.build import build_trainer
 
 EXAMPLES = [
     {"prompt": "37+48=", "chosen": "85", "rejected": "86"},
@@ -95,7 +95,7 @@ def test_every_trainer_sees_prefopt_token_ids(algorithm, rows, tmp_path):
 
 
 def test_generation_and_evaluation_use_the_same_prompt_ids():
-    from prefopt import world
+    from prefopt.model.generation import sample
 
     tok = load_tokenizer("builtin:tiny-arith")
     seen = []
@@ -117,7 +117,7 @@ def test_generation_and_evaluation_use_the_same_prompt_ids():
             logits[..., tok.eos_token_id] = 0
             return type("O", (), {"logits": logits, "past_key_values": ()})()
 
-    world.sample(Spy(), tok, ["37+48=", "2+2="], num_samples=1)
+    sample(Spy(), tok, ["37+48=", "2+2="], num_samples=1)
     assert seen == [encode_prompt(tok, "37+48="), encode_prompt(tok, "2+2=")]
 
 

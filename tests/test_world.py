@@ -91,9 +91,11 @@ def test_unpaired_rows_are_labelled_by_true_reward_and_balanced():
 def test_torch_threads_sets_and_restores():
     import torch
 
+    from prefopt.core.runtime import torch_threads
+
     torch.set_num_threads(2)  # the module's fixture pinned 1 and restores the default afterwards
-    with world.torch_threads(1):
+    with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
-    with world.torch_threads(None):  # None leaves them alone
+    with torch_threads(None):  # None leaves them alone
         assert torch.get_num_threads() == 2

@@ -96,7 +96,7 @@ def _train(args) -> int:
             where="command line",
         )
     if args.dry_run:
-        from prefopt.pipeline.run import dry_run
+        from prefopt.training.plan import dry_run
 
         print(json.dumps(dry_run(recipe, processes), indent=2))
         return 0
@@ -108,7 +108,7 @@ def _train(args) -> int:
 
 
 def _print_summary(summary: dict) -> None:
-    from prefopt.pipeline.run import is_main_process
+    from prefopt.core.runtime import is_main_process
 
     if not is_main_process():
         return
@@ -133,8 +133,8 @@ def _print_summary(summary: dict) -> None:
 
 def cmd_demo(args) -> int:
     from prefopt.config.recipe import load_recipe
+    from prefopt.core.runtime import torch_threads
     from prefopt.pipeline.run import train
-    from prefopt.world import torch_threads
 
     cfg = REPO_ROOT / "configs" / "recipes" / "quickstart" / "dpo.yaml"
     print("prefopt demo: ground-truth world (arith) — SFT warm start (cached after the first run), then DPO")

@@ -23,12 +23,32 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from prefopt.config.algorithms import (
+    ALGORITHMS,
+    CPO_TRAINER,
+    DPO_TRAINER,
+    KTO_TRAINER,
+    LOSS_CLASSES,
+    get_spec,
+    names_where,
+    spec_or_none,
+)
 from prefopt.core.errors import PrefoptError
 
 logger = logging.getLogger("prefopt")
 
-ALL = frozenset({"dpo", "ipo", "kto", "orpo", "simpo"})
-_NAMES = {"dpo": "DPO", "ipo": "IPO", "kto": "KTO", "orpo": "ORPO", "simpo": "SimPO"}
+ALL = frozenset(ALGORITHMS)
+ON_DPO_TRAINER = names_where(lambda s: s.trl_trainer == DPO_TRAINER)
+ON_KTO_TRAINER = names_where(lambda s: s.trl_trainer == KTO_TRAINER)
+ON_CPO_TRAINER = names_where(lambda s: s.trl_trainer == CPO_TRAINER)
+WITHOUT_REFERENCE = names_where(lambda s: not s.uses_reference)
+WITH_GAMMA_RATIO = names_where(lambda s: s.takes("gamma_beta_ratio"))
+
+
+def _display(algorithm: str) -> str:
+    spec = spec_or_none(algorithm)
+    return spec.display if spec else algorithm
+
 
 Predicate = Callable[[str, Mapping[str, Any], Mapping[str, Any]], bool]
 Text = str | Callable[[str, Mapping[str, Any], Mapping[str, Any]], str]
@@ -55,9 +75,7 @@ class Rule:
     def render(self, text: Text, algorithm: str, loss: Mapping, training: Mapping) -> str:
         if callable(text):
             return text(algorithm, loss, training)
-        return text.format(
-            algorithm=algorithm, loss=loss, training=training, name=_NAMES.get(algorithm, algorithm)
-        )
+        return text.format(algorithm=algorithm, loss=loss, training=training, name=_display(algorithm))
 
 
 @dataclass(frozen=True)
@@ -80,14 +98,9 @@ def _liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-# training.beta → the loss: key that owns it, per algorithm
-_BETA_OWNER = {
-    "dpo": "loss.beta",
-    "ipo": "loss.tau",
-    "kto": "loss.beta",
-    "orpo": "loss.lam",
-    "simpo": "loss.beta",
-}
+def _beta_owner(algorithm: str) -> str:
+    """training.beta → the loss: key that owns it."""
+    return f"loss.{get_spec(algorithm).scale_param}"
 
 
 def _knob_rule(key: str, algorithms: frozenset[str], message: Text, fix: Text, trl_source: str = "") -> Rule:
@@ -103,11 +116,13 @@ def _knob_rule(key: str, algorithms: frozenset[str], message: Text, fix: Text, t
 
 
 def _beta_message(a, loss, t) -> str:
-    owner = _BETA_OWNER[a]
-    extra = {
-        "ipo": " (TRL's DPOTrainer reads beta as IPO's τ)",
-        "orpo": " (TRL's ORPOTrainer reads beta as ORPO's λ)",
-    }.get(a, "")
+    spec = get_spec(a)
+    owner = _beta_owner(a)
+    extra = (
+        f" (TRL's {spec.trl_trainer_name} reads beta as {spec.display}'s {spec.scale_symbol})"
+        if spec.scale_param != "beta"
+        else ""
+    )
     return (
         f"training.beta = {t['beta']!r} is a loss parameter that prefopt sets from `loss:`{extra}; the adapter "
         f"would overwrite it with {owner} = {loss.get(owner.split('.', 1)[1])!r}, so the value given here is ignored."
@@ -126,21 +141,24 @@ def _simpo_gamma_message(a, loss, t) -> str:
 
 
 def _label_smoothing_message(a, loss, t) -> str:
-    if a in ("dpo", "simpo"):
+    spec = get_spec(a)
+    if spec.takes("label_smoothing"):
         extra = (
             " (TRL 1.16's DPO sigmoid loss ignores it anyway; prefopt computes cDPO itself)"
-            if a == "dpo"
+            if spec.trl_trainer == DPO_TRAINER
             else ""
         )
         return (
-            f"training.label_smoothing = {t['label_smoothing']!r} is {_NAMES[a]}'s ε, which prefopt sets from "
+            f"training.label_smoothing = {t['label_smoothing']!r} is {spec.display}'s ε, which prefopt sets from "
             f"loss.label_smoothing; the adapter would overwrite this value{extra}."
         )
-    return f"{_NAMES[a]} does not use label smoothing; training.label_smoothing would be ignored by its loss."
+    return (
+        f"{spec.display} does not use label smoothing; training.label_smoothing would be ignored by its loss."
+    )
 
 
 def _label_smoothing_fix(a, loss, t) -> str:
-    if a in ("dpo", "simpo"):
+    if get_spec(a).takes("label_smoothing"):
         return "set loss.label_smoothing instead and remove training.label_smoothing."
     return "remove training.label_smoothing."
 
@@ -173,15 +191,11 @@ def _variant_fix(a, loss, t) -> str:
 
 
 def _liger_override_when(a, loss, t) -> bool:
-    if not t.get("use_liger_kernel"):
-        return False
-    if a == "dpo":
-        return loss.get("label_smoothing", 0.0) > 0
-    return not loss.get("length_normalize", True)
+    return bool(t.get("use_liger_kernel")) and get_spec(a).own_loss(loss) is not None
 
 
 def _liger_override_message(a, loss, t) -> str:
-    what = "cDPO (loss.label_smoothing > 0)" if a == "dpo" else "summed IPO (loss.length_normalize: false)"
+    what = get_spec(a).own_loss(loss)
     return (
         f"training.use_liger_kernel with {what}, a loss prefopt computes in its own trainer subclass. TRL 1.16's "
         "DPOTrainer applies only Liger's layer kernels (it forces fused_linear_cross_entropy off), so the override "
@@ -195,7 +209,7 @@ def _liger_override_message(a, loss, t) -> str:
 RULES: list[Rule] = [
     Rule(
         id="padding-free-dpo",
-        algorithms=frozenset({"dpo", "ipo"}),
+        algorithms=ON_DPO_TRAINER,
         when=lambda a, loss, t: bool(t.get("padding_free")),
         severity="error",
         message=(
@@ -210,14 +224,14 @@ RULES: list[Rule] = [
         "beta",
         ALL,
         _beta_message,
-        lambda a, loss, t: f"set {_BETA_OWNER[a]} instead and remove training.beta.",
+        lambda a, loss, t: f"set {_beta_owner(a)} instead and remove training.beta.",
     ),
     _knob_rule(
         "loss_type",
         ALL,
         "training.loss_type = {training[loss_type]!r}: prefopt chooses TRL's loss_type from `algorithm:` "
         "(it is set from algorithm: {algorithm} and would overwrite this).",
-        "remove training.loss_type; pick the loss with `algorithm:` (dpo, ipo, kto, orpo, simpo).",
+        f"remove training.loss_type; pick the loss with `algorithm:` ({', '.join(ALGORITHMS)}).",
     ),
     _knob_rule(
         "label_smoothing",
@@ -243,7 +257,7 @@ RULES: list[Rule] = [
     ),
     _knob_rule(
         "alpha",
-        frozenset({"simpo"}),
+        ON_CPO_TRAINER,
         "training.alpha = {training[alpha]!r} is CPOTrainer's AlphaPO reward transform, which replaces SimPO's "
         "average log-prob reward: not algorithm: simpo.",
         "remove training.alpha.",
@@ -263,7 +277,7 @@ RULES: list[Rule] = [
     ),
     Rule(
         id="trl-loss-variant",
-        algorithms=frozenset({"dpo", "ipo"}),
+        algorithms=ON_DPO_TRAINER,
         when=_variant_when,
         severity="error",
         message=_variant_message,
@@ -273,7 +287,7 @@ RULES: list[Rule] = [
     # ---- SimPO's γ/β
     Rule(
         id="simpo-gamma-ratio-range",
-        algorithms=frozenset({"simpo"}),
+        algorithms=WITH_GAMMA_RATIO,
         when=lambda a, loss, t: loss.get("gamma_beta_ratio", 0.5) > 1.0,
         severity="warn",
         message=lambda a, loss, t: (
@@ -299,7 +313,7 @@ RULES: list[Rule] = [
     ),
     Rule(
         id="liger-with-loss-override",
-        algorithms=frozenset({"dpo", "ipo"}),
+        algorithms=ON_DPO_TRAINER,
         when=_liger_override_when,
         severity="warn",
         message=_liger_override_message,
@@ -309,7 +323,7 @@ RULES: list[Rule] = [
     # ---- reference model
     Rule(
         id="precompute-ref-without-reference",
-        algorithms=frozenset({"orpo", "simpo"}),
+        algorithms=WITHOUT_REFERENCE,
         when=lambda a, loss, t: bool(t.get("precompute_ref_log_probs")),
         severity="warn",
         message="training.precompute_ref_log_probs has no effect: {name} uses no reference model.",
@@ -318,7 +332,7 @@ RULES: list[Rule] = [
     # ---- KTO's trainer preconditions (TRL raises them only after the model is loaded)
     Rule(
         id="kto-per-device-batch",
-        algorithms=frozenset({"kto"}),
+        algorithms=ON_KTO_TRAINER,
         when=lambda a, loss, t: (
             _given(t, "per_device_train_batch_size") and t["per_device_train_batch_size"] <= 1
         ),
@@ -333,7 +347,7 @@ RULES: list[Rule] = [
     ),
     Rule(
         id="kto-sampling-strategy",
-        algorithms=frozenset({"kto"}),
+        algorithms=ON_KTO_TRAINER,
         when=lambda a, loss, t: (
             _given(t, "train_sampling_strategy") and t["train_sampling_strategy"] != "sequential"
         ),
@@ -351,8 +365,6 @@ RULES: list[Rule] = [
 
 # --------------------------------------------------------------------------------------------- checking
 def _resolved_loss(algorithm: str, loss: Mapping[str, Any]) -> dict[str, Any]:
-    from prefopt.config.recipe import LOSS_CLASSES
-
     try:
         return LOSS_CLASSES[algorithm](**dict(loss)).model_dump()
     except Exception:  # invalid loss sections are reported by the schema, not here
@@ -404,68 +416,28 @@ def check_recipe(recipe, where: str | None = None) -> list[Finding]:
 
 
 # --------------------------------------------------------------------------------------------- loss: key hints
-def _simpo_gamma_hint(algorithm, key, value, loss) -> str:
-    beta = (loss or {}).get("beta")
-    if (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and isinstance(beta, (int, float))
-        and beta
-    ):
-        example = f" Your γ = {value!r} with loss.beta = {beta!r} is gamma_beta_ratio: {value / beta:.4g}."
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        example = f" Your γ = {value!r} is gamma_beta_ratio = {value!r}/β (β is loss.beta, default 2.0)."
-    else:
-        example = " E.g. γ = 1.0 with β = 2.0 is gamma_beta_ratio: 0.5."
-    return f" loss.gamma_beta_ratio takes γ/β; an absolute γ of X is gamma_beta_ratio = X/β.{example}"
-
-
 _HintText = str | Callable[[str, str, Any, Mapping | None], str]
-_ORPO_LAM = " ORPO's λ is loss.lam (TRL beta, reference code --alpha)."
-_NO_NLL = (
-    " prefopt's SimPO is the paper's loss without an NLL term (sft_weight is 0 in every published config; "
-    "prefopt sets TRL's cpo_alpha = 0). CPO-SimPO is not a prefopt algorithm."
-)
-_KTO_D = " KTO's λ_D is loss.desirable_weight."
-_KTO_U = " KTO's λ_U is loss.undesirable_weight."
 
-# (algorithm or "*", key) → sentence; keys compared case-insensitively
-LOSS_KEY_HINTS: dict[tuple[str, str], _HintText] = {
-    ("simpo", "gamma"): _simpo_gamma_hint,
-    ("simpo", "simpo_gamma"): _simpo_gamma_hint,
-    ("simpo", "cpo_alpha"): _NO_NLL,
-    ("simpo", "sft_weight"): _NO_NLL,
-    ("simpo", "alpha"): " CPOTrainer's alpha is AlphaPO's reward transform, not part of SimPO.",
-    ("dpo", "tau"): " IPO's τ belongs to algorithm: ipo (as loss.tau); DPO's strength is loss.beta.",
-    ("dpo", "length_normalize"): (
-        " length-normalised DPO is not DPO; the reference-free length-normalised loss is algorithm: simpo."
-    ),
-    ("dpo", "rpo_alpha"): " DPO+NLL (RPO) is not a prefopt loss (TRL 1.x removed rpo_alpha).",
-    ("ipo", "beta"): " IPO's regularisation is loss.tau (TRL calls it beta).",
-    ("ipo", "rpo_alpha"): " IPO+NLL is not a prefopt loss (TRL 1.x removed rpo_alpha).",
-    ("orpo", "beta"): _ORPO_LAM,
-    ("orpo", "alpha"): _ORPO_LAM,
-    ("orpo", "lambda"): _ORPO_LAM,
-    ("orpo", "lambda_"): _ORPO_LAM,
-    ("orpo", "lmbda"): _ORPO_LAM,
-    ("orpo", "λ"): _ORPO_LAM,
-    ("kto", "desirable"): _KTO_D,
-    ("kto", "lambda_d"): _KTO_D,
-    ("kto", "λ_d"): _KTO_D,
-    ("kto", "w_d"): _KTO_D,
-    ("kto", "desirable_weights"): _KTO_D,
-    ("kto", "undesirable"): _KTO_U,
-    ("kto", "lambda_u"): _KTO_U,
-    ("kto", "λ_u"): _KTO_U,
-    ("kto", "w_u"): _KTO_U,
-    ("kto", "undesirable_weights"): _KTO_U,
-    ("*", "loss_type"): " prefopt picks TRL's loss_type from `algorithm:`; change the algorithm instead.",
+GENERIC_LOSS_KEY_HINTS: dict[str, _HintText] = {
+    "loss_type": " prefopt picks TRL's loss_type from `algorithm:`; change the algorithm instead.",
 }
-for _alg in ("ipo", "kto", "orpo"):
-    LOSS_KEY_HINTS[(_alg, "label_smoothing")] = f" {_NAMES[_alg]} does not use label smoothing."
-    LOSS_KEY_HINTS[(_alg, "epsilon")] = f" {_NAMES[_alg]} does not use label smoothing."
-LOSS_KEY_HINTS[("dpo", "epsilon")] = " cDPO's ε is loss.label_smoothing."
-LOSS_KEY_HINTS[("simpo", "epsilon")] = " SimPO's ε is loss.label_smoothing."
+"""``loss:`` keys explained the same way for every algorithm (keys compared case-insensitively)."""
+
+
+def _hints() -> dict[tuple[str, str], _HintText]:
+    out: dict[tuple[str, str], _HintText] = {}
+    for spec in ALGORITHMS.values():
+        out.update({(spec.name, k): v for k, v in spec.loss_key_hints.items()})
+        if not spec.takes("label_smoothing"):
+            for key in ("label_smoothing", "epsilon"):
+                out[(spec.name, key)] = f" {spec.display} does not use label smoothing."
+    out.update({("*", k): v for k, v in GENERIC_LOSS_KEY_HINTS.items()})
+    return out
+
+
+LOSS_KEY_HINTS: dict[tuple[str, str], _HintText] = _hints()
+"""(algorithm or "*", lower-case key) → sentence: the table's hints, plus "does not use label smoothing"
+for the algorithms without ε, plus :data:`GENERIC_LOSS_KEY_HINTS`."""
 
 
 def loss_key_hint(algorithm: str, key: str, value: Any = None, loss: Mapping | None = None) -> str:

@@ -26,13 +26,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from prefopt.config.algorithms import LOSS_CLASSES, AlgorithmName, LossParams, algorithm_names, get_spec
+from prefopt.config.fidelity import check_recipe, loss_key_hint
+from prefopt.config.schema import StrictModel, explain_validation_error
 from prefopt.core.errors import PrefoptError, did_you_mean
 
-ALGORITHMS = ("dpo", "ipo", "kto", "orpo", "simpo")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Section = StrictModel
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -144,71 +143,6 @@ class DataSection(_Section):
     shuffle: bool = True
 
 
-# --------------------------------------------------------------------------------------------- loss
-class _Loss(_Section):
-    pass
-
-
-class DPOLoss(_Loss):
-    """Rafailov et al. 2023 (DPO); with ``label_smoothing`` > 0, conservative DPO (cDPO)."""
-
-    beta: float = Field(0.1, gt=0, description="β: KL-regularisation strength.")
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="ε: probability that a label is flipped (cDPO). 0 is plain DPO."
-    )
-
-
-class IPOLoss(_Loss):
-    """Azar et al. 2023 (IPO), Eq. 17: (h - 1/(2τ))²."""
-
-    tau: float = Field(0.1, gt=0, description="τ: regularisation (TRL's `beta` for loss_type='ipo').")
-    length_normalize: bool = Field(
-        True,
-        description=(
-            "Average each log-ratio over completion tokens (TRL/HALOs form, default) or sum them "
-            "(the paper's reference code). See docs/losses.md."
-        ),
-    )
-
-
-class KTOLoss(_Loss):
-    """Ethayarajh et al. 2024 (KTO)."""
-
-    beta: float = Field(0.1, gt=0, description="β.")
-    desirable_weight: float = Field(1.0, gt=0, description="λ_D.")
-    undesirable_weight: float = Field(1.0, gt=0, description="λ_U.")
-
-
-class ORPOLoss(_Loss):
-    """Hong et al. 2024 (ORPO): NLL(chosen) − λ·log σ(log-odds ratio)."""
-
-    lam: float = Field(0.1, gt=0, description="λ: weight of the odds-ratio term (TRL's `beta`).")
-    nll_on_prompt: bool = Field(
-        False,
-        description=(
-            "false (default, the paper's L_SFT = −log P(y_w|x)): the NLL term covers the chosen completion's "
-            "tokens, averaged per example. true: TRL's / the reference code's NLL over prompt + completion tokens."
-        ),
-    )
-
-
-class SimPOLoss(_Loss):
-    """Meng et al. 2024 (SimPO): −log σ(β·(avg lp_w − avg lp_l) − γ), γ = β·(γ/β)."""
-
-    beta: float = Field(2.0, gt=0, description="β: reward scale.")
-    gamma_beta_ratio: float = Field(0.5, ge=0, description="γ/β: target margin relative to β (paper: 0–1).")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="ε (0 in every published config).")
-
-
-LOSS_CLASSES: dict[str, type[_Loss]] = {
-    "dpo": DPOLoss,
-    "ipo": IPOLoss,
-    "kto": KTOLoss,
-    "orpo": ORPOLoss,
-    "simpo": SimPOLoss,
-}
-
-
 # --------------------------------------------------------------------------------------------- output
 class OutputSection(_Section):
     dir: str = Field(
@@ -285,7 +219,7 @@ class ReferenceCacheSection(_Section):
 
 # --------------------------------------------------------------------------------------------- recipe
 class Recipe(_Section):
-    algorithm: Literal["dpo", "ipo", "kto", "orpo", "simpo"]
+    algorithm: AlgorithmName
     seed: int = Field(42, description="Seeds model init (builtin models), data order and sampling.")
     model: ModelSection
     data: DataSection
@@ -304,8 +238,8 @@ class Recipe(_Section):
         return self._source_path
 
     @property
-    def loss_params(self) -> _Loss:
-        return LOSS_CLASSES[self.algorithm](**self.loss)
+    def loss_params(self) -> LossParams:
+        return get_spec(self.algorithm).loss_params(self.loss)
 
     @field_validator("training")
     @classmethod
@@ -336,62 +270,12 @@ PREFOPT_TRAINING_KEYS = {
 @functools.cache
 def trl_config_fields(algorithm: str) -> dict[str, Any]:
     """Field name → dataclass field of the TRL config class the algorithm's adapter uses."""
-    from prefopt.training.algorithms import get_adapter
-
-    cls = get_adapter(algorithm).config_class()
+    cls = get_spec(algorithm).config_class()
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
 def _explain_pydantic(err: ValidationError, data: dict, where: str) -> PrefoptError:
-    lines = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        key = ".".join(str(p) for p in loc)
-        if e["type"] == "extra_forbidden":
-            parent = _section_model_for(loc[:-1])
-            options = list(parent.model_fields) if parent is not None else []
-            lines.append(
-                f'unknown key "{key}".{did_you_mean(loc[-1], options)}'
-                + (f" Allowed here: {', '.join(options)}." if options else "")
-            )
-        elif e["type"] == "literal_error" and loc == ("algorithm",):
-            lines.append(
-                f'unknown algorithm "{e.get("input")}".{did_you_mean(e.get("input"), ALGORITHMS)} '
-                f"Choose one of: {', '.join(ALGORITHMS)}."
-            )
-        elif e["type"] == "missing":
-            lines.append(f'missing required key "{key}".')
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f'"{key}" = {e.get("input")!r}: {msg}.')
-    return PrefoptError(" ".join(lines), where=where)
-
-
-def _section_model_for(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Recipe
-    for part in loc:
-        if model is None or isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        ann = field.annotation
-        nxt = None
-        for cand in _iter_models(ann):
-            nxt = cand
-            break
-        model = nxt
-    return model
-
-
-def _iter_models(ann):
-    import typing
-
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        yield ann
-        return
-    for arg in typing.get_args(ann):
-        yield from _iter_models(arg)
+    return explain_validation_error(err, where, Recipe, choices={"algorithm": algorithm_names()})
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -509,8 +393,6 @@ def load_recipe(
     _validate_loss(recipe, where)
     # The fidelity guard runs before the generic training-key check so that a TRL knob prefopt owns
     # (training.beta, training.simpo_gamma, ...) gets its specific message rather than "unknown key".
-    from prefopt.config.fidelity import check_recipe
-
     check_recipe(recipe, where=where)
     _validate_training(recipe, where)
     return recipe
@@ -537,8 +419,6 @@ def _validate_loss(recipe: Recipe, where: str) -> None:
 
 
 def _loss_key_hint(algorithm: str, key: str, value: Any = None, loss: dict | None = None) -> str:
-    from prefopt.config.fidelity import loss_key_hint
-
     return loss_key_hint(algorithm, key, value, loss)
 
 
@@ -560,9 +440,7 @@ def _validate_training(recipe: Recipe, where: str) -> None:
 
 
 def _config_name(algorithm: str) -> str:
-    from prefopt.training.algorithms import get_adapter
-
-    return get_adapter(algorithm).config_class().__name__
+    return get_spec(algorithm).config_class().__name__
 
 
 def _check_type(key: str, value: Any, field: dataclasses.Field, where: str) -> None:

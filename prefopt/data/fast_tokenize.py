@@ -31,7 +31,7 @@ from datasets import Dataset, Value, concatenate_datasets
 
 from prefopt.core.errors import PrefoptError
 from prefopt.data.schema import dataset_from_table
-from prefopt.data.tokenization import TruncationStats, _require_template, is_messages
+from prefopt.data.tokenization import TruncationStats, is_messages, require_chat_template
 
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "completion_ids")
 _DROP, _PTRUNC, _CTRUNC = "_prefopt_drop", "_prefopt_prompt_truncated", "_prefopt_completions_truncated"
@@ -223,7 +223,7 @@ class _BatchTokenizer:
         prompt_ids: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
         rendered: dict[int, str] = {}
         if conv:
-            _require_template(tok)
+            require_chat_template(tok)
             for i, t in zip(conv, render_prompts(tok, [prompts[i] for i in conv])):
                 rendered[i] = t
             for i, ids in zip(conv, enc([rendered[i] for i in conv])):

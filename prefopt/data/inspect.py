@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from prefopt.data.fast_tokenize import token_lengths
 from prefopt.data.schema import data_format, data_kind
 from prefopt.data.transforms import duplicate_indices
 
@@ -109,8 +110,6 @@ def inspect_dataset(
         info["labels"] = {"desirable": n_d, "undesirable": n_u}
         info["kto_weights"] = kto_weights(n_d, n_u)
     if tokenizer is not None and len(ds):
-        from prefopt.data.fast_tokenize import token_lengths
-
         lengths = token_lengths(ds, kind, tokenizer, num_proc=num_proc)
         fields = [f for f in lengths if f != "prompt"]
         tokens: dict[str, Any] = {f: _percentiles(v) for f, v in lengths.items()}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from prefopt.core.errors import PrefoptError
+from prefopt.core.errors import PrefoptError, did_you_mean
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FILE_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
@@ -213,8 +213,6 @@ def _pick_split(dd: Any, split: str | None, default_split: str, where: str, what
     names = list(dd.keys())
     chosen = split or (default_split if default_split in names else (names[0] if len(names) == 1 else None))
     if chosen is None or chosen not in names:
-        from prefopt.core.errors import did_you_mean
-
         hint = did_you_mean(chosen, names) if chosen else ""
         raise PrefoptError(
             f"{what} has splits {names}; {'split ' + repr(chosen) + ' is not one of them.' if chosen else 'say which one.'}{hint}",

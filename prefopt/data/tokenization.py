@@ -35,7 +35,7 @@ def is_messages(value: Any) -> bool:
     )
 
 
-def _require_template(tokenizer) -> None:
+def require_chat_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise PrefoptError(
             "the data is conversational (messages) but the tokenizer has no chat template.",
@@ -48,7 +48,7 @@ def _require_template(tokenizer) -> None:
 def render_prompt(tokenizer, prompt) -> str:
     """The prompt as the model sees it (text), ready for the completion to follow."""
     if is_messages(prompt):
-        _require_template(tokenizer)
+        require_chat_template(tokenizer)
         last = prompt[-1]["role"] if prompt else "user"
         if last == "assistant":
             return tokenizer.apply_chat_template(prompt, tokenize=False, continue_final_message=True)
@@ -68,7 +68,7 @@ def encode_completion(tokenizer, prompt, completion) -> list[int]:
     if is_messages(completion):
         if not is_messages(prompt):
             raise PrefoptError("a conversational completion needs a conversational prompt (messages).")
-        _require_template(tokenizer)
+        require_chat_template(tokenizer)
         prompt_text = render_prompt(tokenizer, prompt)
         full_text = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
         if not full_text.startswith(prompt_text):

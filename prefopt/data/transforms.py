@@ -26,7 +26,9 @@ from typing import Any
 import pyarrow as pa
 from datasets import Dataset, Features, concatenate_datasets
 
+from prefopt.config.algorithms import ALGORITHMS
 from prefopt.core.errors import PrefoptError
+from prefopt.data.registry import get_source
 from prefopt.data.report import DropReport
 from prefopt.data.schema import (
     COLUMNS,
@@ -36,8 +38,9 @@ from prefopt.data.schema import (
     dataset_from_table,
     features,
 )
+from prefopt.data.tokenization import render_prompt
 
-ALGORITHM_KINDS = {"dpo": "paired", "ipo": "paired", "orpo": "paired", "simpo": "paired", "kto": "unpaired"}
+ALGORITHM_KINDS = {name: spec.data_kind for name, spec in ALGORITHMS.items()}
 
 
 def _table(ds: Dataset) -> pa.Table:
@@ -271,7 +274,6 @@ def render_chat_template(ds: Dataset, tokenizer: Any, report: DropReport | None 
     tokenisation splits it (prompt rendered with the generation prompt; each reply is the rest of
     the full conversation's rendering). Text data is returned unchanged. A tokenizer without a chat
     template raises a :class:`PrefoptError` saying how to add one."""
-    from prefopt.data.tokenization import render_prompt
 
     kind = data_kind(ds)
     if data_format(ds) == "text":
@@ -359,7 +361,6 @@ def _spec(src: Any) -> dict[str, Any]:
 
 def load_source(src: Any, *, where: str, base_dir: Path | None, seed: int, report: DropReport) -> Dataset:
     """Read one recipe ``SourceSection`` into canonical form (steps recorded in ``report``)."""
-    from prefopt.data.registry import get_source
 
     read = get_source(src.source)
     n_steps = len(report.steps)

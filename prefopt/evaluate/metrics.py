@@ -46,237 +46,43 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from prefopt.config.algorithms import get_spec, names_where
+from prefopt.config.recipe import SourceSection, load_recipe
 from prefopt.core.errors import PrefoptError
+from prefopt.core.files import write_json
+from prefopt.data.report import DropReport
+from prefopt.data.schema import data_kind
+from prefopt.data.tokenization import tokenize_dataset
+from prefopt.data.transforms import load_source, pair, prepare
+from prefopt.model.generation import sampled_kl_and_length
+from prefopt.model.loading import load_reference, load_trained
+from prefopt.model.logprobs import DEFAULT_BATCH_SIZE, completion_logps, device_of
+from prefopt.world import evaluate_policy, heldout_pairs, heldout_prompts, task_of
 
 log = logging.getLogger("prefopt")
 
-SUMMED_REWARD = ("dpo", "ipo", "kto")
-AVERAGE_REWARD = ("orpo", "simpo")
+SUMMED_REWARD = tuple(sorted(names_where(lambda s: not s.averaged_logps)))
+AVERAGE_REWARD = tuple(sorted(names_where(lambda s: s.averaged_logps)))
 DEFAULT_MAX_PAIRS = 1000
-DEFAULT_BATCH_SIZE = 256  # rows per forward (evaluation.batch_size)
-DEFAULT_TOKEN_BUDGET = 16384  # padded tokens per forward
 DEFAULT_WORLD_PROMPTS = 300  # the world's true-reward protocol (world.evaluate_policy's default)
-
-
-# ------------------------------------------------------------------------------------------- log-probs
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def length_batches(
-    lengths: Sequence[int], *, max_batch: int = DEFAULT_BATCH_SIZE, token_budget: int = DEFAULT_TOKEN_BUDGET
-) -> list[list[int]]:
-    """Indices grouped into batches of similar length: at most ``max_batch`` rows and ``token_budget``
-    padded tokens each (a per-forward overhead dominates small models; memory large ones)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:  # ascending lengths: the row being added is the longest so far
-        if cur and (len(cur) >= max_batch or (len(cur) + 1) * lengths[i] > token_budget):
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-@torch.no_grad()
-def completion_logps(
-    model,
-    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
-    *,
-    pad_token_id: int,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-prob of each completion given its prompt, and the completion lengths (tokens).
-
-    ``sequences`` holds ``(prompt_ids, completion_ids)`` exactly as training sees them (right padding,
-    plain forward — :func:`prefopt.training.trainers.model_logps`)."""
-    from prefopt.training.trainers import model_logps
-
-    was_training = model.training
-    model.eval()
-    device = _device(model)
-    result = torch.zeros(len(sequences), dtype=torch.float64)
-    total = [len(p) + len(c) for p, c in sequences]
-    for idx in length_batches(total, max_batch=batch_size, token_budget=token_budget):
-        width = max(total[i] for i in idx)
-        ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        cmask = torch.zeros((len(idx), width), dtype=torch.long)
-        for j, i in enumerate(idx):
-            p, c = list(sequences[i][0]), list(sequences[i][1])
-            ids[j, : total[i]] = torch.tensor(p + c, dtype=torch.long)
-            mask[j, : total[i]] = 1
-            cmask[j, len(p) : total[i]] = 1
-        lp = model_logps(model, ids.to(device), mask.to(device), cmask.to(device)).double().cpu()
-        result[idx] = lp
-    if was_training:
-        model.train()
-    return result, torch.tensor([len(c) for _, c in sequences], dtype=torch.float64)
-
-
-# ------------------------------------------------------------------------------------------- sampling
-@torch.no_grad()
-def generate_completions(
-    model,
-    tokenizer,
-    prompts: Sequence[Any],
-    *,
-    num_samples: int = 1,
-    temperature: float = 1.0,
-    max_new_tokens: int = 64,
-    seed: int = 0,
-    batch_size: int = 256,
-) -> list[dict[str, Any]]:
-    """Sample completions and keep their exact token ids.
-
-    Returns one dict per sample: ``prompt`` (index into ``prompts``), ``prompt_ids``, ``completion_ids``
-    (the sampled tokens up to and including EOS when EOS was sampled; truncated at ``max_new_tokens``
-    otherwise) and ``length`` (new tokens before EOS). Generation uses
-    :func:`prefopt.data.tokenization.encode_prompt` and the world's seeded sampling loop, so the same seed
-    gives the same samples as :func:`prefopt.world.sample`."""
-    from prefopt.data.tokenization import encode_prompt
-    from prefopt.world import generate as _generate
-
-    was_training = model.training
-    model.eval()
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    device = _device(model)
-    gen = torch.Generator().manual_seed(seed)
-    flat = [i for i in range(len(prompts)) for _ in range(num_samples)]
-    encoded_prompts = [encode_prompt(tokenizer, p) for p in prompts]
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(flat), batch_size):
-        chunk = flat[start : start + batch_size]
-        encoded = [encoded_prompts[i] for i in chunk]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, e in enumerate(encoded):  # left padding for generation
-            ids[j, width - len(e) :] = torch.tensor(e, dtype=torch.long)
-            mask[j, width - len(e) :] = 1
-        new = _generate(model, ids.to(device), mask.to(device), max_new_tokens, temperature, gen, eos, pad)
-        for i, e, row in zip(chunk, encoded, new.tolist()):
-            if eos is not None and eos in row:
-                k = row.index(eos)
-                completion, length = row[: k + 1], k
-            else:
-                completion, length = row, len(row)
-            out.append({"prompt": i, "prompt_ids": e, "completion_ids": completion, "length": length})
-    if was_training:
-        model.train()
-    return out
-
-
-def sampled_kl_and_length(
-    policy,
-    reference,
-    tokenizer,
-    prompts: Sequence[Any],
-    *,
-    num_samples: int = 1,
-    temperature: float = 1.0,
-    max_new_tokens: int = 64,
-    seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    reference_lengths: bool = True,
-) -> dict[str, Any]:
-    """KL(π ‖ π_ref) on samples from π and mean completion lengths of π (and of π_ref).
-
-    ``reference`` is a model, or ``None`` for no KL; a PEFT policy may pass ``"disable_adapter"`` to use
-    its own adapter-disabled base as the reference (no second copy of the weights)."""
-    samples = generate_completions(
-        policy,
-        tokenizer,
-        prompts,
-        num_samples=num_samples,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        batch_size=batch_size,
-    )
-    res: dict[str, Any] = {
-        "num_prompts": len(prompts),
-        "samples_per_prompt": num_samples,
-        "temperature": temperature,
-        "max_new_tokens": max_new_tokens,
-        "mean_length": _mean([s["length"] for s in samples]),
-        "truncated_fraction": _mean([float(s["length"] == len(s["completion_ids"])) for s in samples]),
-    }
-    if reference is not None:
-        seqs = [(s["prompt_ids"], s["completion_ids"]) for s in samples]
-        pad = tokenizer.pad_token_id
-        lp, _ = completion_logps(policy, seqs, pad_token_id=pad, batch_size=batch_size)
-        with _reference_context(policy, reference) as ref_model:
-            lr, _ = completion_logps(ref_model, seqs, pad_token_id=pad, batch_size=batch_size)
-            if reference_lengths:
-                ref_samples = generate_completions(
-                    ref_model,
-                    tokenizer,
-                    prompts,
-                    num_samples=num_samples,
-                    temperature=temperature,
-                    max_new_tokens=max_new_tokens,
-                    seed=seed,
-                    batch_size=batch_size,
-                )
-                res["reference_mean_length"] = _mean([s["length"] for s in ref_samples])
-                res["length_ratio"] = _ratio(res["mean_length"], res["reference_mean_length"])
-        res["kl_to_reference"] = float((lp - lr).mean())
-    return res
-
-
-class _reference_context:
-    """``with _reference_context(policy, ref) as m`` → the reference model (adapter disabled for PEFT)."""
-
-    def __init__(self, policy, reference):
-        self.policy, self.reference, self._ctx = policy, reference, None
-
-    def __enter__(self):
-        if isinstance(self.reference, str) and self.reference == "disable_adapter":
-            self._ctx = self.policy.disable_adapter()
-            self._ctx.__enter__()
-            return self.policy
-        return self.reference
-
-    def __exit__(self, *exc):
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)
-        return False
-
-
-def _mean(xs) -> float | None:
-    xs = list(xs)
-    return float(sum(xs) / len(xs)) if xs else None
-
-
-def _ratio(a, b) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return float(a / b)
 
 
 # ------------------------------------------------------------------------------------------- rewards
 def reward_definition(recipe) -> tuple[str, float, str]:
-    """(kind, scale, text): 'summed' rewards are scale·(lp − lp_ref), 'average' ones scale·mean-token lp."""
-    p = recipe.loss_params
-    alg = recipe.algorithm
-    if alg == "ipo":
-        return "summed", float(p.tau), f"tau * (sum logp_policy - sum logp_ref), tau = {p.tau:g}"
-    if alg in ("dpo", "kto"):
-        return "summed", float(p.beta), f"beta * (sum logp_policy - sum logp_ref), beta = {p.beta:g}"
-    if alg == "orpo":
-        return "average", float(p.lam), f"lambda * mean-token logp_policy, lambda = {p.lam:g}"
-    return "average", float(p.beta), f"beta * mean-token logp_policy, beta = {p.beta:g}"
+    """(kind, scale, text): 'summed' rewards are scale·(lp − lp_ref), 'average' ones scale·mean-token lp.
+
+    The scale is the algorithm's ``scale_param`` (β; τ for IPO, λ for ORPO), TRL's ``beta``."""
+    spec = get_spec(recipe.algorithm)
+    scale = float(getattr(recipe.loss_params, spec.scale_param))
+    word = spec.scale_word
+    if spec.averaged_logps:
+        return "average", scale, f"{word} * mean-token logp_policy, {word} = {scale:g}"
+    return "summed", scale, f"{word} * (sum logp_policy - sum logp_ref), {word} = {scale:g}"
 
 
 def preference_metrics(
@@ -325,15 +131,10 @@ def preference_metrics(
 def as_pairs(ds, seed: int = 0):
     """A canonical eval dataset as pairs: paired data as is; unpaired (KTO) rows paired by prompt
     (desirable × undesirable, one to one). Returns ``(pairs or None, note)``."""
-    from prefopt.data.schema import data_kind
-
     if ds is None or len(ds) == 0:
         return None, "no held-out rows"
     if data_kind(ds) == "paired":
         return ds, None
-    from prefopt.data.report import DropReport
-    from prefopt.data.transforms import pair
-
     report = DropReport("eval pairs")
     paired = pair(ds, report, mode="one_to_one", seed=seed)
     note = (
@@ -343,27 +144,8 @@ def as_pairs(ds, seed: int = 0):
     return (paired if len(paired) else None), note
 
 
-def world_eval_pairs(task: str, n: int, seed: int):
-    """Held-out preference pairs from the ground-truth world (its test prompts, never trained on)."""
-    from prefopt import world
-
-    return world.preference_dataset(task, size=n, split="test", seed=seed)
-
-
-def world_test_prompts(task: str, n: int, seed: int) -> list[str]:
-    from prefopt import world
-
-    pool = world.get_task(task).split("test")
-    rng = random.Random(seed)
-    return pool if len(pool) <= n else rng.sample(pool, n)
-
-
 def load_eval_file(path: str | Path, seed: int = 0):
     """A canonical JSONL/JSON/parquet file (paired or unpaired rows, text or messages) → canonical dataset."""
-    from prefopt.config.recipe import SourceSection
-    from prefopt.data.report import DropReport
-    from prefopt.data.transforms import load_source
-
     p = Path(path).expanduser()
     if not p.exists():
         raise PrefoptError(
@@ -391,8 +173,6 @@ def load_eval_file(path: str | Path, seed: int = 0):
 
 def recipe_eval_split(recipe, base_dir: Path | None = None):
     """The recipe's held-out split, recomputed exactly as training made it (same seed)."""
-    from prefopt.data.transforms import prepare
-
     if not recipe.data.eval and recipe.data.eval_fraction <= 0:
         return None
     _, eval_ds, _ = prepare(
@@ -421,26 +201,23 @@ def evaluate_models(
     ``eval_ds`` is the canonical held-out dataset (paired or unpaired rows) or None; without one, a
     ground-truth-world recipe evaluates on pairs drawn from the world's held-out prompts. Caps come
     from ``recipe.evaluation``. Returns the dict written to ``eval.json``."""
-    from prefopt.data.tokenization import tokenize_dataset
-    from prefopt.pipeline.run import world_task_of
-
     ev = recipe.evaluation
     seed = recipe.seed
     max_prompts = ev.max_prompts
     max_pairs = _section(recipe, "max_pairs", DEFAULT_MAX_PAIRS)
     batch_size = _section(recipe, "batch_size", DEFAULT_BATCH_SIZE)
-    task = world_task_of(recipe)
+    task = task_of(recipe)
     _, _, text = reward_definition(recipe)
     result: dict[str, Any] = {"algorithm": recipe.algorithm, "reward_definition": text, "notes": []}
     policy.eval()
     reference.eval()
-    device = _device(policy)
-    if _device(reference) != device and getattr(reference, "hf_device_map", None) is None:
-        reference.to(device)  # reference_for() loads on CPU; evaluate where the policy is
+    device = device_of(policy)
+    if device_of(reference) != device and getattr(reference, "hf_device_map", None) is None:
+        reference.to(device)  # load_reference() loads on CPU; evaluate where the policy is
 
     source = data_source or ("recipe eval split" if eval_ds is not None else None)
     if eval_ds is None and task is not None:
-        eval_ds = world_eval_pairs(task, min(max_pairs, max_prompts), seed)
+        eval_ds = heldout_pairs(task, min(max_pairs, max_prompts), seed)
         source = f"world:{task} held-out prompts (no eval split in the recipe)"
     pairs, note = as_pairs(eval_ds, seed)
     if note:
@@ -476,7 +253,7 @@ def evaluate_models(
         if len(prompts) > max_prompts:
             prompts = random.Random(seed).sample(prompts, max_prompts)
     elif task is not None:
-        prompts = world_test_prompts(task, max_prompts, seed)
+        prompts = heldout_prompts(task, max_prompts, seed)
     if prompts:
         result["sampling"] = sampled_kl_and_length(
             policy,
@@ -493,12 +270,10 @@ def evaluate_models(
         result["sampling"] = None
 
     if task is not None:
-        from prefopt import world
-
         with torch.no_grad():
             n = int(world_prompts or _section(recipe, "world_prompts", DEFAULT_WORLD_PROMPTS))
-            pol = world.evaluate_policy(policy, tokenizer, task, reference=reference, num_prompts=n)
-            ref = world.evaluate_policy(reference, tokenizer, task, num_prompts=n)
+            pol = evaluate_policy(policy, tokenizer, task, reference=reference, num_prompts=n)
+            ref = evaluate_policy(reference, tokenizer, task, num_prompts=n)
         result["world"] = {
             "policy": pol,
             "reference": ref,
@@ -535,8 +310,6 @@ def load_run_recipe(run_dir: Path):
     """The recipe of a finished run, from ``resolved.yaml``."""
     import yaml
 
-    from prefopt.config.recipe import load_recipe
-
     path = run_dir / "resolved.yaml"
     if not path.exists():
         raise PrefoptError(
@@ -558,10 +331,6 @@ def evaluate_run(
     evaluate on ``data`` (a canonical file) or the recipe's eval split, write ``run_dir/eval.json``.
     ``world_prompts`` overrides the number of held-out world prompts for the true reward (default 300,
     ``evaluation.world_prompts`` when the recipe has it)."""
-    from prefopt.model.loading import load_trained
-    from prefopt.pipeline import manifest
-    from prefopt.pipeline.run import reference_for
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PrefoptError(f"run directory {run_dir} does not exist.", where="--run")
@@ -586,13 +355,13 @@ def evaluate_run(
             ) from None
         source = "recipe eval split" if eval_ds is not None else None
     policy, tokenizer = load_trained(run_dir)
-    reference = reference_for(recipe)
+    reference = load_reference(recipe.model, seed=recipe.seed)
     result = evaluate_models(
         policy, reference, tokenizer, recipe, eval_ds, data_source=source, world_prompts=world_prompts
     )
     result["run_dir"] = str(run_dir)
     if write:
-        manifest.write_json(run_dir / "eval.json", result)
+        write_json(run_dir / "eval.json", result)
     return result
 
 

@@ -5,7 +5,8 @@ Sources understood by ``model.name``:
 * ``builtin:<key>`` — a small Llama-architecture model whose config lives in
   ``prefopt/builtin/models.json`` and whose byte-level tokenizer ships in ``prefopt/builtin/``.
   Weights are initialised deterministically from the recipe seed; nothing is downloaded.
-* ``world:<task>`` — the ground-truth world's SFT reference policy for ``<task>`` (see
+* ``<prefix>:<name>`` for a prefix a plugin registered with :func:`register_model_source` — e.g.
+  ``world:<task>``, the ground-truth world's SFT reference policy for ``<task>`` (see
   :mod:`prefopt.world`), warm-started from the builtin model and cached on disk.
 * a local directory, or a hub id resolved through the local Hugging Face cache. Offline and not
   cached → a :class:`~prefopt.core.errors.PrefoptError` that says how to pre-download it.
@@ -16,18 +17,54 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from prefopt.core import plugins
 from prefopt.core.errors import PrefoptError, did_you_mean
 
 log = logging.getLogger("prefopt")
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Model names ``<prefix>:<key>`` resolved by a plugin: ``checkpoint(key)`` returns a local directory
+    (built on first use, e.g. the world's reference); their tokenizer is the builtin one."""
+
+    prefix: str
+    checkpoint: Callable[[str], Path]
+
+
+_MODEL_SOURCES: dict[str, ModelSource] = {}
+
+
+def register_model_source(prefix: str, checkpoint: Callable[[str], Path]) -> None:
+    """Let ``model.name: <prefix>:<key>`` load ``checkpoint(key)`` (called by plugins when imported)."""
+    _MODEL_SOURCES[prefix] = ModelSource(prefix, checkpoint)
+
+
+def model_source(name: str) -> ModelSource | None:
+    """The registered source of ``name`` (``world:arith`` → the world's), loading its plugin if needed."""
+    prefix, sep, _ = name.partition(":")
+    if not sep or prefix == "builtin":
+        return None
+    if prefix not in _MODEL_SOURCES:
+        plugins.load_plugin(prefix)
+    return _MODEL_SOURCES.get(prefix)
+
+
+def registered_checkpoint(name: str) -> Path | None:
+    """The local checkpoint of a registered model name (``world:arith``), else None."""
+    source = model_source(name)
+    return None if source is None else source.checkpoint(name.split(":", 1)[1])
 
 
 @cache
@@ -46,7 +83,7 @@ def load_tokenizer(
     """Tokenizer for a model source; pad token set (to EOS when missing) and right padding."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if name.startswith(("builtin:", "world:")):
+    if name.startswith("builtin:") or model_source(name) is not None:
         tok = PreTrainedTokenizerFast.from_pretrained(str(BUILTIN_DIR))
     else:
         path = _resolve_pretrained(name, revision=revision, what="tokenizer")
@@ -148,6 +185,15 @@ def _resolve_pretrained(name: str, *, revision: str | None, what: str) -> str:
     return name
 
 
+def resolve_model_path(name: str, *, revision: str | None = None) -> str:
+    """A loadable path or cached hub id for ``name``: a registered name's checkpoint (``world:arith``),
+    else a local path or a hub id present in the local cache (else a clear error)."""
+    checkpoint = registered_checkpoint(name)
+    if checkpoint is not None:
+        return str(checkpoint)
+    return _resolve_pretrained(name, revision=revision, what="model")
+
+
 def tokenizer_for(model_cfg):
     """The tokenizer a recipe's ``model:`` section describes (cheap: no weights are read)."""
     return load_tokenizer(
@@ -179,11 +225,8 @@ def load_model(model_cfg, *, seed: int, for_training: bool = True, tokenizer=Non
         model = build_builtin(name.split(":", 1)[1], seed, dtype if dtype != "auto" else torch.float32)
         if model_cfg.quantization is not None:
             model = _quantize_in_memory(model, model_cfg)
-    elif name.startswith("world:"):
-        from prefopt.world import reference_checkpoint
-
-        path = reference_checkpoint(name.split(":", 1)[1])
-        model = _from_pretrained(str(path), model_cfg, dtype)
+    elif model_source(name) is not None:
+        model = _from_pretrained(str(registered_checkpoint(name)), model_cfg, dtype)
     else:
         path = _resolve_pretrained(name, revision=model_cfg.revision, what="model")
         model = _from_pretrained(path, model_cfg, dtype)
@@ -305,3 +348,11 @@ def load_trained(run_or_model_dir: str | Path, *, merge: bool = False):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def load_reference(model_cfg, *, seed: int):
+    """The starting model of a recipe's ``model:`` section, in eval mode: the reference for KL (also for
+    reference-free algorithms), without LoRA or 4-bit quantization."""
+    ref_cfg = model_cfg.model_copy(update={"lora": None, "quantization": None})
+    model, _ = load_model(ref_cfg, seed=seed, for_training=False)
+    return model.eval()

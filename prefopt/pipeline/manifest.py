@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.core.errors import PrefoptError
+from prefopt.core.files import write_json  # noqa: F401 - manifest.write_json, used by the run's writers
 
 FINISHED_MARKER = "manifest.json"
 
@@ -87,9 +88,3 @@ def dataset_fingerprint(ds) -> str:
         h.update(col.encode())
         h.update(json.dumps(ds[col], sort_keys=True, default=str).encode())
     return h.hexdigest()[:20]
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

@@ -7,8 +7,6 @@ manifest.json → evaluation (eval.json).
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,179 +15,34 @@ from typing import Any
 import torch
 
 from prefopt.config.recipe import Recipe, dump_resolved
-from prefopt.core.errors import PrefoptError
+from prefopt.core.errors import TrainingInterrupted
+from prefopt.core.runtime import is_main_process, world_size
+from prefopt.data.tokenized import prepare_data
+from prefopt.evaluate.metrics import evaluate_models
+from prefopt.evaluate.report import write_report
+from prefopt.model.loading import load_model, load_reference, tokenizer_for
+from prefopt.pipeline import manifest
+from prefopt.training.algorithms import get_adapter
+from prefopt.training.build import build_trainer, save_model
+from prefopt.training.callbacks import MetricsJsonlCallback
+from prefopt.training.health import HealthCallback, probe_prompts_for
+from prefopt.training.plan import resolve_batch
+from prefopt.training.resilience import (
+    CheckpointMarkerCallback,
+    NonFiniteError,
+    NonFiniteGuard,
+    SignalCallback,
+    last_complete_checkpoint,
+    remove_incomplete_checkpoints,
+)
 
 log = logging.getLogger("prefopt")
-
-
-def _state():
-    import os
-
-    from accelerate import PartialState
-
-    # Under `accelerate launch` on CPU the processes only join a gloo group when told to use the CPU
-    # (ACCELERATE_USE_CPU); without it PartialState would report a world of 1 and the global batch
-    # would be derived for the wrong number of processes.
-    cpu = (
-        os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-        or not torch.cuda.is_available()
-    )
-    return PartialState(cpu=cpu)
-
-
-def world_size() -> int:
-    return _state().num_processes
-
-
-def is_main_process() -> bool:
-    return _state().is_main_process
-
-
-def resolve_batch(recipe: Recipe, n_processes: int | None = None) -> dict[str, Any]:
-    """Apply ``training.global_batch_size``: derive gradient accumulation from the per-device batch and
-    the number of processes, refusing combinations that cannot hit the global batch exactly."""
-    t = dict(recipe.training)
-    gbs = t.pop("global_batch_size", None)
-    n = n_processes if n_processes is not None else world_size()
-    per_device = int(t.get("per_device_train_batch_size", 8))
-    if gbs is None:
-        return t
-    if gbs % (per_device * n) != 0:
-        options = [d for d in range(1, gbs + 1) if gbs % (d * n) == 0 and d <= 64]
-        raise PrefoptError(
-            f"training.global_batch_size = {gbs} cannot be reached with per_device_train_batch_size = "
-            f"{per_device} on {n} process(es): {gbs} is not a multiple of {per_device} × {n}.",
-            where="training.global_batch_size",
-            fix=f"set training.per_device_train_batch_size to one of {options[-6:]} (or change the number of processes).",
-        )
-    ga = gbs // (per_device * n)
-    given = t.get("gradient_accumulation_steps")
-    if given is not None and given != ga:
-        raise PrefoptError(
-            f"training.gradient_accumulation_steps = {given} contradicts global_batch_size = {gbs} "
-            f"(= {per_device} per device × {n} processes × {ga} accumulation steps).",
-            where="training.gradient_accumulation_steps",
-            fix="remove gradient_accumulation_steps: prefopt derives it from global_batch_size.",
-        )
-    t["gradient_accumulation_steps"] = ga
-    return t
-
-
-def prepare_data(recipe: Recipe, tokenizer, report_dir: Path | None = None):
-    """Canonical data → tokenised datasets for the trainer. Returns (train, eval, canonical_eval, report)."""
-    from prefopt.data.fast_tokenize import tokenize_dataset_fast
-    from prefopt.data.transforms import prepare
-    from prefopt.training.algorithms import get_adapter
-
-    adapter = get_adapter(recipe.algorithm)
-    base_dir = recipe.source_path.parent if recipe.source_path else None
-    train_ds, eval_ds, report = prepare(
-        recipe.data.train, recipe.data.eval, recipe.data, recipe.algorithm, base_dir, recipe.seed
-    )
-    max_length = recipe.training.get("max_length")
-    max_prompt_length = recipe.training.get("max_prompt_length")
-    # one process tokenises with worker processes; under accelerate every rank tokenises the same rows
-    # itself (deterministic), without spawning more workers
-    num_proc = None if world_size() == 1 else 1
-    train_tok, _ = tokenize_dataset_fast(
-        train_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, report, num_proc=num_proc
-    )
-    eval_tok = None
-    if eval_ds is not None and len(eval_ds):
-        eval_tok, _ = tokenize_dataset_fast(
-            eval_ds, adapter.data_kind, tokenizer, max_length, max_prompt_length, report, num_proc=num_proc
-        )
-    if recipe.data.strict:  # truncation drops count too
-        report.check_strict(where=f"{recipe.source_path or 'recipe'}: data (strict: true)")
-    return train_tok, eval_tok, train_ds, eval_ds, report
-
-
-def trainer_columns(ds, kind: str):
-    keep = (
-        ["prompt_ids", "chosen_ids", "rejected_ids"]
-        if kind == "paired"
-        else ["prompt_ids", "completion_ids", "label"]
-    )
-    return ds.select_columns([c for c in keep if c in ds.column_names])
-
-
-def build_trainer(
-    recipe: Recipe,
-    model,
-    tokenizer,
-    train_tok,
-    eval_tok,
-    *,
-    output_dir: str,
-    callbacks=None,
-    training: dict[str, Any] | None = None,
-    config=None,
-):
-    """Adapter → TRL config → prefopt trainer subclass. Nothing else."""
-    from peft import PeftModel
-
-    from prefopt.training.algorithms import get_adapter
-
-    adapter = get_adapter(recipe.algorithm)
-    if config is None:
-        config = adapter.trl_config(recipe, output_dir=output_dir, training=training)
-    cls = adapter.trainer_class(recipe)
-    kwargs: dict[str, Any] = {
-        "model": model,
-        "args": config,
-        "train_dataset": trainer_columns(train_tok, adapter.data_kind),
-        "eval_dataset": trainer_columns(eval_tok, adapter.data_kind) if eval_tok is not None else None,
-        "processing_class": tokenizer,
-        "callbacks": callbacks or [],
-    }
-    from prefopt.training import refcache
-
-    cache_kwargs = refcache.trainer_kwargs(recipe)
-    if cache_kwargs:
-        # the cache feeds TRL's precompute path: no reference copy is kept in memory
-        config.precompute_ref_log_probs = True
-        kwargs.update(cache_kwargs)
-    needs_copy = recipe.model.name.startswith("builtin:")
-    if (
-        adapter.uses_reference
-        and needs_copy
-        and not isinstance(model, PeftModel)
-        and not getattr(config, "precompute_ref_log_probs", False)
-    ):
-        # TRL loads the reference from the policy's checkpoint path (sharded under ZeRO-3); builtin
-        # models have no checkpoint, so they get an in-memory copy.
-        ref = copy.deepcopy(model).eval()
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        kwargs["ref_model"] = ref
-    if recipe.algorithm == "orpo":
-        kwargs["nll_on_prompt"] = recipe.loss_params.nll_on_prompt
-    if recipe.algorithm in ("dpo", "ipo"):
-        lp = recipe.loss_params
-        if recipe.algorithm == "dpo" and lp.label_smoothing > 0:
-            kwargs["prefopt_loss"] = {"kind": "dpo", "label_smoothing": lp.label_smoothing}
-        elif recipe.algorithm == "ipo" and not lp.length_normalize:
-            kwargs["prefopt_loss"] = {"kind": "ipo", "length_normalize": False}
-    return cls(**kwargs)
 
 
 def train(
     recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = False, resume: bool = False
 ) -> dict:
     """Run one recipe end to end. Returns a summary dict (also in manifest.json)."""
-    from prefopt.core.errors import TrainingInterrupted
-    from prefopt.model.loading import load_model, tokenizer_for
-    from prefopt.pipeline import manifest
-    from prefopt.training.algorithms import get_adapter
-    from prefopt.training.callbacks import MetricsJsonlCallback
-    from prefopt.training.health import HealthCallback, probe_prompts_for
-    from prefopt.training.resilience import (
-        CheckpointMarkerCallback,
-        NonFiniteError,
-        NonFiniteGuard,
-        SignalCallback,
-        last_complete_checkpoint,
-    )
 
     t0 = time.time()
     adapter = get_adapter(recipe.algorithm)
@@ -217,7 +70,7 @@ def train(
     if main:
         report.save(run_dir / "data_report.json")
         print(report.summary())
-    _kto_weight_check(recipe, train_ds)
+    adapter.check_data(recipe, train_ds, log)
     model, tokenizer = load_model(recipe.model, seed=recipe.seed, tokenizer=tokenizer)
 
     resume_from = _resume_point(ckpt_dir, resume)
@@ -295,7 +148,6 @@ def train(
             manifest.write_json(run_dir / "eval.json", evaluation)
             summary["eval"] = evaluation
         manifest.write_json(run_dir / "manifest.json", summary)
-        from prefopt.evaluate.report import write_report
 
         try:
             write_report(run_dir)
@@ -309,7 +161,6 @@ def _resume_point(ckpt_dir: Path, resume: bool) -> Path | None:
     """The last complete checkpoint to resume from, or None. Re-running the same command into the same
     output dir resumes too (the run is unfinished and has a checkpoint); incomplete checkpoints (a kill
     while saving) are removed first."""
-    from prefopt.training.resilience import last_complete_checkpoint, remove_incomplete_checkpoints
 
     if is_main_process():
         removed = remove_incomplete_checkpoints(ckpt_dir)
@@ -323,85 +174,14 @@ def _resume_point(ckpt_dir: Path, resume: bool) -> Path | None:
     return last
 
 
-def save_model(trainer, tokenizer, path: Path) -> None:
-    """Final model (full weights or the PEFT adapter) in safetensors, with the tokenizer.
-
-    Called on every rank: ``Trainer.save_model`` gathers ZeRO-3 / FSDP shards and writes on rank 0.
-    Written under a temporary name and renamed, so an interrupted save never looks finished."""
-    import shutil
-
-    tmp = path.with_name(path.name + ".tmp")
-    trainer.save_model(str(tmp))
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    trainer.accelerator.wait_for_everyone()
-
-
-def _kto_weight_check(recipe: Recipe, train_ds) -> None:
-    if recipe.algorithm != "kto":
-        return
-    from prefopt.config.fidelity import check_kto_weights
-
-    labels = train_ds["label"]
-    n_d = sum(1 for x in labels if x)
-    msg = check_kto_weights(
-        n_d, len(labels) - n_d, recipe.loss_params.desirable_weight, recipe.loss_params.undesirable_weight
-    )
-    if msg:
-        log.warning(msg)
-
-
-def world_task_of(recipe: Recipe) -> str | None:
-    for src in recipe.data.train:
-        if src.source == "world":
-            return src.options.get("task") or "arith"
-    return None
-
-
-def reference_for(recipe: Recipe):
-    """The starting model (the reference for KL, also for reference-free algorithms)."""
-    from prefopt.model.loading import load_model
-
-    ref_cfg = recipe.model.model_copy(update={"lora": None, "quantization": None})
-    model, _ = load_model(ref_cfg, seed=recipe.seed, for_training=False)
-    return model.eval()
-
-
 def run_evaluation(recipe: Recipe, model, tokenizer, eval_ds) -> dict | None:
     """End-of-training evaluation (:func:`prefopt.evaluate.metrics.evaluate_models`): held-out preference
     accuracy and margins, log-prob shifts, KL to the starting model on samples, lengths, and the
     ground-truth world's true reward when the data comes from it."""
     if not recipe.evaluation.enabled:
         return None
-    from prefopt.evaluate.metrics import evaluate_models
 
     model.eval()
     with torch.no_grad():
-        return evaluate_models(model, reference_for(recipe), tokenizer, recipe, eval_ds)
-
-
-def dry_run(recipe: Recipe, n_processes: int | None = None) -> dict:
-    """What TRL will receive, without loading a model: trainer class, config, every loss parameter."""
-    from prefopt.training.algorithms import get_adapter
-
-    adapter = get_adapter(recipe.algorithm)
-    training = resolve_batch(recipe, n_processes)
-    config = adapter.trl_config(recipe, output_dir="<run_dir>/checkpoints", training=training)
-    desc = adapter.describe(recipe)
-    n = n_processes if n_processes is not None else world_size()
-    desc["processes"] = n
-    desc["global_batch_size"] = config.per_device_train_batch_size * config.gradient_accumulation_steps * n
-    desc["trl_config"] = {k: _jsonable(v) for k, v in sorted(config.to_dict().items())}
-    desc["model"] = recipe.model.model_dump(mode="json")
-    return desc
-
-
-def _jsonable(v):
-    try:
-        json.dumps(v)
-        return v
-    except TypeError:
-        return str(v)
+        reference = load_reference(recipe.model, seed=recipe.seed)
+        return evaluate_models(model, reference, tokenizer, recipe, eval_ds)

@@ -3,16 +3,16 @@
 Each round:
 
 1. **Sample** ``samples_per_prompt`` (k) completions for ``prompts_per_round`` training prompts from the
-   *current* policy (:func:`prefopt.world.sample`, temperature ``temperature``; prompts are fresh each
+   *current* policy (:func:`prefopt.model.generation.sample`, temperature ``temperature``; prompts are fresh each
    round while the task's training split lasts).
 2. **Score** each completion with ``scorer`` — a dotted path to a Python callable
    ``f(prompt, completion) -> float`` (``module:function`` or ``module.function``; default
-   ``prefopt.studies.iterative:world_reward``, the ground-truth world's true reward) — or with a reward model
+   ``prefopt.world:world_reward``, the ground-truth world's true reward) — or with a reward model
    saved by :mod:`prefopt.studies.rlhf` (``reward_model: <run>/reward_model``).
 3. **Pair** best against worst per prompt (the highest- and lowest-scoring distinct completions; among
    equal scores the more frequent one, i.e. the policy's dominant answer / dominant mistake). Prompts
    whose samples all score the same (ties) give no pair and are skipped (counted).
-4. **DPO round** with :func:`prefopt.pipeline.run.build_trainer` on a recipe derived from the base DPO recipe
+4. **DPO round** with :func:`prefopt.training.build.build_trainer` on a recipe derived from the base DPO recipe
    (its loss and training settings, plus this section's ``loss``/``training`` overrides), on the
    pairs tokenised by :mod:`prefopt.data.tokenization` — the same ids as every other trainer.
 
@@ -26,27 +26,37 @@ against the original reference, after every round.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from prefopt.config.algorithms import DPO
+from prefopt.config.recipe import load_recipe
+from prefopt.config.schema import StrictModel
 from prefopt.core.errors import PrefoptError
+from prefopt.data.schema import compute_prompt_id
+from prefopt.data.tokenization import tokenize_dataset
+from prefopt.judge.scorers import load_callable, load_reward_model
+from prefopt.model.generation import sample
+from prefopt.model.loading import load_model
+from prefopt.studies.measure import Measure, WorldEvaluator, world_task
+from prefopt.training.build import build_trainer, starting_checkpoint
+from prefopt.training.callbacks import MetricsJsonlCallback
+from prefopt.training.plan import resolve_batch
+from prefopt.training.resilience import NonFiniteGuard
+from prefopt.world import get_task
 
 log = logging.getLogger("prefopt")
 
 
-class IterativeDPOSection(BaseModel):
+class IterativeDPOSection(StrictModel):
     """``iterative_dpo:`` in a sweep (or a standalone config for :func:`run_iterative_dpo`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     base: str | None = Field(
         None,
@@ -59,7 +69,7 @@ class IterativeDPOSection(BaseModel):
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(8, gt=0)
     scorer: str = Field(
-        "prefopt.studies.iterative:world_reward", description="Dotted path to f(prompt, completion) -> float."
+        "prefopt.world:world_reward", description="Dotted path to f(prompt, completion) -> float."
     )
     reward_model: str | None = Field(
         None, description="A reward model directory (prefopt.studies.rlhf); replaces scorer."
@@ -71,38 +81,6 @@ class IterativeDPOSection(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- scorers
-@cache
-def _prompt_tasks() -> dict[str, Any]:
-    from prefopt import world
-
-    return {p: t for t in world.TASKS.values() for p in t.all_prompts()}
-
-
-def world_reward(prompt: str, completion: str) -> float:
-    """The ground-truth world's true reward of ``completion`` for ``prompt`` (the task is found from the
-    prompt; 1.0 for the exact answer, else 0.0)."""
-    task = _prompt_tasks().get(prompt)
-    if task is None:
-        raise ValueError(f"world_reward: {prompt!r} is not a prompt of any world task")
-    return task.reward(prompt, completion)
-
-
-def load_callable(path: str) -> Callable:
-    """``package.module:function`` or ``package.module.function`` → the callable."""
-    mod_name, sep, attr = path.partition(":")
-    if not sep:
-        mod_name, _, attr = path.rpartition(".")
-    try:
-        obj = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise PrefoptError(
-            f'cannot load the scorer "{path}": {exc}.',
-            where="iterative_dpo.scorer",
-            fix="name an importable callable as module:function, e.g. prefopt.studies.iterative:world_reward.",
-        ) from None
-    if not callable(obj):
-        raise PrefoptError(f'"{path}" is not callable.', where="iterative_dpo.scorer")
-    return obj
 
 
 def make_scorer(
@@ -110,8 +88,6 @@ def make_scorer(
 ) -> Callable[[list[str], list[str]], list[float]]:
     """A batch scorer ``(prompts, completions) -> scores`` from the section's scorer or reward model."""
     if section.reward_model:
-        from prefopt.studies.rlhf import load_reward_model
-
         p = Path(section.reward_model).expanduser()
         if not p.is_absolute() and base_dir is not None:
             p = base_dir / p
@@ -125,7 +101,6 @@ def best_vs_worst(
     prompts: list[str], samples: list[list[str]], scores: list[list[float]]
 ) -> tuple[list[dict], dict]:
     """One pair per prompt: best against worst distinct completion; ties (all equal) skipped."""
-    from prefopt.data.schema import compute_prompt_id
 
     rows, ties = [], 0
     for p, outs, sc in zip(prompts, samples, scores):
@@ -159,12 +134,11 @@ def best_vs_worst(
 def round_recipe(section: IterativeDPOSection, base_recipe, reference_dir: str, seed: int):
     """The DPO recipe of one round: the base recipe's DPO settings + the section's overrides, with the
     model pointing at the reference directory (so TRL loads the reference from it)."""
-    from prefopt.config.recipe import load_recipe
 
     data = base_recipe.to_dict()
-    if data["algorithm"] != "dpo":
+    if data["algorithm"] != DPO:
         data["loss"] = {}
-    data["algorithm"] = "dpo"
+    data["algorithm"] = DPO
     data["loss"] = {**data["loss"], **section.loss}
     data["training"] = {**data["training"], **section.training}
     data["seed"] = seed
@@ -198,15 +172,7 @@ def run_iterative_dpo(
 ) -> dict:
     """Run the rounds; returns ``{"points": [...]}`` with one point per round (``algorithm:
     iterative_dpo``, ``params: {round, beta}``, ``final`` on the last), each evaluated with ``evaluate``
-    (default :class:`prefopt.studies.compare.WorldEvaluator`) against the original reference."""
-    from prefopt import world
-    from prefopt.data.tokenization import tokenize_dataset
-    from prefopt.model.loading import load_model
-    from prefopt.pipeline.run import build_trainer, resolve_batch
-    from prefopt.studies.compare import Measure, WorldEvaluator, world_task
-    from prefopt.studies.rlhf import _starting_checkpoint
-    from prefopt.training.callbacks import MetricsJsonlCallback
-    from prefopt.training.resilience import NonFiniteGuard
+    (default :class:`prefopt.studies.measure.WorldEvaluator`) against the original reference."""
 
     if isinstance(section, dict):
         section = IterativeDPOSection(**section)
@@ -219,9 +185,9 @@ def run_iterative_dpo(
     if evaluate is None:
         evaluate = WorldEvaluator.for_task(task)
     policy, tokenizer = load_model(base_recipe.model, seed=seed)
-    reference_dir = _starting_checkpoint(base_recipe, run_dir, policy)
+    reference_dir = starting_checkpoint(base_recipe, run_dir, policy)
     initial_dir = reference_dir
-    pool = world.get_task(task).split("train")
+    pool = get_task(task).split("train")
     points: list[dict] = []
     t0 = time.perf_counter()
     cum_cpu = 0.0
@@ -232,7 +198,7 @@ def run_iterative_dpo(
         with Measure() as m:
             ts = time.perf_counter()
             prompts = _round_prompts(pool, section.prompts_per_round, r, seed)
-            samples = world.sample(
+            samples = sample(
                 policy,
                 tokenizer,
                 prompts,

@@ -2,7 +2,7 @@
 trained against it on-policy with a KL penalty to the same reference (the classic "DPO vs PPO" study).
 
 1. **Reward model** — ``trl.RewardTrainer`` (loss −log σ(r(x, y_w) − r(x, y_l))) on the base recipe's
-   world pairs, tokenised once by prefopt (:func:`prefopt.pipeline.run.prepare_data`; the same rows, ids and
+   world pairs, tokenised once by prefopt (:func:`prefopt.data.tokenized.prepare_data`; the same rows, ids and
    dedupe as the DPO points). Each sequence is ``prompt_ids + completion_ids`` exactly as the policy
    sees it, EOS included; the scalar is read at the last non-pad token (the EOS). The model is a Llama
    sequence classifier (``num_labels=1``, ``pad_token_id`` from the tokenizer): with
@@ -37,13 +37,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from prefopt.config.algorithms import DPO
+from prefopt.config.recipe import load_recipe
+from prefopt.config.schema import StrictModel
+from prefopt.data.tokenization import encode_prompt
+from prefopt.data.tokenized import TokenizedCache
+from prefopt.judge.scorers import RewardModelScorer
+from prefopt.model.loading import builtin_config, load_model, load_tokenizer, resolve_model_path
+from prefopt.studies.measure import Measure, WorldEvaluator, world_task
+from prefopt.training.build import starting_checkpoint
+from prefopt.training.callbacks import MetricsJsonlCallback
+from prefopt.training.resilience import NonFiniteGuard
+from prefopt.world import TrueReward
 
 log = logging.getLogger("prefopt")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = StrictModel
 
 
 class RewardModelSection(_Strict):
@@ -97,114 +108,7 @@ class RLHFSection(_Strict):
     max_prompts: int | None = Field(None, gt=0, description="Cap on the number of training prompts.")
 
 
-# --------------------------------------------------------------------------------------------- scoring
-class RewardModelScorer:
-    """A TRL reward function backed by a sequence-classification reward model, on prefopt's ids.
-
-    Called by RLOO/GRPO as ``f(prompts=..., completions=..., completion_ids=..., **kw)``; scores
-    ``encode_prompt(prompt) + completion_ids`` (cut after the first EOS, which is kept). Also usable as
-    ``scorer(prompt, completion)`` (text), tokenised with :func:`prefopt.data.tokenization.encode_completion`."""
-
-    __name__ = "reward_model"
-
-    def __init__(self, model, tokenizer, batch_size: int = 256):
-        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
-
-    @torch.no_grad()
-    def score_ids(self, sequences: list[list[int]]) -> list[float]:
-        pad = self.tokenizer.pad_token_id
-        device = next(self.model.parameters()).device
-        out: list[float] = []
-        for s in range(0, len(sequences), self.batch_size):
-            chunk = sequences[s : s + self.batch_size]
-            width = max(len(x) for x in chunk)
-            ids = torch.full((len(chunk), width), pad)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, x in enumerate(chunk):
-                ids[j, : len(x)] = torch.tensor(x)
-                mask[j, : len(x)] = 1
-            logits = self.model(
-                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
-            ).logits
-            out.extend(logits[:, 0].float().cpu().tolist())
-        return out
-
-    def sequences(self, prompts, completion_ids) -> list[list[int]]:
-        from prefopt.data.tokenization import encode_prompt
-
-        eos = self.tokenizer.eos_token_id
-        seqs = []
-        for p, c in zip(prompts, completion_ids):
-            c = list(c)
-            if eos in c:
-                c = c[: c.index(eos) + 1]
-            seqs.append(encode_prompt(self.tokenizer, p) + c)
-        return seqs
-
-    def __call__(self, prompts=None, completions=None, completion_ids=None, **_):
-        if isinstance(prompts, str):  # scorer(prompt, completion) — the iterative-DPO calling convention
-            return self.score_text([prompts], [completions])[0]
-        if completion_ids is None:
-            return self.score_text(prompts, completions)
-        return self.score_ids(self.sequences(prompts, completion_ids))
-
-    def score_text(self, prompts: list[str], completions: list[str]) -> list[float]:
-        from prefopt.data.tokenization import encode_completion, encode_prompt
-
-        return self.score_ids(
-            [
-                encode_prompt(self.tokenizer, p) + encode_completion(self.tokenizer, p, c)
-                for p, c in zip(prompts, completions)
-            ]
-        )
-
-
-class TrueReward:
-    """The world task's true reward as a TRL reward function (logged with weight 0)."""
-
-    __name__ = "true_reward"
-
-    def __init__(self, task: str):
-        from prefopt import world
-
-        self.task = world.get_task(task)
-
-    def __call__(self, prompts=None, completions=None, **_):
-        return [self.task.reward(p, c) for p, c in zip(prompts, completions)]
-
-
-def load_reward_model(path: str | Path):
-    """A reward model saved by :func:`run_rlhf` (``<run>/reward_model``) as a scorer."""
-    from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
-
-    from prefopt.model.loading import BUILTIN_DIR
-
-    path = Path(path)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except Exception:  # noqa: BLE001 - the builtin tokenizer
-        tok = PreTrainedTokenizerFast.from_pretrained(str(BUILTIN_DIR))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model.config.pad_token_id = tok.pad_token_id
-    return RewardModelScorer(model, tok)
-
-
 # --------------------------------------------------------------------------------------------- stages
-def _starting_checkpoint(recipe, run_dir: Path, policy) -> str:
-    """A directory holding the starting policy's weights (TRL loads the reference from it)."""
-    import os
-
-    path = getattr(policy.config, "_name_or_path", "") or ""
-    if path and os.path.isdir(path):
-        return path
-    out = run_dir / "reference"
-    policy.save_pretrained(out, safe_serialization=True)
-    policy.config._name_or_path = str(out)
-    return str(out)
 
 
 def build_reward_model(section: RewardModelSection, recipe, tokenizer, seed: int):
@@ -212,8 +116,6 @@ def build_reward_model(section: RewardModelSection, recipe, tokenizer, seed: int
 
     name = recipe.model.name
     if section.init == "builtin" or name.startswith("builtin:"):
-        from prefopt.model.loading import builtin_config
-
         key = name.split(":", 1)[1] if name.startswith("builtin:") else "tiny-arith"
         config = builtin_config(key)
         config.num_labels = 1
@@ -222,14 +124,7 @@ def build_reward_model(section: RewardModelSection, recipe, tokenizer, seed: int
             torch.manual_seed(seed)
             model = LlamaForSequenceClassification(config)
         return model
-    if name.startswith("world:"):
-        from prefopt import world
-
-        path = str(world.reference_checkpoint(name.split(":", 1)[1]))
-    else:
-        from prefopt.model.loading import _resolve_pretrained
-
-        path = _resolve_pretrained(name, revision=recipe.model.revision, what="model")
+    path = resolve_model_path(name, revision=recipe.model.revision)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the new head's initialisation
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
@@ -251,8 +146,6 @@ def reward_pairs(paired_tok):
 
 def train_reward_model(section: RewardModelSection, recipe, tokenizer, paired_tok, run_dir: Path, seed: int):
     from trl import RewardConfig, RewardTrainer
-
-    from prefopt.training.callbacks import MetricsJsonlCallback
 
     model = build_reward_model(section, recipe, tokenizer, seed)
     cfg = RewardConfig(
@@ -299,7 +192,6 @@ def reward_model_accuracy(scorer: RewardModelScorer, pairs: list[dict]) -> float
 
 def check_prompt_tokenisation(trainer, tokenizer, prompts: list[str]) -> None:
     """TRL's generation must start from exactly the ids prefopt trains and evaluates on."""
-    from prefopt.data.tokenization import encode_prompt
 
     theirs = trainer._tokenize_prompts(list(prompts))[0]
     ours = [encode_prompt(tokenizer, p) for p in prompts]
@@ -320,10 +212,6 @@ def train_policy(
 ):
     from datasets import Dataset
 
-    from prefopt.model.loading import load_model
-    from prefopt.training.callbacks import MetricsJsonlCallback
-    from prefopt.training.resilience import NonFiniteGuard
-
     if section.trainer == "rloo":
         from trl import RLOOConfig as Config
         from trl import RLOOTrainer as Trainer
@@ -331,7 +219,7 @@ def train_policy(
         from trl import GRPOConfig as Config
         from trl import GRPOTrainer as Trainer
     policy, tokenizer = load_model(recipe.model, seed=seed)
-    ref_path = _starting_checkpoint(recipe, run_dir, policy)
+    ref_path = starting_checkpoint(recipe, run_dir, policy)
     funcs: list[Callable] = [reward_scorer]
     weights = [1.0]
     if log_true_reward:
@@ -400,11 +288,8 @@ def run_rlhf(
     ``base_recipe`` is a world recipe (a :class:`prefopt.config.recipe.Recipe`; its algorithm's data kind is
     used only to find the paired data — any algorithm works, its loss is ignored). Returns
     ``{"reward_model": {...}, "points": [...]}``; each point has ``algorithm: rlhf``, ``params:
-    {beta}``, ``eval`` (the ``evaluate`` result, default :class:`prefopt.studies.compare.WorldEvaluator`),
+    {beta}``, ``eval`` (the ``evaluate`` result, default :class:`prefopt.studies.measure.WorldEvaluator`),
     timings and peak memory."""
-    from prefopt.config.recipe import load_recipe
-    from prefopt.model.loading import load_tokenizer
-    from prefopt.studies.compare import Measure, WorldEvaluator, world_task
 
     if isinstance(section, dict):
         section = RLHFSection(**section)
@@ -414,13 +299,11 @@ def run_rlhf(
     task = world_task(base_recipe)
     # the same paired data as the DPO points: the base recipe as DPO, same data section and seed
     data = base_recipe.to_dict()
-    data.update(algorithm="dpo", loss={}, seed=seed)
+    data.update(algorithm=DPO, loss={}, seed=seed)
     recipe = load_recipe(data=data)
     recipe._source_path = base_recipe.source_path
     tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.name)
     if data_cache is None:
-        from prefopt.studies.compare import TokenizedCache
-
         data_cache = TokenizedCache()
     if evaluate is None:
         evaluate = WorldEvaluator.for_task(task)

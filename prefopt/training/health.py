@@ -43,7 +43,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from prefopt.config.algorithms import DPO, names_where, spec_or_none
 from prefopt.core.errors import PrefoptError, did_you_mean
+from prefopt.model.generation import sampled_kl_and_length
+from prefopt.world import heldout_prompts, task_of
 
 log = logging.getLogger("prefopt")
 
@@ -96,7 +99,7 @@ FIELD_DEFAULTS: dict[str, Any] = {
     "probe_max_new_tokens": 64,
 }
 
-AVERAGED_LOGPS = ("orpo", "simpo")  # TRL logs per-token average log-probs for these
+AVERAGED_LOGPS = tuple(sorted(names_where(lambda s: s.averaged_logps)))  # TRL logs per-token averages
 
 
 def check_stop_on(ids, where: str = "health.stop_on") -> list[str]:
@@ -123,12 +126,17 @@ def _num(v) -> float | None:
 
 def beta_of(recipe) -> float | None:
     """β of the reference-based losses (τ for IPO): TRL's rewards are β · log-ratio."""
-    p = recipe.loss_params
-    if recipe.algorithm == "ipo":
-        return float(p.tau)
-    if recipe.algorithm in ("dpo", "kto"):
-        return float(p.beta)
-    return None
+    spec = spec_or_none(recipe.algorithm)
+    if spec is None or not spec.uses_reference:
+        return None
+    return float(getattr(recipe.loss_params, spec.scale_param))
+
+
+def has_rewards_kl_proxy(algorithm: str) -> bool:
+    """TRL's rewards/chosen and rewards/rejected are β·log π/π_ref of paired data (DPO/IPO): their mean
+    over β is a KL proxy. (KTO logs its own ``kl``; reference-free rewards are not log-ratios.)"""
+    spec = spec_or_none(algorithm)
+    return spec is not None and spec.uses_reference and spec.data_kind == "paired"
 
 
 def probe_prompts_for(recipe, eval_ds=None, train_ds=None, n: int | None = None) -> list[Any]:
@@ -148,13 +156,9 @@ def probe_prompts_for(recipe, eval_ds=None, train_ds=None, n: int | None = None)
 
     if eval_ds is not None and len(eval_ds):
         return distinct(eval_ds)
-    from prefopt.pipeline.run import world_task_of
-
-    task = world_task_of(recipe)
+    task = task_of(recipe)
     if task is not None:
-        from prefopt.evaluate.metrics import world_test_prompts
-
-        return world_test_prompts(task, n, recipe.seed)
+        return heldout_prompts(task, n, recipe.seed)
     if train_ds is not None and len(train_ds):
         return distinct(train_ds)
     return []
@@ -173,7 +177,7 @@ class HealthCallback(TrainerCallback):
     def __init__(
         self,
         health_section=None,
-        algorithm: str = "dpo",
+        algorithm: str = DPO,
         metrics_writer: Callable[[dict], None] | None = None,
         *,
         beta: float | None = None,
@@ -434,7 +438,7 @@ class HealthCallback(TrainerCallback):
         if k is not None:
             candidates.append((k, "kto_logged_kl"))
         rc, rr = _num(logs.get("rewards/chosen")), _num(logs.get("rewards/rejected"))
-        if self.algorithm in ("dpo", "ipo") and self.beta and rc is not None and rr is not None:
+        if has_rewards_kl_proxy(self.algorithm) and self.beta and rc is not None and rr is not None:
             candidates.append((abs(rc + rr) / (2 * self.beta), "rewards_proxy"))
         if not candidates:
             return None, None
@@ -465,8 +469,6 @@ class HealthCallback(TrainerCallback):
         return None
 
     def _sample(self, model, with_kl: bool) -> dict:
-        from prefopt.evaluate.metrics import sampled_kl_and_length
-
         ref = self._reference_for_probe(model) if with_kl else None
         return sampled_kl_and_length(
             model,

@@ -23,13 +23,11 @@ Conventions
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "LOSS_FUNCTIONS",
     "average_logps",
     "dpo_loss",
     "ipo_loss",
@@ -293,12 +291,3 @@ def simpo_loss(
     if label_smoothing:
         losses = losses * (1.0 - label_smoothing) - label_smoothing * F.logsigmoid(-logits)
     return losses.to(out_dtype)
-
-
-LOSS_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "dpo": dpo_loss,
-    "ipo": ipo_loss,
-    "kto": kto_loss,
-    "orpo": orpo_loss,
-    "simpo": simpo_loss,
-}

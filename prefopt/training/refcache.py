@@ -66,6 +66,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from prefopt.config.algorithms import get_spec
+from prefopt.core.cache import cache_root
+from prefopt.model.loading import builtin_config, registered_checkpoint
+
 log = logging.getLogger("prefopt")
 
 FORMAT_VERSION = 1
@@ -79,8 +83,7 @@ def default_cache_dir(configured: str | os.PathLike | None = None) -> Path:
     """``reference_cache.dir``, else ``$PREFOPT_CACHE/ref``, else ``~/.cache/prefopt/ref``."""
     if configured:
         return Path(configured).expanduser()
-    base = os.environ.get("PREFOPT_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "prefopt") / "ref"
+    return cache_root() / "ref"
 
 
 # ------------------------------------------------------------------------------------------ hashing
@@ -170,15 +173,11 @@ def model_identity(model_cfg, seed: int, memo_dir: str | os.PathLike | None = No
         "quantization": model_cfg.quantization.model_dump() if model_cfg.quantization else None,
     }
     if name.startswith("builtin:"):
-        from prefopt.model.loading import builtin_config
-
         cfg = builtin_config(name.split(":", 1)[1]).to_dict()
         cfg.pop("transformers_version", None)
         ident.update(seed=seed, config_sha256=_sha(canonical_json(cfg)), versions=_library_versions())
-    elif name.startswith("world:"):
-        from prefopt.world import reference_checkpoint
-
-        ident["weights"] = weights_files_identity(reference_checkpoint(name.split(":", 1)[1]), memo_dir)
+    elif registered_checkpoint(name) is not None:  # a plugin's name, e.g. world:<task>
+        ident["weights"] = weights_files_identity(registered_checkpoint(name), memo_dir)
     else:
         path = Path(name).expanduser()
         if not path.exists():
@@ -652,9 +651,7 @@ class ReferenceCacheMixin:
 def trainer_kwargs(recipe) -> dict[str, Any]:
     """``{"reference_cache": {...}}`` for the trainer when ``recipe.reference_cache.enabled`` is set (as
     ``prefopt compare`` does by default) and the algorithm has a reference, else ``{}``."""
-    from prefopt.training.algorithms import get_adapter
-
-    if not recipe.reference_cache.enabled or not get_adapter(recipe.algorithm).uses_reference:
+    if not recipe.reference_cache.enabled or not get_spec(recipe.algorithm).uses_reference:
         return {}
     root = default_cache_dir(recipe.reference_cache.dir)
     return {

@@ -11,6 +11,9 @@ Each override is listed (with its reason) in docs/losses.md and printed by ``pre
 * **Summed IPO** (``length_normalize: false``): TRL only has the averaged form, so the loss is
   :func:`prefopt.training.losses.ipo_loss` with ``length_normalize=False``.
 
+  Both arrive as ``prefopt_loss``, a function the adapter builds
+  (:meth:`prefopt.training.algorithms.Adapter.trainer_kwargs`).
+
 Performance layers (no change to the loss; see docs/performance.md):
 
 * **Split forward** (all five, on by default): :mod:`prefopt.training.batching` runs the rows of a padded batch
@@ -27,6 +30,8 @@ precomputed log-probs), metrics — is TRL's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from trl import DPOTrainer, KTOTrainer
 from trl.experimental.cpo import CPOTrainer
@@ -40,11 +45,16 @@ def _is_pretokenized(dataset) -> bool:
     return dataset is not None and hasattr(dataset, "column_names") and "prompt_ids" in dataset.column_names
 
 
+PrefoptLoss = Callable[..., torch.Tensor]
+"""``loss(pc, pr, rc, rr, lc, lr, beta) -> per-example loss``: summed policy (p) and reference (r) log-probs
+of chosen (c) and rejected (r), completion lengths (l), TRL's ``beta``."""
+
+
 class PrefoptDPOTrainer(LengthGroupingMixin, ReferenceCacheMixin, DPOTrainer):
     """``trl.DPOTrainer`` on prefopt's tokenisation; swaps in prefopt's loss for cDPO / summed IPO."""
 
-    def __init__(self, *args, prefopt_loss: dict | None = None, **kwargs):
-        # prefopt_loss: None → TRL's loss; else {"kind": "dpo"|"ipo", ...parameters}
+    def __init__(self, *args, prefopt_loss: PrefoptLoss | None = None, **kwargs):
+        # prefopt_loss: None → TRL's loss; else the adapter's loss function (see PrefoptLoss)
         self.prefopt_loss = prefopt_loss
         super().__init__(*args, **kwargs)
 
@@ -81,21 +91,9 @@ class PrefoptDPOTrainer(LengthGroupingMixin, ReferenceCacheMixin, DPOTrainer):
         return chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_len, rejected_len
 
     def _prefopt_compute_loss(self, model, inputs, return_outputs):
-        from prefopt.training import losses
-
         mode = "train" if self.model.training else "eval"
         pc, pr, rc, rr, lc, lr = self.policy_and_reference_logps(model, inputs)
-        kind = self.prefopt_loss["kind"]
-        if kind == "dpo":
-            per_example = losses.dpo_loss(
-                pc, pr, rc, rr, beta=self.beta, label_smoothing=self.prefopt_loss["label_smoothing"]
-            )
-        elif kind == "ipo":
-            per_example = losses.ipo_loss(
-                pc, pr, rc, rr, lc, lr, tau=self.beta, length_normalize=self.prefopt_loss["length_normalize"]
-            )
-        else:  # pragma: no cover - adapters only pass the kinds above
-            raise ValueError(f"unknown prefopt loss {kind}")
+        per_example = self.prefopt_loss(pc, pr, rc, rr, lc, lr, self.beta)
         loss = per_example.mean()
 
         chosen_rewards = self.beta * (pc - rc).detach()
@@ -181,13 +179,3 @@ class PrefoptORPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, ORPOTrai
 
 class PrefoptCPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, CPOTrainer):
     """``trl.experimental.cpo.CPOTrainer`` (SimPO) on prefopt's tokenisation (TRL's loss with cpo_alpha=0)."""
-
-
-def model_logps(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor
-) -> torch.Tensor:
-    """Summed completion log-probs of each row (plain forward; used by evaluation and tests)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (logp * completion_mask[:, 1:]).sum(-1)

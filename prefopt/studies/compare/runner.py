@@ -9,7 +9,7 @@ iterative (online) DPO (:mod:`prefopt.studies.iterative`), and measures every po
 * **KL(π ‖ π_ref)** to the world reference, estimated on the policy's own samples (nats/sequence);
 * **held-out preference accuracy**: on pairs drawn from the world's *test* prompts
   (``preference_rows(task, n, split="test")``), the fraction whose chosen reply has the higher
-  implicit reward log π(y|x) − log π_ref(y|x) (summed log-probs, :func:`prefopt.world.sequence_logps`).
+  implicit reward log π(y|x) − log π_ref(y|x) (summed log-probs, :func:`prefopt.model.logprobs.sequence_logps`).
   The same β-free definition for every algorithm (also ORPO/SimPO/RLHF, which train without the
   reference), so the column compares policies, not loss scales; ``logp_accuracy`` is the ranking by
   log π alone;
@@ -50,64 +50,57 @@ import json
 import logging
 import math
 import os
-import resource
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from prefopt.core.errors import PrefoptError, did_you_mean
+from prefopt import world
+from prefopt.config.algorithms import ALGORITHMS, DPO, PARAM_SYMBOLS, AlgorithmName, algorithm_names
+from prefopt.config.recipe import dump_resolved, load_recipe, read_yaml
+from prefopt.config.schema import StrictModel, validate
+from prefopt.core.errors import PrefoptError
+from prefopt.core.runtime import torch_threads
+from prefopt.data.tokenized import TokenizedCache
+from prefopt.model.loading import load_model, load_trained
+from prefopt.pipeline import manifest
+from prefopt.studies.iterative import IterativeDPOSection, run_iterative_dpo
+from prefopt.studies.measure import CompareEvaluation, Measure, WorldEvaluator, world_task
+from prefopt.studies.rlhf import RLHFSection, run_rlhf
+from prefopt.training.algorithms import get_adapter
+from prefopt.training.build import build_trainer, save_model
+from prefopt.training.callbacks import MetricsJsonlCallback
+from prefopt.training.plan import resolve_batch
+from prefopt.training.resilience import NonFiniteGuard
 
 log = logging.getLogger("prefopt")
 
-ALGORITHM_ORDER = ("reference", "dpo", "ipo", "kto", "orpo", "simpo", "rlhf", "iterative_dpo")
-MAIN_PARAM = {"dpo": "beta", "ipo": "tau", "kto": "beta", "orpo": "lam", "simpo": "beta"}
-SYMBOLS = {
-    "beta": "β",
-    "tau": "τ",
-    "lam": "λ",
-    "gamma_beta_ratio": "γ/β",
-    "label_smoothing": "ε",
-    "desirable_weight": "λ_D",
-    "undesirable_weight": "λ_U",
-    "learning_rate": "lr",
-    "round": "round",
-}
+STUDIES = ("rlhf", "iterative_dpo")
+"""What a sweep runs beside its grid (their rows' ``algorithm``)."""
+ALGORITHM_ORDER = ("reference", *ALGORITHMS, *STUDIES)
+MAIN_PARAM = {name: spec.scale_param for name, spec in ALGORITHMS.items()}
+SYMBOLS = {**PARAM_SYMBOLS, "learning_rate": "lr", "round": "round"}
+CHOICES = {"algorithm": algorithm_names()}
+SECTION_SCHEMAS = {"rlhf": RLHFSection, "iterative_dpo": IterativeDPOSection}
+"""The schema of each side study's section of a sweep."""
 
 
 # --------------------------------------------------------------------------------------------- schema
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = StrictModel
 
 
 class GridEntry(_Strict):
     """One algorithm of the grid. List values under ``loss``/``training`` are swept (product)."""
 
-    algorithm: Literal["dpo", "ipo", "kto", "orpo", "simpo"]
+    algorithm: AlgorithmName
     base: str | None = Field(
         None, description="Base recipe (relative to the sweep file); default: the sweep's `base`."
     )
     loss: dict[str, Any] = Field(default_factory=dict, description="Loss parameters; lists are swept.")
     training: dict[str, Any] = Field(default_factory=dict, description="TRL config fields; lists are swept.")
     overrides: list[str] = Field(default_factory=list, description="Extra `section.key=value` overrides.")
-
-
-class CompareEvaluation(_Strict):
-    """How every point (and the reference) is measured; the same for all of them."""
-
-    num_prompts: int = Field(300, gt=0, description="Held-out prompts for the true reward and KL.")
-    samples_per_prompt: int = Field(4, gt=0, description="Sampled completions per prompt (T = 1).")
-    max_new_tokens: int = Field(8, gt=0)
-    seed: int = Field(1234, description="Sampling seed (the same for every point).")
-    pref_prompts: int = Field(
-        300,
-        ge=0,
-        description="Held-out prompts the preference pairs are drawn from "
-        "(world test split, up to 2 pairs each); 0 = skip.",
-    )
 
 
 class Sweep(_Strict):
@@ -158,51 +151,12 @@ class Sweep(_Strict):
         return path.resolve()
 
 
-def _explain(err: ValidationError, where: str, model: type[BaseModel]) -> PrefoptError:
-    lines = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        key = ".".join(loc)
-        if e["type"] == "extra_forbidden":
-            parent: Any = model
-            for part in loc[:-1]:
-                if part.isdigit() or parent is None:
-                    continue
-                field = parent.model_fields.get(part)
-                ann = field.annotation if field else None
-                parent = next((a for a in _models_in(ann)), None)
-            options = list(parent.model_fields) if parent is not None else []
-            lines.append(
-                f'unknown key "{key}".{did_you_mean(loc[-1], options)}'
-                + (f" Allowed here: {', '.join(options)}." if options else "")
-            )
-        elif e["type"] == "missing":
-            lines.append(f'missing required key "{key}".')
-        else:
-            lines.append(f'"{key}" = {e.get("input")!r}: {e["msg"].removeprefix("Value error, ")}.')
-    return PrefoptError(" ".join(lines), where=where)
-
-
-def _models_in(ann) -> Iterator[type[BaseModel]]:
-    import typing
-
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        yield ann
-        return
-    for arg in typing.get_args(ann):
-        yield from _models_in(arg)
-
-
 def load_sweep(path: str | Path | None = None, *, data: dict | None = None) -> Sweep:
     """Read and validate a sweep file (or a dict, with paths relative to the working dir)."""
-    from prefopt.config.recipe import read_yaml
 
     where = str(path) if path is not None else "<sweep>"
     raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
-    try:
-        sweep = Sweep(**raw)
-    except ValidationError as err:
-        raise _explain(err, where, Sweep) from None
+    sweep = validate(Sweep, raw, where, choices=CHOICES)
     sweep._source_path = Path(path).resolve() if path is not None else None
     return sweep
 
@@ -246,8 +200,6 @@ def _swept(section: dict[str, Any]) -> set[str]:
 
 def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
     """Every grid point as a validated recipe (fails before anything trains)."""
-    from prefopt.config.recipe import load_recipe, read_yaml
-    from prefopt.training.algorithms import get_adapter
 
     points: list[Point] = []
     seen: set[str] = set()
@@ -310,200 +262,15 @@ def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
     return points
 
 
-def world_task(recipe) -> str:
-    from prefopt.pipeline.run import world_task_of
-
-    task = world_task_of(recipe)
-    if task is None:
-        raise PrefoptError(
-            "prefopt compare measures the true reward of the ground-truth world, but this recipe's data does "
-            "not come from it.",
-            where=str(recipe.source_path or "<recipe>"),
-            fix="use a base recipe with `data: {train: [{source: world, task: arith, ...}]}` "
-            "(configs/recipes/quickstart/*.yaml).",
-        )
-    return task
-
-
 # --------------------------------------------------------------------------------------------- measuring
-class Measure:
-    """Wall time, process CPU time and peak memory of a block.
-
-    Peak RSS is sampled every ``interval`` seconds by a thread (psutil, else /proc), so a peak shorter
-    than that can be missed; ``ru_maxrss`` cannot be used per point because it only grows over the
-    process's life. On a GPU the CUDA allocator's peak is reset and read too."""
-
-    def __init__(self, interval: float = 0.05):
-        self.interval = interval
-        self.result: dict[str, float] = {}
-
-    @staticmethod
-    def rss_bytes() -> int:
-        try:
-            import psutil
-
-            return psutil.Process().memory_info().rss
-        except ImportError:  # pragma: no cover - psutil ships with the test environment
-            with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self):
-        import torch
-
-        self._stop = threading.Event()
-        self._start_rss = self._peak = self.rss_bytes()
-        self._t0 = time.perf_counter()
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        self._cpu0 = ru.ru_utime + ru.ru_stime
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, self.rss_bytes())
-
-    def __exit__(self, *exc):
-        import torch
-
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, self.rss_bytes())
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        mb = 1024 * 1024
-        self.result = {
-            "wall_s": round(time.perf_counter() - self._t0, 2),
-            "cpu_s": round(ru.ru_utime + ru.ru_stime - self._cpu0, 2),
-            "peak_rss_mb": round(self._peak / mb, 1),
-            "peak_rss_delta_mb": round((self._peak - self._start_rss) / mb, 1),
-        }
-        if torch.cuda.is_available():
-            self.result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / mb, 1)
-        return False
-
-
-class WorldEvaluator:
-    """The one measurement applied to every point (and to the reference), with the reference model and
-    its log-probs on the held-out pairs computed once."""
-
-    def __init__(self, task: str, reference, tokenizer, settings: CompareEvaluation | None = None):
-        from prefopt import world
-
-        self.task, self.reference, self.tokenizer = task, reference, tokenizer
-        self.settings = settings or CompareEvaluation()
-        s = self.settings
-        self.pairs = (
-            world.preference_rows(task, s.pref_prompts, split="test", seed=s.seed) if s.pref_prompts else []
-        )
-        self._ref_lp = self._logps(reference) if self.pairs else None
-        self.reference_result = self._sampling(reference, with_kl=False)
-        self.reference_result["kl_to_reference"] = 0.0
-        if self._ref_lp is not None:
-            lc, lr = self._ref_lp
-            self.reference_result["logp_accuracy"] = float((lc > lr).double().mean())
-            self.reference_result["pref_accuracy"] = None  # log π/π_ref is 0 for the reference itself
-
-    @classmethod
-    def for_task(cls, task: str, settings: CompareEvaluation | None = None) -> WorldEvaluator:
-        from prefopt import world
-        from prefopt.model.loading import load_trained
-
-        ref, tok = load_trained(world.reference_checkpoint(task))
-        return cls(task, ref.eval(), tok, settings)
-
-    def _logps(self, model):
-        from prefopt import world
-
-        prompts = [r["prompt"] for r in self.pairs]
-        lc = world.sequence_logps(model, self.tokenizer, prompts, [r["chosen"] for r in self.pairs])
-        lr = world.sequence_logps(model, self.tokenizer, prompts, [r["rejected"] for r in self.pairs])
-        return lc, lr
-
-    def _sampling(self, model, *, with_kl: bool) -> dict:
-        from prefopt import world
-
-        s = self.settings
-        return world.evaluate_policy(
-            model,
-            self.tokenizer,
-            self.task,
-            reference=self.reference if with_kl else None,
-            num_prompts=s.num_prompts,
-            samples_per_prompt=s.samples_per_prompt,
-            seed=s.seed,
-            max_new_tokens=s.max_new_tokens,
-        )
-
-    def __call__(self, model) -> dict:
-        import torch
-
-        t0 = time.perf_counter()
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            out = self._sampling(model, with_kl=True)
-            if self._ref_lp is not None:
-                lc, lr = self._logps(model)
-                rc, rr = self._ref_lp
-                out["pref_accuracy"] = float(((lc - rc) > (lr - rr)).double().mean())
-                out["logp_accuracy"] = float((lc > lr).double().mean())
-                out["pref_pairs"] = len(self.pairs)
-        if was_training:
-            model.train()
-        out["eval_s"] = round(time.perf_counter() - t0, 2)
-        return out
 
 
 # --------------------------------------------------------------------------------------------- running
-class TokenizedCache:
-    """Tokenised datasets shared by points that would tokenise identically."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self._store: dict[str, tuple] = {}
-        self.hits = 0
-
-    @staticmethod
-    def key(recipe) -> str:
-        from prefopt.training.algorithms import get_adapter
-
-        k = {
-            "data": recipe.data.model_dump(mode="json"),
-            "kind": get_adapter(recipe.algorithm).data_kind,
-            "seed": recipe.seed,
-            "tokenizer": recipe.model.tokenizer or recipe.model.name,
-            "chat_template": recipe.model.chat_template,
-            "max_length": recipe.training.get("max_length"),
-            "max_prompt_length": recipe.training.get("max_prompt_length"),
-            "source": str(recipe.source_path.parent) if recipe.source_path else None,
-        }
-        return hashlib.sha256(json.dumps(k, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def get(self, recipe, tokenizer):
-        from prefopt.pipeline.run import prepare_data
-
-        if not self.enabled:
-            return prepare_data(recipe, tokenizer)
-        key = self.key(recipe)
-        if key in self._store:
-            self.hits += 1
-            return self._store[key]
-        self._store[key] = prepare_data(recipe, tokenizer)
-        return self._store[key]
 
 
 def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: TokenizedCache) -> dict:
     """Train one grid point (the pipeline of :func:`prefopt.pipeline.run.train`, on cached tokenised data) and
     measure it."""
-    from prefopt.config.recipe import dump_resolved
-    from prefopt.model.loading import load_model
-    from prefopt.pipeline import manifest
-    from prefopt.pipeline.run import _kto_weight_check, build_trainer, resolve_batch, save_model
-    from prefopt.training.algorithms import get_adapter
-    from prefopt.training.callbacks import MetricsJsonlCallback
-    from prefopt.training.resilience import NonFiniteGuard
 
     recipe = point.recipe
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -517,7 +284,7 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
         model, tokenizer = load_model(recipe.model, seed=recipe.seed)
         train_tok, eval_tok, train_ds, _eval_ds, report = data_cache.get(recipe, tokenizer)
         report.save(run_dir / "data_report.json")
-        _kto_weight_check(recipe, train_ds)
+        adapter.check_data(recipe, train_ds, log)
         guard = NonFiniteGuard()
         trainer = build_trainer(
             recipe,
@@ -575,8 +342,6 @@ def _fingerprint(obj) -> str:
 def world_identity(task: str) -> dict:
     """What a finished point's numbers depend on besides its recipe: the world reference (its directory
     name is keyed by the warm start), the world's data version and the library versions."""
-    from prefopt import world
-    from prefopt.pipeline import manifest
 
     return {
         "reference": world.reference_checkpoint(task).name,
@@ -604,7 +369,6 @@ class Plan:
 
 def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
     """Validate everything a sweep will run — before anything trains."""
-    from prefopt.config.recipe import load_recipe
 
     where = str(sweep._source_path or "<sweep>")
     points = expand_grid(sweep, where)
@@ -621,10 +385,7 @@ def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
         raw = getattr(sweep, key)
         if raw is None or (only and key not in only):
             continue
-        if key == "rlhf":
-            from prefopt.studies.rlhf import RLHFSection as cls
-        else:
-            from prefopt.studies.iterative import IterativeDPOSection as cls
+        cls = SECTION_SCHEMAS[key]
         section = _validate_section(cls, raw, f"{where}: {key}")
         path = sweep.resolve(section.base) if section.base else default_base
         if path is None:
@@ -651,7 +412,6 @@ def run_sweep(
     Points whose run directory already holds a finished result for the same recipe and evaluation
     settings are reused (a re-run continues an interrupted sweep); ``rerun`` runs them again.
     ``only`` restricts the run to some of: the grid's algorithms, ``rlhf``, ``iterative_dpo``."""
-    from prefopt.world import torch_threads
 
     plan = plan_sweep(sweep, only)
     with torch_threads(sweep.threads):
@@ -661,13 +421,8 @@ def run_sweep(
 def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
     import torch
 
-    from prefopt import world
-    from prefopt.config.recipe import dump_resolved
-    from prefopt.model.loading import load_trained
-    from prefopt.pipeline import manifest
-
     points, task = plan.points, plan.task
-    run_rlhf, run_iter = plan.rlhf is not None, plan.iterative_dpo is not None
+    do_rlhf, do_iter = plan.rlhf is not None, plan.iterative_dpo is not None
     rlhf_section, iter_section, side_bases = plan.rlhf, plan.iterative_dpo, plan.side_bases
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(output_dir) if output_dir else Path(sweep.output.format(timestamp=stamp)).expanduser()
@@ -678,8 +433,8 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
     log.info(
         "compare: %d grid point(s)%s%s → %s",
         len(points),
-        " + rlhf" if run_rlhf else "",
-        " + iterative DPO" if run_iter else "",
+        " + rlhf" if do_rlhf else "",
+        " + iterative DPO" if do_iter else "",
         out_dir,
     )
 
@@ -719,15 +474,13 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
         results.append(res)
         _log_point(res)
 
-    if run_rlhf:
-        from prefopt.studies.rlhf import run_rlhf as _run_rlhf
-
+    if do_rlhf:
         for seed in sweep.seeds:
             results.extend(
                 _side_run(
                     "rlhf",
                     seed,
-                    lambda d, s: _run_rlhf(
+                    lambda d, s: run_rlhf(
                         rlhf_section,
                         side_bases["rlhf"],
                         output_dir=d,
@@ -742,9 +495,7 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
                     side_bases["rlhf"],
                 )
             )
-    if run_iter:
-        from prefopt.studies.iterative import run_iterative_dpo
-
+    if do_iter:
         for seed in sweep.seeds:
             results.extend(
                 _side_run(
@@ -818,24 +569,19 @@ def _default_base(sweep: Sweep, points: list[Point]) -> Path | None:
     if sweep.base:
         return sweep.resolve(sweep.base)
     for p in points:
-        if p.algorithm == "dpo":
+        if p.algorithm == DPO:
             return p.recipe.source_path
     for e in sweep.grid:
-        if e.algorithm == "dpo" and e.base:
+        if e.algorithm == DPO and e.base:
             return sweep.resolve(e.base)
     return None
 
 
 def _validate_section(cls, raw: dict, where: str):
-    try:
-        return cls(**raw)
-    except ValidationError as err:
-        raise _explain(err, where, cls) from None
+    return validate(cls, raw, where, choices=CHOICES)
 
 
 def _side_run(kind: str, seed: int, fn, out_dir: Path, rerun: bool, eval_fp, section, base) -> list[dict]:
-    from prefopt.config.recipe import dump_resolved
-    from prefopt.pipeline import manifest
 
     run_dir = out_dir / "points" / f"{kind}-seed{seed}"
     fp = _fingerprint(
@@ -988,7 +734,7 @@ def iterative_vs_offline(results: list[dict]) -> dict | None:
         for r in results
         if r.get("algorithm") == "iterative_dpo" and r.get("status") == "finished" and r.get("final")
     ]
-    off = [r for r in results if r.get("algorithm") == "dpo" and r.get("status") == "finished"]
+    off = [r for r in results if r.get("algorithm") == DPO and r.get("status") == "finished"]
     if not it or not off:
         return None
     out = []
@@ -1077,16 +823,7 @@ def plot_frontier(summary: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    styles = {
-        "reference": ("black", "*"),
-        "dpo": ("tab:blue", "o"),
-        "ipo": ("tab:orange", "s"),
-        "kto": ("tab:green", "^"),
-        "orpo": ("tab:red", "D"),
-        "simpo": ("tab:purple", "v"),
-        "rlhf": ("tab:brown", "P"),
-        "iterative_dpo": ("tab:cyan", "X"),
-    }
+    styles = plot_styles()
     rows = [r for r in sorted_rows(summary) if r.get("status") == "finished" and r.get("eval")]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     for ax, metric, title in (
@@ -1140,6 +877,27 @@ def plot_frontier(summary: dict, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+PALETTE = (
+    ("tab:blue", "o"),
+    ("tab:orange", "s"),
+    ("tab:green", "^"),
+    ("tab:red", "D"),
+    ("tab:purple", "v"),
+    ("tab:pink", "<"),
+    ("tab:olive", ">"),
+    ("tab:gray", "h"),
+)
+STUDY_STYLES = {"rlhf": ("tab:brown", "P"), "iterative_dpo": ("tab:cyan", "X")}
+
+
+def plot_styles() -> dict[str, tuple[str, str]]:
+    """(colour, marker) per row kind: the reference, each algorithm in table order, the side studies."""
+    styles = {"reference": ("black", "*")}
+    styles.update({name: PALETTE[i % len(PALETTE)] for i, name in enumerate(ALGORITHMS)})
+    styles.update(STUDY_STYLES)
+    return styles
 
 
 def _short_label(r: dict) -> str:

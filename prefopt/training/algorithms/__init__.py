@@ -1,42 +1,70 @@
 """Algorithm adapters: one small module per algorithm, each mapping a validated Recipe onto one TRL
 trainer, and a registry.
 
-An adapter translates and nothing else: ``trl_config`` builds the TRL config (loss parameters as TRL
-expects them), ``trainer_class`` names the trainer (a :mod:`prefopt.training.trainers` subclass where TRL's
-behaviour differs from the paper). ``describe`` is what ``prefopt train --dry-run`` prints.
+An adapter translates and nothing else. What an algorithm *is* (data kind, reference, loss schema, TRL
+classes) is its row in :mod:`prefopt.config.algorithms` (``spec``); the adapter adds the TRL side:
+``trl_config`` builds the TRL config (loss parameters as TRL expects them), ``trainer_class`` names the
+trainer (a :mod:`prefopt.training.trainers` subclass where TRL's behaviour differs from the paper),
+``trainer_kwargs`` the subclass's own arguments, ``check_data`` the algorithm's checks of the training
+rows. ``describe`` is what ``prefopt train --dry-run`` prints.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from prefopt.core.errors import PrefoptError, did_you_mean
+import torch
+
+from prefopt.config.algorithms import AlgorithmSpec, get_spec
+from prefopt.config.recipe import PREFOPT_TRAINING_KEYS
 
 
 @dataclass(frozen=True)
 class Adapter:
-    """Base adapter. Subclasses set the class attributes and implement ``loss_kwargs``."""
+    """Base adapter. Subclasses set ``spec`` (their row of the table), ``trainer`` and ``reference_loss``
+    and implement ``loss_kwargs``."""
 
+    spec: ClassVar[AlgorithmSpec]
+    trainer: ClassVar[type]  # the prefopt trainer subclass
+    reference_loss: ClassVar[Callable[..., torch.Tensor]]  # the paper's formula in prefopt.training.losses
+
+    # copied from the row when a subclass is defined
     name: ClassVar[str]
     data_kind: ClassVar[str]  # "paired" | "unpaired"
     uses_reference: ClassVar[bool]
     trl_trainer: ClassVar[str]  # dotted path of the TRL class the prefopt trainer derives from
     paper: ClassVar[str]
 
-    # ---- what subclasses provide
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        spec = cls.spec
+        cls.name, cls.data_kind, cls.uses_reference = spec.name, spec.data_kind, spec.uses_reference
+        cls.trl_trainer, cls.paper = spec.trl_trainer, spec.paper
+
     @classmethod
     def config_class(cls) -> type:
-        raise NotImplementedError
+        return cls.spec.config_class()
 
     @classmethod
     def trainer_class(cls, recipe) -> type:
-        raise NotImplementedError
+        return cls.trainer
 
+    # ---- what subclasses provide
     @classmethod
     def loss_kwargs(cls, recipe) -> dict[str, Any]:
         """The loss parameters exactly as the TRL config receives them."""
         raise NotImplementedError
+
+    @classmethod
+    def trainer_kwargs(cls, recipe) -> dict[str, Any]:
+        """Keyword arguments of the prefopt trainer subclass beyond TRL's (none by default)."""
+        return {}
+
+    @classmethod
+    def check_data(cls, recipe, train_ds, log) -> None:
+        """Checks of the canonical training rows once they are loaded (warnings go to ``log``)."""
 
     @classmethod
     def overrides(cls, recipe) -> list[str]:
@@ -48,8 +76,6 @@ class Adapter:
     # ---- shared
     @classmethod
     def trl_config(cls, recipe, *, output_dir: str, training: dict[str, Any] | None = None):
-        from prefopt.config.recipe import PREFOPT_TRAINING_KEYS
-
         kwargs = {
             k: v
             for k, v in (training if training is not None else recipe.training).items()
@@ -80,22 +106,21 @@ class Adapter:
     @classmethod
     def describe(cls, recipe) -> dict[str, Any]:
         trainer = cls.trainer_class(recipe)
+        spec = cls.spec
         return {
-            "algorithm": cls.name,
-            "paper": cls.paper,
+            "algorithm": spec.name,
+            "paper": spec.paper,
             "trainer": f"{trainer.__module__}.{trainer.__qualname__}",
-            "trl_base_trainer": cls.trl_trainer,
+            "trl_base_trainer": spec.trl_trainer,
             "config_class": f"{cls.config_class().__module__}.{cls.config_class().__qualname__}",
-            "data_kind": cls.data_kind,
-            "reference_model": cls.uses_reference,
+            "data_kind": spec.data_kind,
+            "reference_model": spec.uses_reference,
             "loss": cls.loss_kwargs(recipe),
             "prefopt_overrides": cls.overrides(recipe),
         }
 
 
 def _cuda_bf16() -> bool:
-    import torch
-
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
@@ -103,21 +128,24 @@ _REGISTRY: dict[str, type[Adapter]] = {}
 
 
 def register(adapter: type[Adapter]) -> type[Adapter]:
-    _REGISTRY[adapter.name] = adapter
+    _REGISTRY[adapter.spec.name] = adapter
     return adapter
 
 
 def get_adapter(name: str) -> type[Adapter]:
-    from prefopt.training.algorithms import dpo, ipo, kto, orpo, simpo  # noqa: F401 - registers (idempotent)
-
-    if name not in _REGISTRY:
-        raise PrefoptError(
-            f'unknown algorithm "{name}".{did_you_mean(name, _REGISTRY)} Choose one of: {", ".join(_REGISTRY)}.',
-            where="algorithm",
-        )
-    return _REGISTRY[name]
+    """The adapter of algorithm ``name`` (an unknown name is a PrefoptError naming the choices)."""
+    spec = get_spec(name)
+    return _REGISTRY[spec.name]
 
 
 def algorithm_names() -> list[str]:
-    get_adapter("dpo")
     return list(_REGISTRY)
+
+
+# every adapter module registers itself (they import Adapter and register from above)
+from prefopt.training.algorithms import dpo, ipo, kto, orpo, simpo  # noqa: E402, F401, I001
+
+LOSS_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    name: adapter.reference_loss for name, adapter in _REGISTRY.items()
+}
+"""Algorithm name → its loss formula (:mod:`prefopt.training.losses`), as the paper writes it."""

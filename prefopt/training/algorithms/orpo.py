@@ -1,31 +1,24 @@
 """ORPO (Hong et al. 2024) → ``trl.experimental.orpo.ORPOTrainer`` (TRL's ``beta`` is λ). No reference."""
 
+from prefopt.config.algorithms import ALGORITHMS
+from prefopt.training import losses
 from prefopt.training.algorithms import Adapter, register
+from prefopt.training.trainers import PrefoptORPOTrainer
 
 
 @register
 class ORPOAdapter(Adapter):
-    name = "orpo"
-    data_kind = "paired"
-    uses_reference = False
-    trl_trainer = "trl.experimental.orpo.ORPOTrainer"
-    paper = "Hong et al. 2024, arXiv:2403.07691"
-
-    @classmethod
-    def config_class(cls):
-        from trl.experimental.orpo import ORPOConfig
-
-        return ORPOConfig
-
-    @classmethod
-    def trainer_class(cls, recipe):
-        from prefopt.training.trainers import PrefoptORPOTrainer
-
-        return PrefoptORPOTrainer
+    spec = ALGORITHMS["orpo"]
+    trainer = PrefoptORPOTrainer
+    reference_loss = staticmethod(losses.orpo_loss)
 
     @classmethod
     def loss_kwargs(cls, recipe):
         return {"beta": recipe.loss_params.lam}
+
+    @classmethod
+    def trainer_kwargs(cls, recipe):
+        return {"nll_on_prompt": recipe.loss_params.nll_on_prompt}
 
     @classmethod
     def overrides(cls, recipe):

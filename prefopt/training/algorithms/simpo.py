@@ -5,28 +5,17 @@ TRL's CPOTrainer defaults to ``cpo_alpha=1.0`` (an NLL term: CPO-SimPO) and take
 ``simpo_gamma = beta * gamma_beta_ratio`` so TRL computes the paper's loss.
 """
 
+from prefopt.config.algorithms import ALGORITHMS
+from prefopt.training import losses
 from prefopt.training.algorithms import Adapter, register
+from prefopt.training.trainers import PrefoptCPOTrainer
 
 
 @register
 class SimPOAdapter(Adapter):
-    name = "simpo"
-    data_kind = "paired"
-    uses_reference = False
-    trl_trainer = "trl.experimental.cpo.CPOTrainer"
-    paper = "Meng et al. 2024, arXiv:2405.14734"
-
-    @classmethod
-    def config_class(cls):
-        from trl.experimental.cpo import CPOConfig
-
-        return CPOConfig
-
-    @classmethod
-    def trainer_class(cls, recipe):
-        from prefopt.training.trainers import PrefoptCPOTrainer
-
-        return PrefoptCPOTrainer
+    spec = ALGORITHMS["simpo"]
+    trainer = PrefoptCPOTrainer
+    reference_loss = staticmethod(losses.simpo_loss)
 
     @classmethod
     def loss_kwargs(cls, recipe):
