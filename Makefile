@@ -32,6 +32,8 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check prefopt tests scripts benchmarks
 	$(BIN)/ruff format --check prefopt tests scripts benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/core/test_import_rules.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

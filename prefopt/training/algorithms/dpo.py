@@ -6,7 +6,7 @@ swaps in :func:`prefopt.training.losses.dpo_loss` (cDPO). See docs/losses.md.
 
 from prefopt.config.algorithms import ALGORITHMS
 from prefopt.training import losses
-from prefopt.training.algorithms import Adapter, register
+from prefopt.training.algorithms.base import Adapter, register
 from prefopt.training.trainers import PrefoptDPOTrainer
 
 

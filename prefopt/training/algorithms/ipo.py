@@ -7,7 +7,7 @@ the paper's reference code, computed by prefopt's trainer subclass with
 
 from prefopt.config.algorithms import ALGORITHMS
 from prefopt.training import losses
-from prefopt.training.algorithms import Adapter, register
+from prefopt.training.algorithms.base import Adapter, register
 from prefopt.training.trainers import PrefoptDPOTrainer
 
 

@@ -7,7 +7,7 @@ Once the training rows are loaded, :meth:`KTOAdapter.check_data` applies KTO's w
 from prefopt.config.algorithms import ALGORITHMS
 from prefopt.config.fidelity import check_kto_weights
 from prefopt.training import losses
-from prefopt.training.algorithms import Adapter, register
+from prefopt.training.algorithms.base import Adapter, register
 from prefopt.training.trainers import PrefoptKTOTrainer
 
 

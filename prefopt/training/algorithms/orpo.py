@@ -2,7 +2,7 @@
 
 from prefopt.config.algorithms import ALGORITHMS
 from prefopt.training import losses
-from prefopt.training.algorithms import Adapter, register
+from prefopt.training.algorithms.base import Adapter, register
 from prefopt.training.trainers import PrefoptORPOTrainer
 
 

@@ -7,7 +7,7 @@ TRL's CPOTrainer defaults to ``cpo_alpha=1.0`` (an NLL term: CPO-SimPO) and take
 
 from prefopt.config.algorithms import ALGORITHMS
 from prefopt.training import losses
-from prefopt.training.algorithms import Adapter, register
+from prefopt.training.algorithms.base import Adapter, register
 from prefopt.training.trainers import PrefoptCPOTrainer
 
 
