@@ -116,7 +116,9 @@ def test_import_linter_contracts_are_kept():
 def test_import_linter_breaks_on_an_upward_import(tmp_path):
     """A copy of the package with model/ importing training/ breaks the layers contract."""
     copy = tmp_path / "prefopt"
-    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__", "smoke_fixtures", "builtin"))
+    shutil.copytree(
+        PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__", "smoke_fixtures", "builtin")
+    )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     with open(copy / "model" / "loading.py", "a") as fh:
         fh.write("\nfrom prefopt.training import fit as _upward  # planted by the test\n")
