@@ -65,8 +65,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     summary = run_sweep(sweep, output_dir=args.output_dir, rerun=args.rerun, only=args.only or None)
     print(format_markdown(summary))
     print(f"\nwrote {summary['output_dir']}/compare.json, compare.md, frontier.png")
-    failed = [p["name"] for p in summary["points"] if p.get("status") != "finished"]
+    failed = [p for p in summary["points"] if p.get("status") != "finished"]
     if failed:
-        print(f"failed points: {', '.join(failed)}")
-        return 1
+        print(f"failed points: {', '.join(p['name'] for p in failed)}")
+        # a non-finite loss is the training lifecycle's failure (exit 3, as prefopt train); others exit 1
+        return 3 if any(p.get("nonfinite") for p in failed) else 1
     return 0

@@ -1,21 +1,23 @@
 """The training pipeline behind ``prefopt train`` and ``scripts/train.py`` (one code path).
 
 recipe → run dir (resolved.yaml) → canonical data (+ drop report) → prefopt tokenisation →
-model (+ LoRA/4-bit) → adapter → TRL trainer → train → model in safetensors, metrics.jsonl,
-manifest.json → evaluation (eval.json).
+model (+ LoRA/4-bit) → adapter → TRL trainer → :func:`prefopt.training.fit.fit` → model in
+safetensors, metrics.jsonl, manifest.json → evaluation (eval.json) → report.md. Each arrow is one
+function below (:func:`open_run_dir`, :func:`load_run_data`, :func:`fit_recipe`, :func:`run_summary`,
+:func:`finish_run`); :func:`train` runs them in order.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prefopt.config.recipe import Recipe, dump_resolved
-from prefopt.core.errors import TrainingInterrupted
 from prefopt.core.runtime import is_main_process, world_size
 from prefopt.data.tokenized import prepare_data
 from prefopt.evaluate.metrics import evaluate_models
@@ -25,109 +27,162 @@ from prefopt.pipeline import manifest
 from prefopt.training.algorithms import get_adapter
 from prefopt.training.build import build_trainer, save_model
 from prefopt.training.callbacks import MetricsJsonlCallback
+from prefopt.training.fit import FitResult, fit
 from prefopt.training.health import HealthCallback, probe_prompts_for
 from prefopt.training.plan import resolve_batch
-from prefopt.training.resilience import (
-    CheckpointMarkerCallback,
-    NonFiniteError,
-    NonFiniteGuard,
-    SignalCallback,
-    last_complete_checkpoint,
-    remove_incomplete_checkpoints,
-)
+from prefopt.training.resilience import last_complete_checkpoint, remove_incomplete_checkpoints
 
 log = logging.getLogger("prefopt")
+
+
+@dataclass
+class RunDir:
+    """Where a run writes: the run directory, its checkpoints, and whether this process writes files."""
+
+    path: Path
+    main: bool
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+
+@dataclass
+class RunData:
+    """A run's data: tokenised for the trainer, canonical (for checks and evaluation), and the report."""
+
+    train_tok: Any
+    eval_tok: Any
+    train_ds: Any
+    eval_ds: Any
+    report: Any
 
 
 def train(
     recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = False, resume: bool = False
 ) -> dict:
-    """Run one recipe end to end. Returns a summary dict (also in manifest.json)."""
+    """Run one recipe end to end. Returns a summary dict (also in manifest.json).
 
+    A non-finite loss raises :class:`~prefopt.core.errors.NonFiniteError` (exit 3) and a signal
+    :class:`~prefopt.core.errors.TrainingInterrupted`, after manifest.json records the run as failed /
+    interrupted (:func:`prefopt.training.fit.fit`)."""
     t0 = time.time()
     adapter = get_adapter(recipe.algorithm)
-    base = Path.cwd()
-    run_dir = (
+    run = open_run_dir(recipe, output_dir, overwrite=overwrite, resume=resume)
+    training = resolve_batch(recipe)
+    # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
+    # zero3.yaml) can shard the weights while they load.
+    config = adapter.trl_config(recipe, output_dir=str(run.checkpoints), training=training)
+    # data before weights: a malformed dataset fails in seconds, not after loading a 7B model
+    tokenizer = tokenizer_for(recipe.model)
+    data = load_run_data(recipe, tokenizer, run)
+    model, tokenizer = load_model(recipe.model, seed=recipe.seed, tokenizer=tokenizer)
+    result = fit_recipe(recipe, run, data, model, tokenizer, config, resume=resume)
+    if not result.finished:
+        record_unfinished(run, result)
+        result.raise_for_status()
+    summary = run_summary(recipe, run, result, data, training, seconds=time.time() - t0)
+    if recipe.output.save_model:
+        save_model(result.trainer, tokenizer, run.path / "model")
+    if run.main:
+        finish_run(recipe, run, result, tokenizer, data, summary)
+    result.trainer.accelerator.wait_for_everyone()
+    return summary
+
+
+def open_run_dir(recipe: Recipe, output_dir: str | None, *, overwrite: bool, resume: bool) -> RunDir:
+    """The run directory (``--output-dir``, else ``output.dir`` resolved), prepared by rank 0, with
+    resolved.yaml written into it."""
+    path = (
         Path(output_dir)
         if output_dir
         else manifest.resolve_run_dir(
-            recipe.output.dir, algorithm=recipe.algorithm, seed=recipe.seed, base=base
+            recipe.output.dir, algorithm=recipe.algorithm, seed=recipe.seed, base=Path.cwd()
         )
     )
-    main = is_main_process()
-    if main:
-        manifest.prepare_run_dir(run_dir, overwrite=overwrite or recipe.output.overwrite, resume=resume)
-        (run_dir / "resolved.yaml").write_text(dump_resolved(recipe))
-    training = resolve_batch(recipe)
-    ckpt_dir = run_dir / "checkpoints"
-    # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
-    # zero3.yaml) can shard the weights while they load.
-    config = adapter.trl_config(recipe, output_dir=str(ckpt_dir), training=training)
+    run = RunDir(path, is_main_process())
+    if run.main:
+        manifest.prepare_run_dir(path, overwrite=overwrite or recipe.output.overwrite, resume=resume)
+        (path / "resolved.yaml").write_text(dump_resolved(recipe))
+    return run
 
-    # data before weights: a malformed dataset fails in seconds, not after loading a 7B model
-    tokenizer = tokenizer_for(recipe.model)
+
+def load_run_data(recipe: Recipe, tokenizer, run: RunDir) -> RunData:
+    """Canonical and tokenised data, the drop report saved (data_report.json) and printed, the
+    algorithm's checks of the training rows."""
     train_tok, eval_tok, train_ds, eval_ds, report = prepare_data(recipe, tokenizer)
-    if main:
-        report.save(run_dir / "data_report.json")
+    if run.main:
+        report.save(run.path / "data_report.json")
         print(report.summary())
-    adapter.check_data(recipe, train_ds, log)
-    model, tokenizer = load_model(recipe.model, seed=recipe.seed, tokenizer=tokenizer)
+    get_adapter(recipe.algorithm).check_data(recipe, train_ds, log)
+    return RunData(train_tok, eval_tok, train_ds, eval_ds, report)
 
-    resume_from = _resume_point(ckpt_dir, resume)
-    metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
+
+def fit_recipe(
+    recipe: Recipe, run: RunDir, data: RunData, model, tokenizer, config, *, resume: bool
+) -> FitResult:
+    """The trainer with prefopt's callbacks (metrics.jsonl, health), trained by :func:`fit` with
+    checkpoints, resume and signal handling."""
+    resume_from = _resume_point(run.checkpoints, resume)
+    metrics = MetricsJsonlCallback(run.path / "metrics.jsonl")
     health = HealthCallback.from_recipe(
-        recipe, metrics.write, probe_prompts=probe_prompts_for(recipe, eval_ds, train_ds)
+        recipe, metrics.write, probe_prompts=probe_prompts_for(recipe, data.eval_ds, data.train_ds)
     )
-    signals, guard = SignalCallback(), NonFiniteGuard()
-    callbacks = [metrics, health, CheckpointMarkerCallback(), signals, guard]
     trainer = build_trainer(
         recipe,
         model,
         tokenizer,
-        train_tok,
-        eval_tok,
-        output_dir=str(ckpt_dir),
-        callbacks=callbacks,
+        data.train_tok,
+        data.eval_tok,
+        output_dir=str(run.checkpoints),
+        callbacks=[metrics, health],
         config=config,
     )
     health.attach(trainer)
-    signals.install()
-    try:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    finally:
-        signals.uninstall()
-    if guard.tripped is not None:
-        step, term, value = guard.tripped
-        if main:
-            metrics.write({"event": "nonfinite", "step": step, "term": term, "value": str(value)})
-            manifest.write_json(
-                run_dir / "manifest.json", {"status": "failed", "reason": f"non-finite {term}", "step": step}
-            )
-        raise NonFiniteError(step, term, value, last_complete_checkpoint(ckpt_dir))
-    if signals.received is not None:
-        last = last_complete_checkpoint(ckpt_dir)
-        if main:
-            manifest.write_json(
-                run_dir / "manifest.json",
-                {
-                    "status": "interrupted",
-                    "step": trainer.state.global_step,
-                    "checkpoint": str(last) if last else None,
-                },
-            )
-        raise TrainingInterrupted(signals.received, str(last) if last else None)
+    return fit(
+        trainer,
+        checkpoints=run.checkpoints,
+        resume_from=resume_from,
+        handle_signals=True,
+        metrics_writer=metrics.write,
+    )
 
+
+def record_unfinished(run: RunDir, result: FitResult) -> None:
+    """manifest.json of a run that stopped: failed (non-finite) or interrupted (a signal)."""
+    if not run.main:
+        return
+    if result.nonfinite is not None:
+        step, term, _ = result.nonfinite
+        record = {"status": "failed", "reason": f"non-finite {term}", "step": step}
+    else:
+        record = {
+            "status": "interrupted",
+            "step": result.global_step,
+            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        }
+    manifest.write_json(run.path / "manifest.json", record)
+
+
+def run_summary(
+    recipe: Recipe, run: RunDir, result: FitResult, data: RunData, training: dict, *, seconds: float
+) -> dict[str, Any]:
+    """What manifest.json records about a finished run."""
+    adapter = get_adapter(recipe.algorithm)
     summary: dict[str, Any] = {
         "status": "finished",
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
         "algorithm": recipe.algorithm,
         "trainer": adapter.describe(recipe)["trainer"],
         "seed": recipe.seed,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "train_runtime_s": round(time.time() - t0, 2),
-        "data_fingerprint": manifest.dataset_fingerprint(train_ds),
-        "data": {"train_rows": len(train_tok), "eval_rows": len(eval_tok) if eval_tok is not None else 0},
+        "global_step": result.global_step,
+        "train_loss": result.train_loss,
+        "train_runtime_s": round(seconds, 2),
+        "data_fingerprint": manifest.dataset_fingerprint(data.train_ds),
+        "data": {
+            "train_rows": len(data.train_tok),
+            "eval_rows": len(data.eval_tok) if data.eval_tok is not None else 0,
+        },
         "prefopt_overrides": adapter.overrides(recipe),
         "versions": manifest.versions(),
         "git_commit": manifest.git_commit(),
@@ -137,24 +192,25 @@ def train(
             k: training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps")
         },
     }
-    events = getattr(trainer, "reference_cache_events", None)
+    events = getattr(result.trainer, "reference_cache_events", None)
     if events:
         summary["reference_cache"] = events  # hit/miss, key and seconds for each dataset
-    if recipe.output.save_model:
-        save_model(trainer, tokenizer, run_dir / "model")
-    if main:
-        evaluation = run_evaluation(recipe, trainer.model, tokenizer, eval_ds)
-        if evaluation:
-            manifest.write_json(run_dir / "eval.json", evaluation)
-            summary["eval"] = evaluation
-        manifest.write_json(run_dir / "manifest.json", summary)
-
-        try:
-            write_report(run_dir)
-        except Exception as exc:  # noqa: BLE001 - a plotting problem must not fail a finished run
-            log.warning("could not write the report: %s", exc)
-    trainer.accelerator.wait_for_everyone()
     return summary
+
+
+def finish_run(
+    recipe: Recipe, run: RunDir, result: FitResult, tokenizer, data: RunData, summary: dict
+) -> None:
+    """Rank 0, after training: evaluation (eval.json), manifest.json, the report."""
+    evaluation = run_evaluation(recipe, result.trainer.model, tokenizer, data.eval_ds)
+    if evaluation:
+        manifest.write_json(run.path / "eval.json", evaluation)
+        summary["eval"] = evaluation
+    manifest.write_json(run.path / "manifest.json", summary)
+    try:
+        write_report(run.path)
+    except Exception as exc:  # noqa: BLE001 - a plotting problem must not fail a finished run
+        log.warning("could not write the report: %s", exc)
 
 
 def _resume_point(ckpt_dir: Path, resume: bool) -> Path | None:

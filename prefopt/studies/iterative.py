@@ -34,9 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from datasets import Dataset
 from pydantic import Field
 
-from prefopt.config.algorithms import DPO
+from prefopt.config.algorithms import DPO, get_spec
 from prefopt.config.recipe import load_recipe
 from prefopt.config.schema import StrictModel
 from prefopt.core.errors import PrefoptError
@@ -48,8 +49,8 @@ from prefopt.model.loading import load_model
 from prefopt.studies.measure import Measure, WorldEvaluator, world_task
 from prefopt.training.build import build_trainer, starting_checkpoint
 from prefopt.training.callbacks import MetricsJsonlCallback
+from prefopt.training.fit import FitResult, fit
 from prefopt.training.plan import resolve_batch
-from prefopt.training.resilience import NonFiniteGuard
 from prefopt.world import get_task
 
 log = logging.getLogger("prefopt")
@@ -162,6 +163,57 @@ def _round_prompts(pool: list[str], n: int, r: int, rng_seed: int) -> list[str]:
     return random.Random(rng_seed + r).sample(order, min(n, len(order)))
 
 
+def sample_round_pairs(
+    policy, tokenizer, section: IterativeDPOSection, scorer, prompts: list[str], seed: int
+) -> tuple[list[dict], dict]:
+    """Steps 1–3 of a round: sample k completions per prompt from the current policy, score them, pair
+    best against worst. Returns the pairs (canonical paired rows) and the round's statistics."""
+    samples = sample(
+        policy,
+        tokenizer,
+        prompts,
+        num_samples=section.samples_per_prompt,
+        temperature=section.temperature,
+        max_new_tokens=section.max_new_tokens,
+        seed=seed,
+    )
+    flat_p = [p for p, outs in zip(prompts, samples) for _ in outs]
+    flat_c = [c for outs in samples for c in outs]
+    flat_s = scorer(flat_p, flat_c)
+    k = section.samples_per_prompt
+    scores = [flat_s[i * k : (i + 1) * k] for i in range(len(prompts))]
+    rows, stats = best_vs_worst(prompts, samples, scores)
+    stats["mean_score"] = sum(flat_s) / len(flat_s)
+    return rows, stats
+
+
+def train_round(recipe, policy, tokenizer, rows: list[dict], rdir: Path, reference_dir: str) -> FitResult:
+    """Step 4 of a round: one DPO run on the round's pairs (prefopt's tokenisation, the adapter's
+    trainer, :func:`prefopt.training.fit.fit`), the reference loaded by TRL from ``reference_dir``."""
+    train_tok, _ = tokenize_dataset(
+        Dataset.from_list(rows),
+        get_spec(DPO).data_kind,
+        tokenizer,
+        recipe.training.get("max_length"),
+        recipe.training.get("max_prompt_length"),
+    )
+    training = resolve_batch(recipe)
+    training.setdefault("save_strategy", "no")
+    policy.config._name_or_path = reference_dir  # TRL's DPOTrainer loads the reference from here
+    metrics = MetricsJsonlCallback(rdir / "metrics.jsonl")
+    trainer = build_trainer(
+        recipe,
+        policy,
+        tokenizer,
+        train_tok,
+        None,
+        output_dir=str(rdir / "checkpoints"),
+        callbacks=[metrics],
+        training=training,
+    )
+    return fit(trainer, metrics_writer=metrics.write)
+
+
 def run_iterative_dpo(
     section: IterativeDPOSection | dict,
     base_recipe,
@@ -172,8 +224,10 @@ def run_iterative_dpo(
 ) -> dict:
     """Run the rounds; returns ``{"points": [...]}`` with one point per round (``algorithm:
     iterative_dpo``, ``params: {round, beta}``, ``final`` on the last), each evaluated with ``evaluate``
-    (default :class:`prefopt.studies.measure.WorldEvaluator`) against the original reference."""
+    (default :class:`prefopt.studies.measure.WorldEvaluator`) against the original reference.
 
+    A round whose loss turns non-finite is marked failed (neither saved nor evaluated) and ends the
+    study: later rounds would sample from its policy."""
     if isinstance(section, dict):
         section = IterativeDPOSection(**section)
     seed = base_recipe.seed if seed is None else seed
@@ -198,22 +252,7 @@ def run_iterative_dpo(
         with Measure() as m:
             ts = time.perf_counter()
             prompts = _round_prompts(pool, section.prompts_per_round, r, seed)
-            samples = sample(
-                policy,
-                tokenizer,
-                prompts,
-                num_samples=section.samples_per_prompt,
-                temperature=section.temperature,
-                max_new_tokens=section.max_new_tokens,
-                seed=seed * 1000 + r,
-            )
-            flat_p = [p for p, outs in zip(prompts, samples) for _ in outs]
-            flat_c = [c for outs in samples for c in outs]
-            flat_s = scorer(flat_p, flat_c)
-            k = section.samples_per_prompt
-            scores = [flat_s[i * k : (i + 1) * k] for i in range(len(prompts))]
-            rows, stats = best_vs_worst(prompts, samples, scores)
-            stats["mean_score"] = sum(flat_s) / len(flat_s)
+            rows, stats = sample_round_pairs(policy, tokenizer, section, scorer, prompts, seed * 1000 + r)
             sample_s = time.perf_counter() - ts
             log.info(
                 "iterative DPO round %d: %d pairs from %d prompts (%d ties skipped), mean score %.3f",
@@ -223,50 +262,31 @@ def run_iterative_dpo(
                 stats["ties_skipped"],
                 stats["mean_score"],
             )
-            train_loss, steps, tripped = None, 0, None
             tt = time.perf_counter()
-            if rows:
-                from datasets import Dataset
-
-                train_tok, _ = tokenize_dataset(
-                    Dataset.from_list(rows),
-                    "paired",
-                    tokenizer,
-                    recipe.training.get("max_length"),
-                    recipe.training.get("max_prompt_length"),
-                )
-                training = resolve_batch(recipe)
-                training.setdefault("save_strategy", "no")
-                policy.config._name_or_path = reference_dir  # TRL's DPOTrainer loads the reference from here
-                guard = NonFiniteGuard()
-                trainer = build_trainer(
-                    recipe,
-                    policy,
-                    tokenizer,
-                    train_tok,
-                    None,
-                    output_dir=str(rdir / "checkpoints"),
-                    callbacks=[MetricsJsonlCallback(rdir / "metrics.jsonl"), guard],
-                    training=training,
-                )
-                result = trainer.train()
-                train_loss, steps, tripped = result.training_loss, trainer.state.global_step, guard.tripped
-                policy = trainer.accelerator.unwrap_model(trainer.model)
-                del trainer
+            result = train_round(recipe, policy, tokenizer, rows, rdir, reference_dir) if rows else None
             train_s = time.perf_counter() - tt
-            if section.reference == "previous":
-                policy.save_pretrained(rdir / "model", safe_serialization=True)
-                reference_dir = str(rdir / "model")
-            policy.config._name_or_path = initial_dir
-            evaluation = evaluate(policy)
+            failed = result is not None and not result.finished
+            steps, train_loss = (result.global_step, result.train_loss) if result else (0, None)
+            fit_error, fit_record = (result.error, result.record()) if result else (None, None)
+            evaluation = None
+            if not failed:
+                if result is not None:
+                    policy = result.model
+                if section.reference == "previous":
+                    policy.save_pretrained(rdir / "model", safe_serialization=True)
+                    reference_dir = str(rdir / "model")
+                policy.config._name_or_path = initial_dir
+                evaluation = evaluate(policy)
+            del result
         cum_cpu += m.result["cpu_s"]
         point = {
             "name": f"iterative_dpo-round{r}-seed{seed}",
             "algorithm": "iterative_dpo",
             "params": {"round": r, "beta": recipe.loss_params.beta},
             "seed": seed,
-            "status": "failed" if tripped else "finished",
-            "error": f"non-finite {tripped[1]} at step {tripped[0]}" if tripped else None,
+            "status": "failed" if failed else "finished",
+            "error": fit_error,
+            "nonfinite": fit_record,
             "final": r == section.rounds,
             "run_dir": str(rdir),
             "round": stats,
@@ -282,12 +302,13 @@ def run_iterative_dpo(
             "cumulative_cpu_s": round(cum_cpu, 2),
         }
         points.append(point)
+        if failed:
+            log.warning("iterative DPO round %d: %s; stopping", r, point["error"])
+            break
         log.info(
             "iterative DPO round %d: true reward %.3f, KL %.3f",
             r,
             evaluation.get("reward_sampled", float("nan")),
             evaluation.get("kl_to_reference", float("nan")),
         )
-        if tripped:
-            break
     return {"points": points, "wall_s": round(time.perf_counter() - t0, 2)}

@@ -49,7 +49,7 @@ from prefopt.model.loading import builtin_config, load_model, load_tokenizer, re
 from prefopt.studies.measure import Measure, WorldEvaluator, world_task
 from prefopt.training.build import starting_checkpoint
 from prefopt.training.callbacks import MetricsJsonlCallback
-from prefopt.training.resilience import NonFiniteGuard
+from prefopt.training.fit import fit
 from prefopt.world import TrueReward
 
 log = logging.getLogger("prefopt")
@@ -166,18 +166,22 @@ def train_reward_model(section: RewardModelSection, recipe, tokenizer, paired_to
         dataloader_num_workers=0,
         **section.extra,
     )
+    metrics = MetricsJsonlCallback(run_dir / "reward_model_metrics.jsonl")
     trainer = RewardTrainer(
         model=model,
         args=cfg,
         train_dataset=reward_pairs(paired_tok),
         processing_class=tokenizer,
-        callbacks=[MetricsJsonlCallback(run_dir / "reward_model_metrics.jsonl")],
+        callbacks=[metrics],
     )
-    result = trainer.train()
-    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    result = fit(trainer, metrics_writer=metrics.write)
+    info = {"global_step": result.global_step, "train_loss": result.train_loss}
+    if not result.finished:  # a failed reward model is not saved (and no policy is trained on it)
+        return None, {**info, "status": result.status, "error": result.error, "nonfinite": result.record()}
+    model = result.model.eval()
     model.save_pretrained(run_dir / "reward_model", safe_serialization=True)
     tokenizer.save_pretrained(run_dir / "reward_model")
-    return model, {"global_step": trainer.state.global_step, "train_loss": result.training_loss}
+    return model, info
 
 
 def reward_model_accuracy(scorer: RewardModelScorer, pairs: list[dict]) -> float | None:
@@ -248,29 +252,26 @@ def train_policy(
         dataloader_num_workers=0,
         **section.extra,
     )
-    guard = NonFiniteGuard()
+    metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
     trainer = Trainer(
         model=policy,
         reward_funcs=funcs,
         args=cfg,
         train_dataset=Dataset.from_dict({"prompt": prompts}),
         processing_class=tokenizer,
-        callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl"), guard],
+        callbacks=[metrics],
     )
     check_prompt_tokenisation(trainer, tokenizer, prompts[:64])
     ref_model = getattr(trainer, "ref_model", None)
     ref_from = getattr(getattr(ref_model, "config", None), "_name_or_path", None)
-    result = trainer.train()
-    if guard.tripped:
-        raise RuntimeError(f"RLHF policy: non-finite {guard.tripped[1]} at step {guard.tripped[0]}")
-    policy = trainer.accelerator.unwrap_model(trainer.model).eval()
+    result = fit(trainer, metrics_writer=metrics.write)
     info = {
         "trainer": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "global_step": result.global_step,
+        "train_loss": result.train_loss,
         "reference_checkpoint": ref_from or ref_path,
     }
-    return policy, tokenizer, info
+    return result, tokenizer, info
 
 
 # --------------------------------------------------------------------------------------------- entry point
@@ -311,9 +312,18 @@ def run_rlhf(
     with Measure() as m_rm:
         train_tok, _eval_tok, train_ds, _, _report = data_cache.get(recipe, tokenizer)
         rm, rm_info = train_reward_model(section.reward_model, recipe, tokenizer, train_tok, run_dir, seed)
-        scorer = RewardModelScorer(rm, tokenizer)
-        rm_info["heldout_accuracy"] = reward_model_accuracy(scorer, getattr(evaluate, "pairs", []))
         rm_info["train_pairs"] = len(train_tok)
+        if rm is not None:
+            scorer = RewardModelScorer(rm, tokenizer)
+            rm_info["heldout_accuracy"] = reward_model_accuracy(scorer, getattr(evaluate, "pairs", []))
+    betas = section.policy.beta if isinstance(section.policy.beta, list) else [section.policy.beta]
+    if rm is None:  # the reward model's loss turned non-finite: every policy of this study fails with it
+        log.warning("rlhf: reward model %s; no policy is trained", rm_info["error"])
+        rm_info.update(m_rm.result)
+        points = [
+            _failed_point(beta, seed, run_dir / f"beta{beta:g}", rm_info, "reward model: ") for beta in betas
+        ]
+        return {"reward_model": rm_info, "points": points, "wall_s": round(time.perf_counter() - t0, 2)}
     log.info(
         "rlhf: reward model trained (%d steps), held-out pair accuracy %s, %.0fs",
         rm_info["global_step"],
@@ -324,15 +334,22 @@ def run_rlhf(
     prompts = list(dict.fromkeys(train_ds["prompt"]))
     if section.max_prompts:
         prompts = prompts[: section.max_prompts]
-    betas = section.policy.beta if isinstance(section.policy.beta, list) else [section.policy.beta]
     points = []
     for beta in betas:
         pdir = run_dir / f"beta{beta:g}"
         pdir.mkdir(parents=True, exist_ok=True)
         with Measure() as m:
-            policy, tok, info = train_policy(
+            result, tok, info = train_policy(
                 section.policy, beta, recipe, scorer, task, prompts, pdir, seed, section.log_true_reward
             )
+            if not result.finished:  # stopped on a non-finite loss: neither measured nor kept
+                points.append(
+                    _failed_point(
+                        beta, seed, pdir, rm_info, "", info=info, record=result.record(), error=result.error
+                    )
+                )
+                continue
+            policy = result.model.eval()
             t_train = m_rm.result["wall_s"]  # the shared reward model is part of every RLHF point's cost
             evaluation = evaluate(policy)
         point = {
@@ -353,5 +370,24 @@ def run_rlhf(
             "eval": evaluation,
         }
         points.append(point)
-        del policy
+        del policy, result
     return {"reward_model": rm_info, "points": points, "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def _failed_point(
+    beta, seed: int, pdir: Path, rm_info: dict, prefix: str, *, info=None, record=None, error=None
+) -> dict:
+    """The point of a policy that did not finish (its own non-finite loss, or its reward model's)."""
+    return {
+        "name": f"rlhf-beta{beta:g}-seed{seed}",
+        "algorithm": "rlhf",
+        "params": {"beta": beta},
+        "seed": seed,
+        "status": "failed",
+        "error": prefix + (error or rm_info.get("error") or "failed"),
+        "nonfinite": record if record is not None else rm_info.get("nonfinite"),
+        "run_dir": str(pdir),
+        **(info or {}),
+        "reward_model": rm_info,
+        "eval": None,
+    }

@@ -140,6 +140,14 @@ class NonFiniteGuard(TrainerCallback):
             )
         return control
 
+    def on_step_end(self, args, state, control, **kwargs):
+        # after transformers' flow callback: a save step that tripped the guard saves nothing (the step
+        # ran on zeroed gradients, so its weights are not the last good ones)
+        if self.tripped is not None:
+            control.should_save = False
+            control.should_training_stop = True
+        return control
+
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         model = kwargs.get("model")
         if model is None or self.tripped is not None:

@@ -72,8 +72,8 @@ from prefopt.studies.rlhf import RLHFSection, run_rlhf
 from prefopt.training.algorithms import get_adapter
 from prefopt.training.build import build_trainer, save_model
 from prefopt.training.callbacks import MetricsJsonlCallback
+from prefopt.training.fit import fit
 from prefopt.training.plan import resolve_batch
-from prefopt.training.resilience import NonFiniteGuard
 
 log = logging.getLogger("prefopt")
 
@@ -269,8 +269,9 @@ def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
 
 
 def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: TokenizedCache) -> dict:
-    """Train one grid point (the pipeline of :func:`prefopt.pipeline.run.train`, on cached tokenised data) and
-    measure it."""
+    """Train one grid point (the pipeline of :func:`prefopt.pipeline.run.train`, on cached tokenised data,
+    through :func:`prefopt.training.fit.fit`) and measure it. A non-finite loss marks the point failed
+    (``nonfinite`` holds the step and term); it is neither saved nor evaluated, and the sweep goes on."""
 
     recipe = point.recipe
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +286,7 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
         train_tok, eval_tok, train_ds, _eval_ds, report = data_cache.get(recipe, tokenizer)
         report.save(run_dir / "data_report.json")
         adapter.check_data(recipe, train_ds, log)
-        guard = NonFiniteGuard()
+        metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
         trainer = build_trainer(
             recipe,
             model,
@@ -293,29 +294,30 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
             train_tok,
             eval_tok,
             output_dir=str(run_dir / "checkpoints"),
-            callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl"), guard],
+            callbacks=[metrics],
             config=config,
         )
-        t0 = time.perf_counter()
-        result = trainer.train()
-        train_s = time.perf_counter() - t0
-        if recipe.output.save_model:
-            save_model(trainer, tokenizer, run_dir / "model")
-        policy = trainer.accelerator.unwrap_model(trainer.model)
-        evaluation = evaluate(policy)
+        result = fit(trainer, metrics_writer=metrics.write)
+        policy = result.model
+        evaluation = None
+        if result.finished:  # a failed run's weights are neither saved nor measured
+            if recipe.output.save_model:
+                save_model(trainer, tokenizer, run_dir / "model")
+            evaluation = evaluate(policy)
     out = {
         "name": point.name,
         "algorithm": point.algorithm,
         "params": point.params,
         "seed": point.seed,
-        "status": "failed" if guard.tripped else "finished",
-        "error": f"non-finite {guard.tripped[1]} at step {guard.tripped[0]}" if guard.tripped else None,
+        "status": result.status,
+        "error": result.error,
+        "nonfinite": result.record(),
         "run_dir": str(run_dir),
         "trainer": adapter.describe(recipe)["trainer"],
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "global_step": result.global_step,
+        "train_loss": result.train_loss,
         "train_rows": len(train_tok),
-        "train_s": round(train_s, 2),
+        "train_s": round(result.train_s, 2),
         **m.result,
         "eval": evaluation,
     }
