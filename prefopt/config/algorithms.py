@@ -168,6 +168,13 @@ class AlgorithmSpec:
     def scale_word(self) -> str:
         return PARAM_WORDS.get(self.scale_param, self.scale_param)
 
+    @property
+    def rewards_kl_proxy(self) -> bool:
+        """TRL's logged rewards/chosen and rewards/rejected are β·log π/π_ref of paired data (DPO, IPO), so
+        |rewards/chosen + rewards/rejected| / 2β is a KL proxy (KTO logs its own ``kl``; reference-free
+        rewards are not log-ratios)."""
+        return self.uses_reference and self.data_kind == "paired"
+
     def takes(self, loss_param: str) -> bool:
         return loss_param in self.loss.model_fields
 

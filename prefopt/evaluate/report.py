@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from prefopt.config.algorithms import spec_or_none
 from prefopt.core.errors import PrefoptError
 
 # (file, title, y label, [(metric key, legend label)]). Keys are TRL's names, plus kl_proxy (derived
@@ -111,13 +112,12 @@ def _recipe_info(run_dir: Path) -> dict:
 
 
 def _beta(recipe: dict) -> float | None:
+    """β of a reference-based loss (τ for IPO) from resolved.yaml, the schema's default when absent."""
+    spec = spec_or_none(recipe.get("algorithm"))
+    if spec is None or not spec.uses_reference:
+        return None
     loss = recipe.get("loss") or {}
-    alg = recipe.get("algorithm")
-    if alg == "ipo":
-        return _float(loss.get("tau", 0.1))
-    if alg in ("dpo", "kto"):
-        return _float(loss.get("beta", 0.1))
-    return None
+    return _float(loss.get(spec.scale_param, spec.loss.model_fields[spec.scale_param].default))
 
 
 def series(logs: list[dict], probes: list[dict], recipe: dict) -> dict[str, list[tuple[float, float]]]:
@@ -134,7 +134,8 @@ def series(logs: list[dict], probes: list[dict], recipe: dict) -> dict[str, list
             if f is not None and math.isfinite(f):
                 out.setdefault(k, []).append((step, f))
     beta = _beta(recipe)
-    if recipe.get("algorithm") in ("dpo", "ipo") and beta:
+    spec = spec_or_none(recipe.get("algorithm"))
+    if spec is not None and spec.rewards_kl_proxy and beta:
         rc = dict(out.get("rewards/chosen", []))
         rr = dict(out.get("rewards/rejected", []))
         proxy = [(s, abs(rc[s] + rr[s]) / (2 * beta)) for s in rc if s in rr]
@@ -390,7 +391,8 @@ def write_report(run_dir: str | Path) -> Path:
             (run_dir / fname).unlink(missing_ok=True)
             continue
         subtitle = None
-        if fname == "logps.png" and algorithm in ("orpo", "simpo"):
+        spec = spec_or_none(algorithm)
+        if fname == "logps.png" and spec is not None and spec.averaged_logps:
             subtitle = f"{algorithm}: TRL logs per-token average log-probs"
             ylabel = "mean log-prob per token"
         elif fname == "logps.png":

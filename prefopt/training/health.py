@@ -133,10 +133,9 @@ def beta_of(recipe) -> float | None:
 
 
 def has_rewards_kl_proxy(algorithm: str) -> bool:
-    """TRL's rewards/chosen and rewards/rejected are β·log π/π_ref of paired data (DPO/IPO): their mean
-    over β is a KL proxy. (KTO logs its own ``kl``; reference-free rewards are not log-ratios.)"""
+    """Whether TRL's logged rewards give a KL proxy (:attr:`prefopt.config.algorithms.AlgorithmSpec.rewards_kl_proxy`)."""
     spec = spec_or_none(algorithm)
-    return spec is not None and spec.uses_reference and spec.data_kind == "paired"
+    return spec is not None and spec.rewards_kl_proxy
 
 
 def probe_prompts_for(recipe, eval_ds=None, train_ds=None, n: int | None = None) -> list[Any]:
