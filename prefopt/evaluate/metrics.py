@@ -200,12 +200,9 @@ def evaluate_models(
 
     ``eval_ds`` is the canonical held-out dataset (paired or unpaired rows) or None; without one, a
     ground-truth-world recipe evaluates on pairs drawn from the world's held-out prompts. Caps come
-    from ``recipe.evaluation``. Returns the dict written to ``eval.json``."""
-    ev = recipe.evaluation
-    seed = recipe.seed
-    max_prompts = ev.max_prompts
-    max_pairs = _section(recipe, "max_pairs", DEFAULT_MAX_PAIRS)
-    batch_size = _section(recipe, "batch_size", DEFAULT_BATCH_SIZE)
+    from ``recipe.evaluation``. Returns the dict written to ``eval.json``: ``preference``
+    (:func:`_preference_section`), ``sampling`` (:func:`_sampling_section`), ``world``
+    (:func:`_world_section`), ``summary``."""
     task = task_of(recipe)
     _, _, text = reward_definition(recipe)
     result: dict[str, Any] = {"algorithm": recipe.algorithm, "reward_definition": text, "notes": []}
@@ -214,74 +211,85 @@ def evaluate_models(
     device = device_of(policy)
     if device_of(reference) != device and getattr(reference, "hf_device_map", None) is None:
         reference.to(device)  # load_reference() loads on CPU; evaluate where the policy is
+    pairs, result["preference"] = _preference_section(
+        policy, reference, tokenizer, recipe, eval_ds, data_source, task, result["notes"]
+    )
+    result["sampling"] = _sampling_section(policy, reference, tokenizer, recipe, pairs, task)
+    if task is not None:
+        result["world"] = _world_section(policy, reference, tokenizer, recipe, task, world_prompts)
+    result["summary"] = summary_of(result)
+    return result
 
+
+def _preference_section(policy, reference, tokenizer, recipe, eval_ds, data_source, task, notes: list):
+    """The held-out pairs (the eval split, else the world's held-out prompts) and their preference metrics
+    (None without pairs). Returns ``(pairs, section)``."""
+    ev, seed = recipe.evaluation, recipe.seed
+    max_pairs = _section(recipe, "max_pairs", DEFAULT_MAX_PAIRS)
     source = data_source or ("recipe eval split" if eval_ds is not None else None)
     if eval_ds is None and task is not None:
-        eval_ds = heldout_pairs(task, min(max_pairs, max_prompts), seed)
+        eval_ds = heldout_pairs(task, min(max_pairs, ev.max_prompts), seed)
         source = f"world:{task} held-out prompts (no eval split in the recipe)"
     pairs, note = as_pairs(eval_ds, seed)
     if note:
-        result["notes"].append(note)
+        notes.append(note)
+    if pairs is None:
+        notes.append("no held-out preference pairs: pass --data FILE, set data.eval_fraction or data.eval")
+        return None, None
+    if len(pairs) > max_pairs:
+        pairs = pairs.select(range(max_pairs))
+        notes.append(f"preference metrics on the first {max_pairs} held-out pairs (evaluation.max_pairs)")
+    t = recipe.training
+    tok, _ = tokenize_dataset(
+        pairs, "paired", tokenizer, t.get("max_length"), t.get("max_prompt_length"), None
+    )
+    batch_size = _section(recipe, "batch_size", DEFAULT_BATCH_SIZE)
+    return pairs, {
+        "source": source,
+        **preference_metrics(policy, reference, tokenizer, recipe, tok, batch_size=batch_size),
+    }
 
-    if pairs is not None:
-        if len(pairs) > max_pairs:
-            pairs = pairs.select(range(max_pairs))
-            result["notes"].append(
-                f"preference metrics on the first {max_pairs} held-out pairs (evaluation.max_pairs)"
-            )
-        t = recipe.training
-        tok, _ = tokenize_dataset(
-            pairs, "paired", tokenizer, t.get("max_length"), t.get("max_prompt_length"), None
-        )
-        result["preference"] = {
-            "source": source,
-            **preference_metrics(policy, reference, tokenizer, recipe, tok, batch_size=batch_size),
-        }
-    else:
-        result["preference"] = None
-        result["notes"].append(
-            "no held-out preference pairs: pass --data FILE, set data.eval_fraction or data.eval"
-        )
 
-    # prompts for the sampling metrics: the held-out prompts, else the world's test prompts
+def _sampling_section(policy, reference, tokenizer, recipe, pairs, task) -> dict | None:
+    """KL and lengths on samples, on the held-out pairs' prompts, else the world's test prompts."""
+    ev, seed = recipe.evaluation, recipe.seed
     prompts: list[Any] = []
     if pairs is not None:
         seen: dict[str, Any] = {}
         for p in pairs["prompt"]:
             seen.setdefault(json.dumps(p, sort_keys=True), p)
         prompts = list(seen.values())
-        if len(prompts) > max_prompts:
-            prompts = random.Random(seed).sample(prompts, max_prompts)
+        if len(prompts) > ev.max_prompts:
+            prompts = random.Random(seed).sample(prompts, ev.max_prompts)
     elif task is not None:
-        prompts = heldout_prompts(task, max_prompts, seed)
-    if prompts:
-        result["sampling"] = sampled_kl_and_length(
-            policy,
-            reference,
-            tokenizer,
-            prompts,
-            num_samples=ev.num_samples,
-            temperature=ev.temperature,
-            max_new_tokens=ev.max_new_tokens,
-            seed=seed,
-            batch_size=batch_size,
-        )
-    else:
-        result["sampling"] = None
+        prompts = heldout_prompts(task, ev.max_prompts, seed)
+    if not prompts:
+        return None
+    return sampled_kl_and_length(
+        policy,
+        reference,
+        tokenizer,
+        prompts,
+        num_samples=ev.num_samples,
+        temperature=ev.temperature,
+        max_new_tokens=ev.max_new_tokens,
+        seed=seed,
+        batch_size=_section(recipe, "batch_size", DEFAULT_BATCH_SIZE),
+    )
 
-    if task is not None:
-        with torch.no_grad():
-            n = int(world_prompts or _section(recipe, "world_prompts", DEFAULT_WORLD_PROMPTS))
-            pol = evaluate_policy(policy, tokenizer, task, reference=reference, num_prompts=n)
-            ref = evaluate_policy(reference, tokenizer, task, num_prompts=n)
-        result["world"] = {
-            "policy": pol,
-            "reference": ref,
-            "lift_sampled": pol["reward_sampled"] - ref["reward_sampled"],
-            "lift_greedy": pol["reward_greedy"] - ref["reward_greedy"],
-        }
-    result["summary"] = summary_of(result)
-    return result
+
+def _world_section(policy, reference, tokenizer, recipe, task: str, world_prompts: int | None) -> dict:
+    """The true reward of policy and reference on the world's held-out prompts, and the lift."""
+    with torch.no_grad():
+        n = int(world_prompts or _section(recipe, "world_prompts", DEFAULT_WORLD_PROMPTS))
+        pol = evaluate_policy(policy, tokenizer, task, reference=reference, num_prompts=n)
+        ref = evaluate_policy(reference, tokenizer, task, num_prompts=n)
+    return {
+        "policy": pol,
+        "reference": ref,
+        "lift_sampled": pol["reward_sampled"] - ref["reward_sampled"],
+        "lift_greedy": pol["reward_greedy"] - ref["reward_greedy"],
+    }
 
 
 def summary_of(result: dict) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from pydantic import Field
 
 from prefopt.config.algorithms import DPO, get_spec
 from prefopt.config.recipe import load_recipe
-from prefopt.config.schema import StrictModel
+from prefopt.config.schema import StrictModel, validate
 from prefopt.core.errors import PrefoptError
 from prefopt.data.schema import compute_prompt_id
 from prefopt.data.tokenization import tokenize_dataset
@@ -229,7 +229,7 @@ def run_iterative_dpo(
     A round whose loss turns non-finite is marked failed (neither saved nor evaluated) and ends the
     study: later rounds would sample from its policy."""
     if isinstance(section, dict):
-        section = IterativeDPOSection(**section)
+        section = validate(IterativeDPOSection, section, "iterative_dpo")
     seed = base_recipe.seed if seed is None else seed
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

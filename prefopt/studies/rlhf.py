@@ -41,7 +41,7 @@ from pydantic import Field
 
 from prefopt.config.algorithms import DPO
 from prefopt.config.recipe import load_recipe
-from prefopt.config.schema import StrictModel
+from prefopt.config.schema import StrictModel, validate
 from prefopt.data.tokenization import encode_prompt
 from prefopt.data.tokenized import TokenizedCache
 from prefopt.judge.scorers import RewardModelScorer
@@ -293,7 +293,7 @@ def run_rlhf(
     timings and peak memory."""
 
     if isinstance(section, dict):
-        section = RLHFSection(**section)
+        section = validate(RLHFSection, section, "rlhf")
     seed = base_recipe.seed if seed is None else seed
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,73 +1,37 @@
-"""``prefopt compare``: a measured algorithm comparison on the ground-truth world.
-
-One sweep file runs a grid — algorithms × loss parameters (β, τ, λ, ...) × seeds — from base recipes,
-optionally adds an RLHF baseline (Bradley-Terry reward model + RLOO, :mod:`prefopt.studies.rlhf`) and
-iterative (online) DPO (:mod:`prefopt.studies.iterative`), and measures every point the same way:
-
-* **true reward** of the trained policy on the world's held-out prompts, sampled (T = 1) and greedy
-  (:func:`prefopt.world.evaluate_policy`);
-* **KL(π ‖ π_ref)** to the world reference, estimated on the policy's own samples (nats/sequence);
-* **held-out preference accuracy**: on pairs drawn from the world's *test* prompts
-  (``preference_rows(task, n, split="test")``), the fraction whose chosen reply has the higher
-  implicit reward log π(y|x) − log π_ref(y|x) (summed log-probs, :func:`prefopt.model.logprobs.sequence_logps`).
-  The same β-free definition for every algorithm (also ORPO/SimPO/RLHF, which train without the
-  reference), so the column compares policies, not loss scales; ``logp_accuracy`` is the ranking by
-  log π alone;
-* **wall time** (and process CPU time, which does not depend on how busy a shared machine is) and
-  **peak memory** (resident set size sampled every 50 ms while the point runs; the CUDA peak too on
-  a GPU).
-
-Outputs, under the sweep's ``output`` directory: one run directory per point (``resolved.yaml``,
-``metrics.jsonl``, ``point.json``, ``model/`` when ``save_models``), ``compare.json`` (everything),
-``compare.md`` (the table, sorted by algorithm and parameter) and ``frontier.png`` (true reward vs KL,
-one marker per algorithm, parameters annotated).
-
-Sweep file (``configs/sweeps/world.yaml``)::
-
-    base: ../recipes/quickstart/dpo.yaml         # default base recipe (relative to this file)
-    grid:
-      - {algorithm: dpo, base: ../recipes/quickstart/dpo.yaml, loss: {beta: [0.05, 0.1, 0.3]}}
-      - {algorithm: ipo, base: ../recipes/quickstart/ipo.yaml, loss: {tau: [0.1, 0.25, 0.5]}}
-    seeds: [0]
-    rlhf: {...}               # prefopt.studies.rlhf.RLHFSection, or null
-    iterative_dpo: {rounds: 3, ...}   # prefopt.studies.iterative.IterativeDPOSection, or null
-    output: runs/compare-world
-
-List values under ``loss:`` / ``training:`` of a grid entry are swept (their product); scalars are
-set on every point of the entry. Tokenised data is reused: points whose data section, data kind,
-seed, tokenizer and length limits agree tokenise once (``reuse_tokenized``). Each point's recipe gets
-``reference_cache.enabled: true`` (algorithms with a reference), so the reference log-prob cache
-is used wherever the training code honours it.
-"""
+"""Running a sweep: :func:`plan_sweep` validates everything it will run (grid points, the RLHF and
+iterative-DPO sections and their base recipes) before anything trains; :func:`run_sweep` trains and
+measures each grid point (:func:`run_point`, reusing points finished earlier with the same
+fingerprint), then the side studies, then writes compare.json, compare.md and frontier.png."""
 
 from __future__ import annotations
 
-import copy
 import gc
 import hashlib
-import itertools
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+import torch
 
 from prefopt import world
-from prefopt.config.algorithms import ALGORITHMS, DPO, PARAM_SYMBOLS, AlgorithmName, algorithm_names
-from prefopt.config.recipe import dump_resolved, load_recipe, read_yaml
-from prefopt.config.schema import StrictModel, validate
+from prefopt.config.algorithms import DPO
+from prefopt.config.recipe import dump_resolved, load_recipe
+from prefopt.config.schema import validate
 from prefopt.core.errors import PrefoptError
 from prefopt.core.runtime import torch_threads
 from prefopt.data.tokenized import TokenizedCache
 from prefopt.model.loading import load_model, load_trained
 from prefopt.pipeline import manifest
+from prefopt.studies.compare.plots import plot_frontier
+from prefopt.studies.compare.sweep import CHOICES, Point, Sweep, expand_grid
+from prefopt.studies.compare.tables import fmt_number, format_markdown, iterative_vs_offline
 from prefopt.studies.iterative import IterativeDPOSection, run_iterative_dpo
-from prefopt.studies.measure import CompareEvaluation, Measure, WorldEvaluator, world_task
+from prefopt.studies.measure import Measure, WorldEvaluator, world_task
 from prefopt.studies.rlhf import RLHFSection, run_rlhf
 from prefopt.training.algorithms import get_adapter
 from prefopt.training.build import build_trainer, save_model
@@ -77,189 +41,14 @@ from prefopt.training.plan import resolve_batch
 
 log = logging.getLogger("prefopt")
 
-STUDIES = ("rlhf", "iterative_dpo")
-"""What a sweep runs beside its grid (their rows' ``algorithm``)."""
-ALGORITHM_ORDER = ("reference", *ALGORITHMS, *STUDIES)
-MAIN_PARAM = {name: spec.scale_param for name, spec in ALGORITHMS.items()}
-SYMBOLS = {**PARAM_SYMBOLS, "learning_rate": "lr", "round": "round"}
-CHOICES = {"algorithm": algorithm_names()}
 SECTION_SCHEMAS = {"rlhf": RLHFSection, "iterative_dpo": IterativeDPOSection}
 """The schema of each side study's section of a sweep."""
 
 
 # --------------------------------------------------------------------------------------------- schema
-_Strict = StrictModel
-
-
-class GridEntry(_Strict):
-    """One algorithm of the grid. List values under ``loss``/``training`` are swept (product)."""
-
-    algorithm: AlgorithmName
-    base: str | None = Field(
-        None, description="Base recipe (relative to the sweep file); default: the sweep's `base`."
-    )
-    loss: dict[str, Any] = Field(default_factory=dict, description="Loss parameters; lists are swept.")
-    training: dict[str, Any] = Field(default_factory=dict, description="TRL config fields; lists are swept.")
-    overrides: list[str] = Field(default_factory=list, description="Extra `section.key=value` overrides.")
-
-
-class Sweep(_Strict):
-    base: str | None = Field(None, description="Default base recipe, relative to the sweep file.")
-    grid: list[GridEntry] = Field(default_factory=list)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    overrides: list[str] = Field(
-        default_factory=list, description="`section.key=value` for every grid point."
-    )
-    rlhf: dict[str, Any] | None = Field(
-        None, description="RLHF baseline (prefopt.studies.rlhf.RLHFSection) or null."
-    )
-    iterative_dpo: dict[str, Any] | None = Field(
-        None, description="Iterative DPO (prefopt.studies.iterative) or null."
-    )
-    evaluation: CompareEvaluation = Field(default_factory=CompareEvaluation)
-    reuse_tokenized: bool = Field(
-        True, description="Tokenise once per (data, kind, seed, tokenizer, lengths)."
-    )
-    reference_cache: bool = Field(
-        True, description="Set reference_cache.enabled on points that use a reference."
-    )
-    save_models: bool = Field(False, description="Save each point's model under its run dir.")
-    threads: int | None = Field(
-        1,
-        gt=0,
-        description=(
-            "torch intra-op threads while the sweep runs (null: torch's default). 1 is fastest for the tiny world "
-            "model and does not collapse when other processes share the cores."
-        ),
-    )
-    output: str = Field("runs/compare-{timestamp}", description="Output dir (relative to the working dir).")
-
-    _source_path: Path | None = None
-
-    @model_validator(mode="after")
-    def _something_to_run(self):
-        if not self.grid and self.rlhf is None and self.iterative_dpo is None:
-            raise ValueError("the sweep runs nothing: give a grid, rlhf or iterative_dpo")
-        return self
-
-    def resolve(self, p: str | None) -> Path | None:
-        if p is None:
-            return None
-        path = Path(p).expanduser()
-        if not path.is_absolute() and self._source_path is not None:
-            path = self._source_path.parent / path
-        return path.resolve()
-
-
-def load_sweep(path: str | Path | None = None, *, data: dict | None = None) -> Sweep:
-    """Read and validate a sweep file (or a dict, with paths relative to the working dir)."""
-
-    where = str(path) if path is not None else "<sweep>"
-    raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
-    sweep = validate(Sweep, raw, where, choices=CHOICES)
-    sweep._source_path = Path(path).resolve() if path is not None else None
-    return sweep
 
 
 # --------------------------------------------------------------------------------------------- points
-class Point:
-    """One grid point: a validated recipe and what makes it different from its neighbours."""
-
-    def __init__(self, name: str, algorithm: str, recipe, params: dict[str, Any], seed: int):
-        self.name, self.algorithm, self.recipe, self.params, self.seed = name, algorithm, recipe, params, seed
-
-    @property
-    def main_param(self) -> tuple[str, float] | None:
-        key = MAIN_PARAM.get(self.algorithm)
-        if key is None:
-            return None
-        value = self.params.get(key, self.recipe.loss_params.model_dump().get(key))
-        return key, value
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def _product(section: dict[str, Any]) -> list[dict[str, Any]]:
-    keys = [k for k, v in section.items() if isinstance(v, list)]
-    fixed = {k: v for k, v in section.items() if not isinstance(v, list)}
-    if not keys:
-        return [dict(fixed)]
-    out = []
-    for combo in itertools.product(*(section[k] for k in keys)):
-        out.append({**fixed, **dict(zip(keys, combo))})
-    return out
-
-
-def _swept(section: dict[str, Any]) -> set[str]:
-    return {k for k, v in section.items() if isinstance(v, list)}
-
-
-def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
-    """Every grid point as a validated recipe (fails before anything trains)."""
-
-    points: list[Point] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(sweep.grid):
-        base_path = sweep.resolve(entry.base or sweep.base)
-        if base_path is None:
-            raise PrefoptError(
-                f"grid[{i}] ({entry.algorithm}) has no base recipe and the sweep has no `base`.",
-                where=where,
-                fix="add `base: path/to/recipe.yaml` to the entry or the sweep.",
-            )
-        if not base_path.exists():
-            raise PrefoptError(
-                f"grid[{i}]: base recipe {base_path} does not exist.",
-                where=where,
-                fix="base paths are relative to the sweep file.",
-            )
-        raw = read_yaml(base_path)
-        base_algorithm = raw.get("algorithm")
-        swept = _swept(entry.loss) | _swept(entry.training)
-        for loss, training in itertools.product(_product(entry.loss), _product(entry.training)):
-            for seed in sweep.seeds:
-                data = copy.deepcopy(raw)
-                data["algorithm"] = entry.algorithm
-                if base_algorithm != entry.algorithm:
-                    # the base's loss belongs to another algorithm; only the entry's parameters apply
-                    data["loss"] = {}
-                    base_kind = get_adapter(base_algorithm).data_kind if base_algorithm else None
-                    kind = get_adapter(entry.algorithm).data_kind
-                    d = data.setdefault("data", {})
-                    if base_kind and base_kind != kind and d.get("transform", "none") == "none":
-                        d["transform"] = "unpair" if kind == "unpaired" else "pair"
-                data["loss"] = {**(data.get("loss") or {}), **loss}
-                data["training"] = {**(data.get("training") or {}), **training}
-                data["seed"] = seed
-                if sweep.reference_cache and get_adapter(entry.algorithm).uses_reference:
-                    data["reference_cache"] = {**(data.get("reference_cache") or {}), "enabled": True}
-                data["output"] = {
-                    **(data.get("output") or {}),
-                    "save_model": sweep.save_models,
-                    "overwrite": True,
-                }
-                params = {k: v for k, v in {**loss, **training}.items() if k in swept}
-                label = "-".join(f"{k}{_fmt(v)}" for k, v in params.items())
-                name = f"{entry.algorithm}{'-' + label if label else ''}-seed{seed}"
-                if name in seen:
-                    name = f"{name}-g{i}"
-                seen.add(name)
-                try:
-                    recipe = load_recipe(data=data, overrides=[*sweep.overrides, *entry.overrides])
-                except PrefoptError as err:
-                    raise PrefoptError(
-                        f"grid[{i}] point {name} (base {base_path.name}): {err}", where=where
-                    ) from None
-                recipe._source_path = base_path
-                params.setdefault(
-                    MAIN_PARAM[entry.algorithm], recipe.loss_params.model_dump()[MAIN_PARAM[entry.algorithm]]
-                )
-                points.append(Point(name, entry.algorithm, recipe, params, seed))
-    return points
 
 
 # --------------------------------------------------------------------------------------------- measuring
@@ -420,43 +209,70 @@ def run_sweep(
         return _run_plan(sweep, plan, output_dir=output_dir, rerun=rerun)
 
 
-def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
-    import torch
+@dataclass
+class Context:
+    """What every point of one sweep invocation shares: where it writes, the one measurement (and its
+    fingerprint, part of each point's), the tokenised-data cache, and whether finished points rerun."""
 
-    points, task = plan.points, plan.task
-    do_rlhf, do_iter = plan.rlhf is not None, plan.iterative_dpo is not None
-    rlhf_section, iter_section, side_bases = plan.rlhf, plan.iterative_dpo, plan.side_bases
+    sweep: Sweep
+    task: str
+    out_dir: Path
+    evaluator: WorldEvaluator
+    eval_fp: dict
+    data_cache: TokenizedCache
+    rerun: bool
+
+
+def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
+    """Grid points, then the side studies, then the summary (compare.json, compare.md, frontier.png)."""
+    t_start, load_start = time.perf_counter(), os.getloadavg()
+    ctx = _open(sweep, plan, output_dir, rerun)
+    results = _run_grid(ctx, plan.points)
+    results += _run_studies(ctx, plan)
+    return _write_summary(ctx, results, t_start=t_start, load_start=load_start)
+
+
+def _open(sweep: Sweep, plan: Plan, output_dir, rerun: bool) -> Context:
+    """The output directory (with sweep.resolved.json), the reference and its measurement."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(output_dir) if output_dir else Path(sweep.output.format(timestamp=stamp)).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.resolved.json").write_text(json.dumps(sweep.model_dump(mode="json"), indent=2))
-    t_start = time.perf_counter()
-    load_start = os.getloadavg()
     log.info(
         "compare: %d grid point(s)%s%s → %s",
-        len(points),
-        " + rlhf" if do_rlhf else "",
-        " + iterative DPO" if do_iter else "",
+        len(plan.points),
+        " + rlhf" if plan.rlhf is not None else "",
+        " + iterative DPO" if plan.iterative_dpo is not None else "",
         out_dir,
     )
-
-    ref, tok = load_trained(world.reference_checkpoint(task))
+    ref, tok = load_trained(world.reference_checkpoint(plan.task))
     ref.eval()
-    evaluator = WorldEvaluator(task, ref, tok, sweep.evaluation)
-    eval_fp = {**sweep.evaluation.model_dump(), "world": world_identity(task)}
-    data_cache = TokenizedCache(sweep.reuse_tokenized)
+    return Context(
+        sweep=sweep,
+        task=plan.task,
+        out_dir=out_dir,
+        evaluator=WorldEvaluator(plan.task, ref, tok, sweep.evaluation),
+        eval_fp={**sweep.evaluation.model_dump(), "world": world_identity(plan.task)},
+        data_cache=TokenizedCache(sweep.reuse_tokenized),
+        rerun=rerun,
+    )
+
+
+def _run_grid(ctx: Context, points: list[Point]) -> list[dict]:
+    """Every grid point: reused when finished earlier with the same fingerprint, else trained and measured
+    (an exception fails that point only)."""
     results: list[dict] = []
     for i, point in enumerate(points, 1):
-        run_dir = out_dir / "points" / point.name
-        fp = _fingerprint({"recipe": dump_resolved(point.recipe), "eval": eval_fp, "task": task})
-        prev = None if rerun else _finished(run_dir, fp)
+        run_dir = ctx.out_dir / "points" / point.name
+        fp = _fingerprint({"recipe": dump_resolved(point.recipe), "eval": ctx.eval_fp, "task": ctx.task})
+        prev = None if ctx.rerun else _finished(run_dir, fp)
         if prev is not None:
             log.info("compare [%d/%d] %s: finished earlier, reused", i, len(points), point.name)
             results.append(prev)
             continue
         log.info("compare [%d/%d] %s", i, len(points), point.name)
         try:
-            res = run_point(point, run_dir, evaluator, data_cache)
+            res = run_point(point, run_dir, ctx.evaluator, ctx.data_cache)
         except PrefoptError:
             raise
         except Exception as exc:  # noqa: BLE001 - one failed point must not lose the others
@@ -475,49 +291,45 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
         manifest.write_json(run_dir / "point.json", res)
         results.append(res)
         _log_point(res)
+    return results
 
-    if do_rlhf:
-        for seed in sweep.seeds:
+
+def _run_studies(ctx: Context, plan: Plan) -> list[dict]:
+    """The RLHF baseline and iterative DPO, once per seed, measured like the grid."""
+    studies = {
+        "rlhf": lambda d, s: run_rlhf(
+            plan.rlhf,
+            plan.side_bases["rlhf"],
+            output_dir=d,
+            seed=s,
+            evaluate=ctx.evaluator,
+            data_cache=ctx.data_cache,
+        ),
+        "iterative_dpo": lambda d, s: run_iterative_dpo(
+            plan.iterative_dpo, plan.side_bases["iterative_dpo"], output_dir=d, seed=s, evaluate=ctx.evaluator
+        ),
+    }
+    results: list[dict] = []
+    for kind, run in studies.items():
+        section = getattr(plan, kind)
+        if section is None:
+            continue
+        for seed in ctx.sweep.seeds:
             results.extend(
                 _side_run(
-                    "rlhf",
-                    seed,
-                    lambda d, s: run_rlhf(
-                        rlhf_section,
-                        side_bases["rlhf"],
-                        output_dir=d,
-                        seed=s,
-                        evaluate=evaluator,
-                        data_cache=data_cache,
-                    ),
-                    out_dir,
-                    rerun,
-                    eval_fp,
-                    rlhf_section,
-                    side_bases["rlhf"],
+                    kind, seed, run, ctx.out_dir, ctx.rerun, ctx.eval_fp, section, plan.side_bases[kind]
                 )
             )
-    if do_iter:
-        for seed in sweep.seeds:
-            results.extend(
-                _side_run(
-                    "iterative_dpo",
-                    seed,
-                    lambda d, s: run_iterative_dpo(
-                        iter_section, side_bases["iterative_dpo"], output_dir=d, seed=s, evaluate=evaluator
-                    ),
-                    out_dir,
-                    rerun,
-                    eval_fp,
-                    iter_section,
-                    side_bases["iterative_dpo"],
-                )
-            )
+    return results
 
+
+def _write_summary(ctx: Context, results: list[dict], *, t_start: float, load_start) -> dict:
+    """compare.json (everything), compare.md (the table) and frontier.png."""
+    sweep = ctx.sweep
     summary = {
-        "task": task,
+        "task": ctx.task,
         "sweep": str(sweep._source_path) if sweep._source_path else None,
-        "output_dir": str(out_dir),
+        "output_dir": str(ctx.out_dir),
         "evaluation": sweep.evaluation.model_dump(),
         "reference": {
             "name": "reference",
@@ -525,10 +337,10 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
             "params": {},
             "seed": None,
             "status": "finished",
-            "eval": evaluator.reference_result,
+            "eval": ctx.evaluator.reference_result,
         },
         "points": results,
-        "tokenized_cache_hits": data_cache.hits,
+        "tokenized_cache_hits": ctx.data_cache.hits,
         "wall_s": round(time.perf_counter() - t_start, 1),
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "hardware": manifest.hardware(),
@@ -538,9 +350,9 @@ def _run_plan(sweep: Sweep, plan: Plan, *, output_dir, rerun: bool) -> dict:
     }
     summary["points_wall_s"], summary["points_cpu_s"] = _totals(results)
     summary["iterative_vs_offline_dpo"] = iterative_vs_offline(results)
-    manifest.write_json(out_dir / "compare.json", summary)
-    (out_dir / "compare.md").write_text(format_markdown(summary))
-    plot_frontier(summary, out_dir / "frontier.png")
+    manifest.write_json(ctx.out_dir / "compare.json", summary)
+    (ctx.out_dir / "compare.md").write_text(format_markdown(summary))
+    plot_frontier(summary, ctx.out_dir / "frontier.png")
     return summary
 
 
@@ -644,273 +456,9 @@ def _log_point(res: dict) -> None:
         ev.get("reward_sampled", float("nan")),
         ev.get("reward_greedy", float("nan")),
         ev.get("kl_to_reference", float("nan")),
-        _num(ev.get("pref_accuracy")),
+        fmt_number(ev.get("pref_accuracy")),
         res.get("wall_s") or 0,
     )
 
 
 # --------------------------------------------------------------------------------------------- reporting
-def _num(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def param_label(res: dict) -> str:
-    params = res.get("params") or {}
-    return ", ".join(f"{SYMBOLS.get(k, k)}={_fmt(v)}" for k, v in params.items())
-
-
-def _sort_key(res: dict):
-    alg = res.get("algorithm", "")
-    order = ALGORITHM_ORDER.index(alg) if alg in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
-    params = res.get("params") or {}
-    main = MAIN_PARAM.get(alg)
-    vals = tuple(
-        float(v) if isinstance(v, (int, float)) else 0.0
-        for v in ([params.get(main)] if main in params else [])
-        + [v for k, v in sorted(params.items()) if k != main]
-    )
-    return (order, alg, vals, res.get("seed") or 0)
-
-
-def sorted_rows(summary: dict) -> list[dict]:
-    return [summary["reference"], *sorted(summary["points"], key=_sort_key)]
-
-
-def format_markdown(summary: dict) -> str:
-    rows = sorted_rows(summary)
-    ev = summary["evaluation"]
-    n_prompts = (summary["reference"].get("eval") or {}).get("num_prompts", ev["num_prompts"])
-    lines = [
-        f"# prefopt compare — world task `{summary['task']}`",
-        "",
-        f"Sweep: `{summary.get('sweep')}` · wall time {summary['wall_s']:.0f} s (this invocation; all points: "
-        f"{summary.get('points_wall_s', summary['wall_s']):.0f} s wall, {summary.get('points_cpu_s', 0):.0f} s CPU) · "
-        f"{summary['hardware'].get('cpu_count')} CPU(s), torch threads {summary.get('torch_threads')} · "
-        f"load average at start {summary['load_average']['start'][0]:.1f}",
-        "",
-        "| algorithm | parameters | seed | true reward (sampled) | true reward (greedy) | KL to ref | "
-        "pref. acc. | logp acc. | train s | wall s | CPU s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        e = r.get("eval") or {}
-        if r.get("status") != "finished":
-            lines.append(
-                f"| {r['algorithm']} | {param_label(r)} | {r.get('seed')} | failed: {r.get('error')} "
-                "| | | | | | | | |"
-            )
-            continue
-        lines.append(
-            f"| {r['algorithm']} | {param_label(r) or '—'} | {_num(r.get('seed'))} | {_num(e.get('reward_sampled'))} | "
-            f"{_num(e.get('reward_greedy'))} | {_num(e.get('kl_to_reference'))} | {_num(e.get('pref_accuracy'))} | "
-            f"{_num(e.get('logp_accuracy'))} | {_num(r.get('train_s'), 1)} | "
-            f"{_num(r.get('cumulative_wall_s', r.get('wall_s')), 1)} | "
-            f"{_num(r.get('cumulative_cpu_s', r.get('cpu_s')), 1)} | {_num(r.get('peak_rss_mb'), 0)} |"
-        )
-    lines += [
-        "",
-        f"True reward: mean exact-answer reward on {n_prompts} held-out prompts, {ev['samples_per_prompt']} "
-        f"samples each at T = 1 (sampled) and one greedy answer; KL(π‖π_ref) on those samples (nats/sequence). "
-        f"Pref. acc.: held-out pairs (drawn from {ev['pref_prompts']} world test prompts) ranked by log π − log π_ref "
-        "(summed over the reply, the same for every algorithm); logp acc.: ranked by log π alone. "
-        "Wall/CPU s and peak RSS cover training and evaluation of the point (rlhf: reward model + policy; "
-        "iterative DPO: cumulative up to that round, sampling and per-round evaluation included); train s is "
-        "training alone (iterative DPO: that round's). Peak RSS is the whole process's.",
-    ]
-    cmp = summary.get("iterative_vs_offline_dpo")
-    if cmp:
-        lines += ["", "## Iterative vs offline DPO", "", cmp["text"]]
-    lines += ["", "![frontier](frontier.png)", ""]
-    return "\n".join(lines)
-
-
-def iterative_vs_offline(results: list[dict]) -> dict | None:
-    """Iterative DPO's final round against offline DPO at comparable KL: the offline frontier (the best
-    offline reward at a KL no larger than iterative's × 1.25) and the nearest-KL offline point."""
-    it = [
-        r
-        for r in results
-        if r.get("algorithm") == "iterative_dpo" and r.get("status") == "finished" and r.get("final")
-    ]
-    off = [r for r in results if r.get("algorithm") == DPO and r.get("status") == "finished"]
-    if not it or not off:
-        return None
-    out = []
-    for final in it:
-        kl = final["eval"]["kl_to_reference"]
-        reward = final["eval"]["reward_sampled"]
-        # the same seed's offline points when there are any (same data draw and evaluation), else all
-        pool = [r for r in off if r.get("seed") == final.get("seed")] or off
-        nearest = min(pool, key=lambda r: abs(r["eval"]["kl_to_reference"] - kl))
-        within = [r for r in pool if r["eval"]["kl_to_reference"] <= max(kl * 1.25, kl + 0.05)]
-        best = max(within, key=lambda r: r["eval"]["reward_sampled"]) if within else None
-        out.append(
-            {
-                "iterative": {"name": final["name"], "reward_sampled": reward, "kl": kl},
-                "nearest_offline": {
-                    "name": nearest["name"],
-                    "reward_sampled": nearest["eval"]["reward_sampled"],
-                    "kl": nearest["eval"]["kl_to_reference"],
-                },
-                "best_offline_at_comparable_kl": None
-                if best is None
-                else {
-                    "name": best["name"],
-                    "reward_sampled": best["eval"]["reward_sampled"],
-                    "kl": best["eval"]["kl_to_reference"],
-                },
-                "beats_offline": best is None or reward > best["eval"]["reward_sampled"],
-            }
-        )
-    first = out[0]
-    b = first["best_offline_at_comparable_kl"]
-    text = (
-        f"Iterative DPO ({first['iterative']['name']}): true reward {first['iterative']['reward_sampled']:.3f} at "
-        f"KL {first['iterative']['kl']:.3f}. "
-    )
-    if b is None:
-        text += "No offline DPO point has a KL that low or lower."
-    else:
-        text += (
-            f"Best offline DPO at KL ≤ max(1.25 × that, +0.05): {b['name']}, {b['reward_sampled']:.3f} at KL "
-            f"{b['kl']:.3f} → iterative {'beats' if first['beats_offline'] else 'does not beat'} offline "
-            f"({first['iterative']['reward_sampled'] - b['reward_sampled']:+.3f})."
-        )
-    n = first["nearest_offline"]
-    if b is None or n["name"] != b["name"]:
-        text += (
-            f" Nearest-KL offline DPO: {n['name']}, {n['reward_sampled']:.3f} at KL {n['kl']:.3f} "
-            f"({first['iterative']['reward_sampled'] - n['reward_sampled']:+.3f})."
-        )
-    if len(out) > 1:
-        import statistics
-
-        def spread(values: list[float]) -> str:
-            return f"{statistics.mean(values):.3f} ({min(values):.3f}–{max(values):.3f})"
-
-        wins = sum(o["beats_offline"] for o in out)
-        near = [o["nearest_offline"] for o in out]
-        text = (
-            f"Over {len(out)} seeds, iterative DPO's final round: true reward "
-            f"{spread([o['iterative']['reward_sampled'] for o in out])} at KL "
-            f"{spread([o['iterative']['kl'] for o in out])}; the same seeds' nearest-KL offline DPO: "
-            f"{spread([n['reward_sampled'] for n in near])} at KL {spread([n['kl'] for n in near])}. "
-            f"Iterative beats offline DPO at comparable KL on {wins} of {len(out)} seeds. Per seed: {text}"
-        )
-        for o in out[1:]:
-            b = o["best_offline_at_comparable_kl"]
-            text += (
-                f" {o['iterative']['name']}: {o['iterative']['reward_sampled']:.3f} at KL {o['iterative']['kl']:.3f}"
-                + (
-                    f" vs {b['name']} {b['reward_sampled']:.3f} at KL {b['kl']:.3f}."
-                    if b
-                    else f" (no offline point at that KL or lower; nearest {o['nearest_offline']['name']} "
-                    f"{o['nearest_offline']['reward_sampled']:.3f} at KL {o['nearest_offline']['kl']:.3f})."
-                )
-            )
-    if len({r.get("seed") for r in off}) < 2:
-        text += " One training seed per point: add seeds (`seeds: [...]`) before reading gaps of a few hundredths."
-    return {"runs": out, "beats_offline": all(o["beats_offline"] for o in out), "text": text}
-
-
-def plot_frontier(summary: dict, path: Path) -> Path:
-    """True reward (sampled and greedy) against KL to the reference, one marker/colour per algorithm,
-    the swept parameter annotated; iterative DPO's rounds joined by a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    styles = plot_styles()
-    rows = [r for r in sorted_rows(summary) if r.get("status") == "finished" and r.get("eval")]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    for ax, metric, title in (
-        (axes[0], "reward_sampled", "true reward, sampled (T = 1)"),
-        (axes[1], "reward_greedy", "true reward, greedy"),
-    ):
-        by_alg: dict[str, list[dict]] = {}
-        for r in rows:
-            by_alg.setdefault(r["algorithm"], []).append(r)
-        for alg, rs in by_alg.items():
-            color, marker = styles.get(alg, ("gray", "o"))
-            xs = [r["eval"].get("kl_to_reference", 0.0) for r in rs]
-            ys = [r["eval"][metric] for r in rs]
-            ax.scatter(
-                xs,
-                ys,
-                c=color,
-                marker=marker,
-                s=90 if alg == "reference" else 55,
-                label=alg,
-                edgecolors="black",
-                linewidths=0.4,
-                zorder=3,
-            )
-            if alg == "iterative_dpo":
-                order = sorted(
-                    range(len(rs)), key=lambda i: (rs[i].get("seed") or 0, rs[i]["params"].get("round", 0))
-                )
-                ax.plot([xs[i] for i in order], [ys[i] for i in order], c=color, lw=1, zorder=2)
-            offsets = ((5, 4), (5, -9), (-8, 8))  # neighbours of one algorithm often sit close together
-            for i, (r, x, y) in enumerate(zip(rs, xs, ys)):
-                label = _short_label(r)
-                if label:
-                    ax.annotate(
-                        label,
-                        (x, y),
-                        textcoords="offset points",
-                        xytext=offsets[i % len(offsets)],
-                        fontsize=7,
-                        color=color if alg != "reference" else "black",
-                    )
-        # symlog: readable near the reference (KL ≈ 0, estimates can be slightly negative) and far out
-        ax.set_xscale("symlog", linthresh=0.1, linscale=0.5)
-        ax.set_xlabel("KL(π ‖ π_ref) on samples (nats / sequence, symlog)")
-        ax.set_ylabel(title)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"prefopt compare — world:{summary['task']} (held-out prompts)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-PALETTE = (
-    ("tab:blue", "o"),
-    ("tab:orange", "s"),
-    ("tab:green", "^"),
-    ("tab:red", "D"),
-    ("tab:purple", "v"),
-    ("tab:pink", "<"),
-    ("tab:olive", ">"),
-    ("tab:gray", "h"),
-)
-STUDY_STYLES = {"rlhf": ("tab:brown", "P"), "iterative_dpo": ("tab:cyan", "X")}
-
-
-def plot_styles() -> dict[str, tuple[str, str]]:
-    """(colour, marker) per row kind: the reference, each algorithm in table order, the side studies."""
-    styles = {"reference": ("black", "*")}
-    styles.update({name: PALETTE[i % len(PALETTE)] for i, name in enumerate(ALGORITHMS)})
-    styles.update(STUDY_STYLES)
-    return styles
-
-
-def _short_label(r: dict) -> str:
-    params = r.get("params") or {}
-    if r["algorithm"] == "iterative_dpo" and "round" in params:
-        return f"r{params['round']}"
-    if r["algorithm"] == "reference":
-        return "ref"
-    main = MAIN_PARAM.get(r["algorithm"])
-    if main and main in params:
-        return f"{SYMBOLS.get(main, main)}={_fmt(params[main])}"
-    if "beta" in params:
-        return f"β={_fmt(params['beta'])}"
-    return ""

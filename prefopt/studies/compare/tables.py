@@ -1,0 +1,179 @@
+"""The comparison's tables: rows sorted by algorithm and parameter, compare.md, and iterative DPO against
+offline DPO at comparable KL."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from prefopt.config.algorithms import ALGORITHMS, DPO
+from prefopt.studies.compare.sweep import MAIN_PARAM, STUDIES, SYMBOLS, fmt_param
+
+ALGORITHM_ORDER = ("reference", *ALGORITHMS, *STUDIES)
+"""Row order of the table (then by parameter and seed)."""
+
+
+def fmt_number(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def param_label(res: dict) -> str:
+    params = res.get("params") or {}
+    return ", ".join(f"{SYMBOLS.get(k, k)}={fmt_param(v)}" for k, v in params.items())
+
+
+def _sort_key(res: dict):
+    alg = res.get("algorithm", "")
+    order = ALGORITHM_ORDER.index(alg) if alg in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
+    params = res.get("params") or {}
+    main = MAIN_PARAM.get(alg)
+    vals = tuple(
+        float(v) if isinstance(v, (int, float)) else 0.0
+        for v in ([params.get(main)] if main in params else [])
+        + [v for k, v in sorted(params.items()) if k != main]
+    )
+    return (order, alg, vals, res.get("seed") or 0)
+
+
+def sorted_rows(summary: dict) -> list[dict]:
+    return [summary["reference"], *sorted(summary["points"], key=_sort_key)]
+
+
+def format_markdown(summary: dict) -> str:
+    rows = sorted_rows(summary)
+    ev = summary["evaluation"]
+    n_prompts = (summary["reference"].get("eval") or {}).get("num_prompts", ev["num_prompts"])
+    lines = [
+        f"# prefopt compare — world task `{summary['task']}`",
+        "",
+        f"Sweep: `{summary.get('sweep')}` · wall time {summary['wall_s']:.0f} s (this invocation; all points: "
+        f"{summary.get('points_wall_s', summary['wall_s']):.0f} s wall, {summary.get('points_cpu_s', 0):.0f} s CPU) · "
+        f"{summary['hardware'].get('cpu_count')} CPU(s), torch threads {summary.get('torch_threads')} · "
+        f"load average at start {summary['load_average']['start'][0]:.1f}",
+        "",
+        "| algorithm | parameters | seed | true reward (sampled) | true reward (greedy) | KL to ref | "
+        "pref. acc. | logp acc. | train s | wall s | CPU s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        e = r.get("eval") or {}
+        if r.get("status") != "finished":
+            lines.append(
+                f"| {r['algorithm']} | {param_label(r)} | {r.get('seed')} | failed: {r.get('error')} "
+                "| | | | | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {r['algorithm']} | {param_label(r) or '—'} | {fmt_number(r.get('seed'))} | {fmt_number(e.get('reward_sampled'))} | "
+            f"{fmt_number(e.get('reward_greedy'))} | {fmt_number(e.get('kl_to_reference'))} | {fmt_number(e.get('pref_accuracy'))} | "
+            f"{fmt_number(e.get('logp_accuracy'))} | {fmt_number(r.get('train_s'), 1)} | "
+            f"{fmt_number(r.get('cumulative_wall_s', r.get('wall_s')), 1)} | "
+            f"{fmt_number(r.get('cumulative_cpu_s', r.get('cpu_s')), 1)} | {fmt_number(r.get('peak_rss_mb'), 0)} |"
+        )
+    lines += [
+        "",
+        f"True reward: mean exact-answer reward on {n_prompts} held-out prompts, {ev['samples_per_prompt']} "
+        f"samples each at T = 1 (sampled) and one greedy answer; KL(π‖π_ref) on those samples (nats/sequence). "
+        f"Pref. acc.: held-out pairs (drawn from {ev['pref_prompts']} world test prompts) ranked by log π − log π_ref "
+        "(summed over the reply, the same for every algorithm); logp acc.: ranked by log π alone. "
+        "Wall/CPU s and peak RSS cover training and evaluation of the point (rlhf: reward model + policy; "
+        "iterative DPO: cumulative up to that round, sampling and per-round evaluation included); train s is "
+        "training alone (iterative DPO: that round's). Peak RSS is the whole process's.",
+    ]
+    cmp = summary.get("iterative_vs_offline_dpo")
+    if cmp:
+        lines += ["", "## Iterative vs offline DPO", "", cmp["text"]]
+    lines += ["", "![frontier](frontier.png)", ""]
+    return "\n".join(lines)
+
+
+def iterative_vs_offline(results: list[dict]) -> dict | None:
+    """Iterative DPO's final round against offline DPO at comparable KL: the offline frontier (the best
+    offline reward at a KL no larger than iterative's × 1.25) and the nearest-KL offline point."""
+    it = [
+        r
+        for r in results
+        if r.get("algorithm") == "iterative_dpo" and r.get("status") == "finished" and r.get("final")
+    ]
+    off = [r for r in results if r.get("algorithm") == DPO and r.get("status") == "finished"]
+    if not it or not off:
+        return None
+    out = []
+    for final in it:
+        kl = final["eval"]["kl_to_reference"]
+        reward = final["eval"]["reward_sampled"]
+        # the same seed's offline points when there are any (same data draw and evaluation), else all
+        pool = [r for r in off if r.get("seed") == final.get("seed")] or off
+        nearest = min(pool, key=lambda r: abs(r["eval"]["kl_to_reference"] - kl))
+        within = [r for r in pool if r["eval"]["kl_to_reference"] <= max(kl * 1.25, kl + 0.05)]
+        best = max(within, key=lambda r: r["eval"]["reward_sampled"]) if within else None
+        out.append(
+            {
+                "iterative": {"name": final["name"], "reward_sampled": reward, "kl": kl},
+                "nearest_offline": {
+                    "name": nearest["name"],
+                    "reward_sampled": nearest["eval"]["reward_sampled"],
+                    "kl": nearest["eval"]["kl_to_reference"],
+                },
+                "best_offline_at_comparable_kl": None
+                if best is None
+                else {
+                    "name": best["name"],
+                    "reward_sampled": best["eval"]["reward_sampled"],
+                    "kl": best["eval"]["kl_to_reference"],
+                },
+                "beats_offline": best is None or reward > best["eval"]["reward_sampled"],
+            }
+        )
+    first = out[0]
+    b = first["best_offline_at_comparable_kl"]
+    text = (
+        f"Iterative DPO ({first['iterative']['name']}): true reward {first['iterative']['reward_sampled']:.3f} at "
+        f"KL {first['iterative']['kl']:.3f}. "
+    )
+    if b is None:
+        text += "No offline DPO point has a KL that low or lower."
+    else:
+        text += (
+            f"Best offline DPO at KL ≤ max(1.25 × that, +0.05): {b['name']}, {b['reward_sampled']:.3f} at KL "
+            f"{b['kl']:.3f} → iterative {'beats' if first['beats_offline'] else 'does not beat'} offline "
+            f"({first['iterative']['reward_sampled'] - b['reward_sampled']:+.3f})."
+        )
+    n = first["nearest_offline"]
+    if b is None or n["name"] != b["name"]:
+        text += (
+            f" Nearest-KL offline DPO: {n['name']}, {n['reward_sampled']:.3f} at KL {n['kl']:.3f} "
+            f"({first['iterative']['reward_sampled'] - n['reward_sampled']:+.3f})."
+        )
+    if len(out) > 1:
+
+        def spread(values: list[float]) -> str:
+            return f"{statistics.mean(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+        wins = sum(o["beats_offline"] for o in out)
+        near = [o["nearest_offline"] for o in out]
+        text = (
+            f"Over {len(out)} seeds, iterative DPO's final round: true reward "
+            f"{spread([o['iterative']['reward_sampled'] for o in out])} at KL "
+            f"{spread([o['iterative']['kl'] for o in out])}; the same seeds' nearest-KL offline DPO: "
+            f"{spread([n['reward_sampled'] for n in near])} at KL {spread([n['kl'] for n in near])}. "
+            f"Iterative beats offline DPO at comparable KL on {wins} of {len(out)} seeds. Per seed: {text}"
+        )
+        for o in out[1:]:
+            b = o["best_offline_at_comparable_kl"]
+            text += (
+                f" {o['iterative']['name']}: {o['iterative']['reward_sampled']:.3f} at KL {o['iterative']['kl']:.3f}"
+                + (
+                    f" vs {b['name']} {b['reward_sampled']:.3f} at KL {b['kl']:.3f}."
+                    if b
+                    else f" (no offline point at that KL or lower; nearest {o['nearest_offline']['name']} "
+                    f"{o['nearest_offline']['reward_sampled']:.3f} at KL {o['nearest_offline']['kl']:.3f})."
+                )
+            )
+    if len({r.get("seed") for r in off}) < 2:
+        text += " One training seed per point: add seeds (`seeds: [...]`) before reading gaps of a few hundredths."
+    return {"runs": out, "beats_offline": all(o["beats_offline"] for o in out), "text": text}
