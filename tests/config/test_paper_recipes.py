@@ -19,7 +19,7 @@ from prefopt.config.recipe import load_recipe
 from prefopt.core.errors import PrefoptError
 from prefopt.training.plan import dry_run, resolve_batch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAPERS = ROOT / "configs" / "recipes" / "papers"
 ACCELERATE = ROOT / "configs" / "accelerate"
 

@@ -12,7 +12,7 @@ from prefopt.config.recipe import load_recipe, parse_override
 from prefopt.core.errors import PrefoptError
 from prefopt.training.plan import dry_run, resolve_batch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = sorted((REPO / "configs" / "recipes" / "quickstart").glob("*.yaml"))
 
 BASE = {

@@ -18,7 +18,7 @@ from prefopt.evaluate.metrics import as_pairs, evaluate_run, preference_metrics
 from prefopt.model.generation import generate_completions, sampled_kl_and_length
 from prefopt.model.logprobs import completion_logps, length_batches
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "recipes" / "quickstart"
 SMALL_EVAL = [
     "--set",

@@ -13,7 +13,7 @@ import pytest
 
 from prefopt import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "recipes" / "quickstart"
 ALGORITHMS = ["dpo", "ipo", "kto", "orpo", "simpo"]
 # CI guard on the sampled true-reward lift, +0.10 for every algorithm. The quickstarts lift by +0.18 to

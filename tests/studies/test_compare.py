@@ -12,7 +12,7 @@ import pytest
 from prefopt.core.errors import PrefoptError
 from prefopt.studies import compare
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICK = REPO / "configs" / "sweeps" / "world-quick.yaml"
 FULL = REPO / "configs" / "sweeps" / "world.yaml"
 QUICKSTART = REPO / "configs" / "recipes" / "quickstart"

@@ -501,7 +501,7 @@ def test_prefopt_train_reuses_the_cache_and_trains_the_same(tmp_path):
     (another β, as in a sweep) hits, and a run without the cache takes the same steps (same losses)."""
     from prefopt import cli
 
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "quickstart" / "dpo.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "quickstart" / "dpo.yaml"
     common = [
         "--set",
         "training.max_steps=3",

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from prefopt.training.resilience import MARKER, complete_checkpoints, last_complete_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DPO = REPO / "configs" / "recipes" / "quickstart" / "dpo.yaml"
 ARGS = [
     "--set",
