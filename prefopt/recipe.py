@@ -340,6 +340,7 @@ class Recipe(_Section):
 PREFOPT_TRAINING_KEYS = {
     "global_batch_size": "prefopt: the global batch (per-device × processes × accumulation) to hold fixed",
     "max_prompt_length": "prefopt tokenisation: longest prompt kept, in tokens (left-truncated... see docs)",
+    "prefix_sharing": "prefopt: compute each pair's prompt once (auto | true | false; docs/performance.md)",
 }
 
 
@@ -555,6 +556,12 @@ def _loss_key_hint(algorithm: str, key: str, value: Any = None, loss: dict | Non
 def _validate_training(recipe: Recipe, where: str) -> None:
     fields = trl_config_fields(recipe.algorithm)
     for key, value in recipe.training.items():
+        if key == "prefix_sharing" and value not in ("auto", True, False):
+            raise PrefoptError(
+                f"training.prefix_sharing = {value!r}: expected auto, true or false.",
+                where=where,
+                fix="remove it (auto: on where prefix sharing is proven exact), or set true / false.",
+            )
         if key in PREFOPT_TRAINING_KEYS:
             continue
         if key not in fields:
@@ -562,7 +569,7 @@ def _validate_training(recipe: Recipe, where: str) -> None:
                 f'unknown key "training.{key}" for {recipe.algorithm}.'
                 f"{did_you_mean(key, list(fields) + list(PREFOPT_TRAINING_KEYS))} "
                 f"`training:` takes the fields of TRL's {_config_name(recipe.algorithm)} "
-                "(TrainingArguments names) plus prefopt's global_batch_size and max_prompt_length.",
+                "(TrainingArguments names) plus prefopt's global_batch_size, max_prompt_length and prefix_sharing.",
                 where=where,
             )
         _check_type(key, value, fields[key], where)

@@ -132,6 +132,8 @@ def build_trainer(
 
     adapter = get_adapter(recipe.algorithm)
     if config is None:
+        if adapter.depends_on_data(recipe):  # API callers that did not settle: the tokenised rows will do
+            recipe, _ = settle_on_data(recipe, train_tok)
         config = adapter.trl_config(recipe, output_dir=output_dir, training=training)
     cls = adapter.trainer_class(recipe)
     kwargs: dict[str, Any] = {
@@ -141,6 +143,7 @@ def build_trainer(
         "eval_dataset": trainer_columns(eval_tok, adapter.data_kind) if eval_tok is not None else None,
         "processing_class": tokenizer,
         "callbacks": callbacks or [],
+        "prefix_sharing": recipe.training.get("prefix_sharing", "auto"),
     }
     from prefopt import refcache
 
