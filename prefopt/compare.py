@@ -501,7 +501,7 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
     from prefopt.models import load_model
     from prefopt.recipe import dump_resolved
     from prefopt.resilience import NonFiniteGuard
-    from prefopt.train import _kto_weight_check, build_trainer, resolve_batch, save_model
+    from prefopt.train import build_trainer, resolve_batch, save_model, settle_on_data
 
     recipe = point.recipe
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -511,11 +511,11 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
     with Measure() as m:
         training = resolve_batch(recipe)
         training.setdefault("save_strategy", "no")  # a sweep point is short: no intermediate checkpoints
-        config = adapter.trl_config(recipe, output_dir=str(run_dir / "checkpoints"), training=training)
         model, tokenizer = load_model(recipe.model, seed=recipe.seed)
         train_tok, eval_tok, train_ds, _eval_ds, report = data_cache.get(recipe, tokenizer)
         report.save(run_dir / "data_report.json")
-        _kto_weight_check(recipe, train_ds)
+        recipe, data_settings = settle_on_data(recipe, train_ds)
+        config = adapter.trl_config(recipe, output_dir=str(run_dir / "checkpoints"), training=training)
         guard = NonFiniteGuard()
         trainer = build_trainer(
             recipe,
@@ -546,6 +546,7 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
         "train_rows": len(train_tok),
+        "data_settings": data_settings,
         "train_s": round(train_s, 2),
         **m.result,
         "eval": evaluation,

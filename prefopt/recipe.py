@@ -175,8 +175,15 @@ class KTOLoss(_Loss):
     """Ethayarajh et al. 2024 (KTO)."""
 
     beta: float = Field(0.1, gt=0, description="β.")
-    desirable_weight: float = Field(1.0, gt=0, description="λ_D.")
-    undesirable_weight: float = Field(1.0, gt=0, description="λ_U.")
+    desirable_weight: float | None = Field(
+        None,
+        gt=0,
+        description="λ_D. Omit both weights to have prefopt set them from the training data's label counts "
+        "by the paper's 1:1–4:3 rule (logged, in manifest.json and --dry-run).",
+    )
+    undesirable_weight: float | None = Field(
+        None, gt=0, description="λ_U (omitted: see desirable_weight; one weight given: the other is 1)."
+    )
 
 
 class ORPOLoss(_Loss):
@@ -226,24 +233,27 @@ class HealthSection(_Section):
     margin_stuck_steps: int = Field(
         10, gt=0, description="...for this many consecutive logged steps while loss falls."
     )
-    logp_collapse: float = Field(
-        -5.0,
-        description="Both chosen and rejected mean log-prob shifts below this (nats/sequence) = collapse.",
+    logp_collapse_per_token: float = Field(
+        -0.5,
+        description="Both chosen and rejected log-probs below the reference's by more than this many nats per "
+        "token = collapse (DPO/IPO/KTO: TRL's β·log-ratio rewards over the data's mean reply length; "
+        "ORPO/SimPO: the per-token average log-probs against their first logged values).",
     )
-    overfit_loss: float = Field(0.05, ge=0, description="Train loss below this suggests over-fitting.")
-    overfit_accuracy_steps: int = Field(
-        10, gt=0, description="Accuracy pinned at 1.0 this many logged steps."
+    logp_collapse: float | None = Field(
+        None,
+        description="Optional second bound in nats per sequence (both shifts below it = collapse); off by default.",
+    )
+    overfit_eval_rise: float = Field(
+        0.1,
+        gt=0,
+        description="Needs an eval split (evaluated during training): the eval loss risen this fraction above "
+        "its best while the train loss kept falling = over-fitting.",
     )
     kl_max: float | None = Field(
         None, gt=0, description="KL(policy‖reference) above this warns (nats/sequence)."
     )
     length_drift: float = Field(
         0.5, gt=0, description="Relative change of mean completion length that warns."
-    )
-    logp_collapse_per_token: float = Field(
-        -1.0,
-        description="ORPO/SimPO (TRL logs per-token average log-probs): both chosen and rejected shifts below "
-        "this (nats/token) = collapse.",
     )
     probe_every: int = Field(
         0,
@@ -330,6 +340,7 @@ class Recipe(_Section):
 PREFOPT_TRAINING_KEYS = {
     "global_batch_size": "prefopt: the global batch (per-device × processes × accumulation) to hold fixed",
     "max_prompt_length": "prefopt tokenisation: longest prompt kept, in tokens (left-truncated... see docs)",
+    "prefix_sharing": "prefopt: compute each pair's prompt once (auto | true | false; docs/performance.md)",
 }
 
 
@@ -545,6 +556,12 @@ def _loss_key_hint(algorithm: str, key: str, value: Any = None, loss: dict | Non
 def _validate_training(recipe: Recipe, where: str) -> None:
     fields = trl_config_fields(recipe.algorithm)
     for key, value in recipe.training.items():
+        if key == "prefix_sharing" and value not in ("auto", True, False):
+            raise PrefoptError(
+                f"training.prefix_sharing = {value!r}: expected auto, true or false.",
+                where=where,
+                fix="remove it (auto: on where prefix sharing is proven exact), or set true / false.",
+            )
         if key in PREFOPT_TRAINING_KEYS:
             continue
         if key not in fields:
@@ -552,7 +569,7 @@ def _validate_training(recipe: Recipe, where: str) -> None:
                 f'unknown key "training.{key}" for {recipe.algorithm}.'
                 f"{did_you_mean(key, list(fields) + list(PREFOPT_TRAINING_KEYS))} "
                 f"`training:` takes the fields of TRL's {_config_name(recipe.algorithm)} "
-                "(TrainingArguments names) plus prefopt's global_batch_size and max_prompt_length.",
+                "(TrainingArguments names) plus prefopt's global_batch_size, max_prompt_length and prefix_sharing.",
                 where=where,
             )
         _check_type(key, value, fields[key], where)

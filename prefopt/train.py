@@ -132,6 +132,8 @@ def build_trainer(
 
     adapter = get_adapter(recipe.algorithm)
     if config is None:
+        if adapter.depends_on_data(recipe):  # API callers that did not settle: the tokenised rows will do
+            recipe, _ = settle_on_data(recipe, train_tok)
         config = adapter.trl_config(recipe, output_dir=output_dir, training=training)
     cls = adapter.trainer_class(recipe)
     kwargs: dict[str, Any] = {
@@ -141,6 +143,7 @@ def build_trainer(
         "eval_dataset": trainer_columns(eval_tok, adapter.data_kind) if eval_tok is not None else None,
         "processing_class": tokenizer,
         "callbacks": callbacks or [],
+        "prefix_sharing": recipe.training.get("prefix_sharing", "auto"),
     }
     from prefopt import refcache
 
@@ -181,7 +184,7 @@ def train(
     from prefopt.algorithms import get_adapter
     from prefopt.callbacks import MetricsJsonlCallback
     from prefopt.errors import TrainingInterrupted
-    from prefopt.health import HealthCallback, probe_prompts_for
+    from prefopt.health import HealthCallback, completion_lengths, probe_prompts_for
     from prefopt.models import load_model, tokenizer_for
     from prefopt.resilience import (
         CheckpointMarkerCallback,
@@ -207,9 +210,6 @@ def train(
         (run_dir / "resolved.yaml").write_text(dump_resolved(recipe))
     training = resolve_batch(recipe)
     ckpt_dir = run_dir / "checkpoints"
-    # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
-    # zero3.yaml) can shard the weights while they load.
-    config = adapter.trl_config(recipe, output_dir=str(ckpt_dir), training=training)
 
     # data before weights: a malformed dataset fails in seconds, not after loading a 7B model
     tokenizer = tokenizer_for(recipe.model)
@@ -217,13 +217,19 @@ def train(
     if main:
         report.save(run_dir / "data_report.json")
         print(report.summary())
-    _kto_weight_check(recipe, train_ds)
+    recipe, data_settings = settle_on_data(recipe, train_ds)
+    # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
+    # zero3.yaml) can shard the weights while they load.
+    config = adapter.trl_config(recipe, output_dir=str(ckpt_dir), training=training)
     model, tokenizer = load_model(recipe.model, seed=recipe.seed, tokenizer=tokenizer)
 
     resume_from = _resume_point(ckpt_dir, resume)
     metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
     health = HealthCallback.from_recipe(
-        recipe, metrics.write, probe_prompts=probe_prompts_for(recipe, eval_ds, train_ds)
+        recipe,
+        metrics.write,
+        probe_prompts=probe_prompts_for(recipe, eval_ds, train_ds),
+        completion_lengths=completion_lengths(train_tok),
     )
     signals, guard = SignalCallback(), NonFiniteGuard()
     callbacks = [metrics, health, CheckpointMarkerCallback(), signals, guard]
@@ -284,6 +290,8 @@ def train(
             k: training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps")
         },
     }
+    if data_settings:
+        summary["data_settings"] = data_settings  # e.g. KTO's weights and the label counts behind them
     events = getattr(trainer, "reference_cache_events", None)
     if events:
         summary["reference_cache"] = events  # hit/miss, key and seconds for each dataset
@@ -340,18 +348,19 @@ def save_model(trainer, tokenizer, path: Path) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def _kto_weight_check(recipe: Recipe, train_ds) -> None:
-    if recipe.algorithm != "kto":
-        return
-    from prefopt.fidelity import check_kto_weights
+def settle_on_data(recipe: Recipe, train_ds) -> tuple[Recipe, dict[str, Any] | None]:
+    """The adapter's data-dependent settings (KTO's weights from the label counts), said once: the
+    decision is logged, a weight outside the paper's rule is a warning."""
+    from prefopt.algorithms import get_adapter
 
-    labels = train_ds["label"]
-    n_d = sum(1 for x in labels if x)
-    msg = check_kto_weights(
-        n_d, len(labels) - n_d, recipe.loss_params.desirable_weight, recipe.loss_params.undesirable_weight
-    )
-    if msg:
-        log.warning(msg)
+    recipe, info = get_adapter(recipe.algorithm).settle_on_data(recipe, train_ds)
+    if info and is_main_process():
+        if info.get("warning"):
+            log.warning(info["warning"])
+        else:
+            detail = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("warning", "source"))
+            log.info("%s settings from the training data (%s): %s", recipe.algorithm, info["source"], detail)
+    return recipe, info
 
 
 def world_task_of(recipe: Recipe) -> str | None:
@@ -389,8 +398,23 @@ def dry_run(recipe: Recipe, n_processes: int | None = None) -> dict:
 
     adapter = get_adapter(recipe.algorithm)
     training = resolve_batch(recipe, n_processes)
+    data_settings = None
+    if adapter.depends_on_data(recipe):  # settings from the data (KTO's weights): read it, no model
+        from prefopt.data.transforms import prepare
+
+        train_ds, _, _ = prepare(
+            recipe.data.train,
+            recipe.data.eval,
+            recipe.data,
+            recipe.algorithm,
+            recipe.source_path.parent if recipe.source_path else None,
+            recipe.seed,
+        )
+        recipe, data_settings = adapter.settle_on_data(recipe, train_ds)
     config = adapter.trl_config(recipe, output_dir="<run_dir>/checkpoints", training=training)
     desc = adapter.describe(recipe)
+    if data_settings:
+        desc["data_settings"] = data_settings
     n = n_processes if n_processes is not None else world_size()
     desc["processes"] = n
     desc["global_batch_size"] = config.per_device_train_batch_size * config.gradient_accumulation_steps * n

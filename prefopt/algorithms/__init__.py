@@ -45,6 +45,20 @@ class Adapter:
             "tokenisation: prefopt pre-tokenises (prefopt.tokenization); TRL's own tokenisation is skipped"
         ]
 
+    @classmethod
+    def depends_on_data(cls, recipe) -> bool:
+        """Whether :meth:`settle_on_data` decides something from the data for this recipe (``--dry-run``
+        then reads the data, without loading a model)."""
+        return False
+
+    @classmethod
+    def settle_on_data(cls, recipe, train_ds) -> tuple[Any, dict[str, Any] | None]:
+        """Settings that depend on the training data (KTO's class weights on the label counts): the recipe
+        with them filled in, and what was decided (logged, in manifest.json and in ``--dry-run``), or
+        ``None`` when the algorithm has none. Called on the canonical training rows before the TRL config
+        is built."""
+        return recipe, None
+
     # ---- shared
     @classmethod
     def trl_config(cls, recipe, *, output_dir: str, training: dict[str, Any] | None = None):
