@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=str(REPO / "runs" / "second_world"))
     ap.add_argument("--seeds", type=int, nargs="+", default=list(study.SEEDS))
     ap.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
-    ap.add_argument("--kinds", nargs="+", default=list(study.KINDS), choices=study.KINDS)
+    ap.add_argument(
+        "--kinds",
+        nargs="+",
+        default=list(study.KINDS),
+        choices=study.ALL_KINDS,
+        help="prefopt, trl, and the plain-TRL variants used to explain gaps (trl-shuffled, trl-cpo_alpha0)",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="training subprocesses at a time (one thread each)")
     ap.add_argument("--markdown", default=None, help="write the table here (default: <workdir>/table.md)")
     a = ap.parse_args(argv)

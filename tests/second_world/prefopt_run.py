@@ -39,9 +39,15 @@ LOSS = {
 }
 
 
-def recipe_text(algorithm: str, model_dir: str | Path, pairs: str | Path, seed: int) -> str:
+def recipe_text(
+    algorithm: str, model_dir: str | Path, pairs: str | Path, seed: int, shuffle: bool = True
+) -> str:
+    """The recipe a user writes. ``shuffle=False`` (investigations only) keeps the file's row order, so
+    that the trainer's seeded sampler draws the same batches as plain TRL's on the same file."""
     loss = "\n".join(f"  {k}: {v}" for k, v in LOSS[algorithm].items())
     transform = "  transform: unpair          # KTO trains on unpaired rows\n" if algorithm == "kto" else ""
+    if not shuffle:
+        transform += "  shuffle: false\n"
     return f"""# second world (tests/second_world): {algorithm} at plain-TRL settings on a user's own model and data
 algorithm: {algorithm}
 seed: {seed}
@@ -72,12 +78,14 @@ def train_command(recipe: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "prefopt.cli", "train", "--config", str(recipe), "--output-dir", str(out)]
 
 
-def start(algorithm: str, model_dir, pairs, out: str | Path, seed: int) -> subprocess.Popen:
+def start(
+    algorithm: str, model_dir, pairs, out: str | Path, seed: int, shuffle: bool = True
+) -> subprocess.Popen:
     """Write the recipe next to the run and start ``prefopt train`` (one torch thread)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     recipe = out.parent / f"{out.name}.yaml"
-    recipe.write_text(recipe_text(algorithm, model_dir, pairs, seed))
+    recipe.write_text(recipe_text(algorithm, model_dir, pairs, seed, shuffle))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     log = open(out.parent / f"{out.name}.log", "w")
     return subprocess.Popen(

@@ -17,7 +17,10 @@ One change from TRL's defaults, because the default cannot run here: ``bf16=Fals
 default to bf16 mixed precision, which needs a GPU; prefopt trains these models in float32 too).
 
 Run as ``python -m second_world.trl_baseline --algorithm dpo --model DIR --pairs FILE --out DIR
---seed 42`` (with ``tests/`` on ``PYTHONPATH``); the trained model is saved to ``DIR/model``.
+--seed 42`` (with ``tests/`` on ``PYTHONPATH``); the trained model is saved to ``DIR/model``. Several
+algorithms (``--algorithm dpo ipo --out 'runs/trl-{algorithm}'``) train one after another in one process:
+each builds its model, data and trainer afresh and the trainer seeds itself, so every run is the same
+as in a process of its own (this saves the imports in the slow test).
 No prefopt code is imported here.
 """
 
@@ -55,9 +58,13 @@ def train(
     out: str | Path,
     seed: int,
     overrides: dict | None = None,
+    shuffle: bool = False,
 ) -> dict:
-    """Train one algorithm with plain TRL and save the model to ``out/model``. ``overrides`` replace
-    config fields (for investigations only; the study uses none)."""
+    """Train one algorithm with plain TRL and save the model to ``out/model``.
+
+    For investigations only (the study's plain-TRL column uses neither): ``overrides`` replace config
+    fields; ``shuffle`` shuffles the training rows with the seed before the trainer sees them (for KTO,
+    whose sampler is sequential, this mixes desirable and undesirable rows in every batch)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if algorithm not in ALGORITHMS:
@@ -103,6 +110,8 @@ def train(
         from trl.experimental.cpo import CPOTrainer as Trainer
 
         loss = {"loss_type": "simpo", "beta": SIMPO_BETA, "simpo_gamma": SIMPO_BETA * SIMPO_GAMMA_BETA_RATIO}
+    if shuffle:
+        dataset = dataset.shuffle(seed=seed)
     kwargs = {**common, **loss, **(overrides or {})}
     trainer = Trainer(model=model, args=Config(**kwargs), train_dataset=dataset, processing_class=tokenizer)
     t0 = time.time()
@@ -114,6 +123,7 @@ def train(
         "algorithm": algorithm,
         "seed": seed,
         "overrides": overrides or {},
+        "shuffle": shuffle,
         "steps": result.global_step,
         "train_loss": result.training_loss,
         "train_seconds": round(seconds, 1),
@@ -125,7 +135,13 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--algorithm", required=True, choices=ALGORITHMS)
+    ap.add_argument(
+        "--algorithm",
+        required=True,
+        nargs="+",
+        choices=ALGORITHMS,
+        help="one or more: several train one after another in this process (--out then holds {algorithm})",
+    )
     ap.add_argument("--model", required=True)
     ap.add_argument("--pairs", required=True)
     ap.add_argument("--out", required=True)
@@ -137,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="override a config field (JSON value)",
     )
+    ap.add_argument("--shuffle", action="store_true", help="shuffle the training rows with the seed first")
     a = ap.parse_args(argv)
     overrides = {}
     for item in a.set:
@@ -148,8 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    info = train(a.algorithm, a.model, a.pairs, a.out, a.seed, overrides)
-    print(f"trl {a.algorithm} seed {a.seed}: {info['steps']} steps in {info['train_seconds']} s")
+    if len(a.algorithm) > 1 and "{algorithm}" not in a.out:
+        ap.error("with several --algorithm values, --out must contain {algorithm}")
+    for algorithm in a.algorithm:
+        out = a.out.format(algorithm=algorithm)
+        info = train(algorithm, a.model, a.pairs, out, a.seed, overrides, a.shuffle)
+        print(
+            f"trl {algorithm} seed {a.seed}: {info['steps']} steps in {info['train_seconds']} s", flush=True
+        )
     return 0
 
 
