@@ -201,6 +201,9 @@ def train(
             recipe.output.dir, algorithm=recipe.algorithm, seed=recipe.seed, base=base
         )
     )
+    from prefopt import distinfo
+
+    distinfo.check_launch()  # exit 2 when the process state lacks the launcher's mode (FSDP/DeepSpeed on CPU)
     main = is_main_process()
     if main:
         manifest.prepare_run_dir(run_dir, overwrite=overwrite or recipe.output.overwrite, resume=resume)
@@ -284,6 +287,7 @@ def train(
             k: training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps")
         },
     }
+    summary["distributed"] = distinfo.describe(trainer, adapter.uses_reference)  # engine, reference
     events = getattr(trainer, "reference_cache_events", None)
     if events:
         summary["reference_cache"] = events  # hit/miss, key and seconds for each dataset
