@@ -220,7 +220,7 @@ def _engine(accelerator) -> dict[str, Any]:
 def _reference(trainer, config, uses_reference: bool) -> dict[str, Any]:
     if not uses_reference:
         return {"kind": "none"}
-    if getattr(trainer, "reference_cache_events", None):
+    if getattr(trainer, "reference_cache_config", None):
         return {
             "kind": "precomputed cache",
             "detail": "prefopt's reference log-prob cache (prefopt/refcache.py)",
