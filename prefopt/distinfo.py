@@ -57,16 +57,21 @@ def requested(env=None) -> dict[str, Any]:
     return out
 
 
-def check_launch(state=None, env=None) -> None:
+def check_launch(recipe=None, *, state=None, env=None, cuda: bool | None = None) -> None:
     """Refuse a launch whose process state lacks the mode the launcher asked for (exit 2, no model loaded).
 
     ``state`` defaults to prefopt's accelerate ``PartialState`` (the one :func:`prefopt.train.world_size`
-    uses)."""
+    uses); ``recipe`` is read for ``training.use_cpu``; ``cuda`` defaults to ``torch.cuda.is_available()``."""
     env = os.environ if env is None else env
     if state is None:
         from prefopt.train import _state
 
         state = _state()
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    use_cpu = bool(recipe is not None and recipe.training.get("use_cpu"))
     want = requested(env)
     have = str(getattr(state.distributed_type, "name", state.distributed_type)).split(".")[-1]
     where = "accelerate launch (the --config_file's distributed_type)"
@@ -96,10 +101,19 @@ def check_launch(state=None, env=None) -> None:
             fix="run DeepSpeed configs on GPUs (scripts/gpu_check.sh tests them on one); on CPU use "
             "configs/accelerate/multi_cpu.yaml.",
         )
-    if want["world_size"] > 1 and int(state.num_processes) == 1:
+    # transformers' TrainingArguments rebuilds accelerate's state, as CPU processes only with use_cpu /
+    # ACCELERATE_USE_CPU: on a machine without CUDA the processes would otherwise each train alone
+    alone = int(state.num_processes) == 1 or (not cuda and not (want.get("cpu") or use_cpu))
+    if want["world_size"] > 1 and alone:
         raise PrefoptError(
-            f"the launcher started {want['world_size']} processes (WORLD_SIZE), but this one runs alone (world "
-            "size 1): every process would train the whole batch on its own and write the same run directory.",
+            f"the launcher started {want['world_size']} processes (WORLD_SIZE), but "
+            + (
+                "this one runs alone (world size 1)"
+                if int(state.num_processes) == 1
+                else "there is no GPU and "
+                "ACCELERATE_USE_CPU is not set, so the Trainer would run each of them alone"
+            )
+            + ": every process would train the whole batch on its own and write the same run directory.",
             where=where,
             fix="on CPU set ACCELERATE_USE_CPU=true (configs/accelerate/multi_cpu.yaml explains why); on GPUs "
             "check that each process sees a GPU (CUDA_VISIBLE_DEVICES).",

@@ -203,7 +203,7 @@ def train(
     )
     from prefopt import distinfo
 
-    distinfo.check_launch()  # exit 2 when the process state lacks the launcher's mode (FSDP/DeepSpeed on CPU)
+    distinfo.check_launch(recipe)  # exit 2 when the process state lacks the launcher's mode (FSDP on CPU)
     main = is_main_process()
     if main:
         manifest.prepare_run_dir(run_dir, overwrite=overwrite or recipe.output.overwrite, resume=resume)

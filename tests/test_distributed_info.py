@@ -46,7 +46,9 @@ def test_fsdp_capable_states_are_accelerates_own_list():
 @pytest.mark.parametrize("kind", ["MULTI_CPU", "NO"])
 def test_fsdp_config_without_an_fsdp_capable_state_is_refused(kind):
     with pytest.raises(PrefoptError) as err:
-        distinfo.check_launch(_state(kind, 2 if kind == "MULTI_CPU" else 1), {**FSDP_ENV, "WORLD_SIZE": "1"})
+        distinfo.check_launch(
+            state=_state(kind, 2 if kind == "MULTI_CPU" else 1), env={**FSDP_ENV, "WORLD_SIZE": "1"}
+        )
     msg = str(err.value)
     assert err.value.exit_code == 2
     assert "asked for FSDP" in msg and kind in msg and "fsdp_version 2" in msg
@@ -57,14 +59,27 @@ def test_fsdp_config_without_an_fsdp_capable_state_is_refused(kind):
 
 def test_deepspeed_on_cpu_processes_is_refused():
     with pytest.raises(PrefoptError, match=r"asked for DeepSpeed.*ZeRO stage 3.*MULTI_CPU"):
-        distinfo.check_launch(_state("MULTI_CPU"), DS_ENV)
+        distinfo.check_launch(state=_state("MULTI_CPU"), env={**DS_ENV, "ACCELERATE_USE_CPU": "true"})
     with pytest.raises(PrefoptError, match="DeepSpeed"):  # the CPU flag alone is enough
-        distinfo.check_launch(_state("MULTI_GPU"), {**DS_ENV, "ACCELERATE_USE_CPU": "true"})
+        distinfo.check_launch(
+            state=_state("MULTI_GPU"), env={**DS_ENV, "ACCELERATE_USE_CPU": "true"}, cuda=True
+        )
 
 
 def test_processes_that_did_not_join_are_refused():
     with pytest.raises(PrefoptError, match=r"started 2 processes.*runs alone"):
-        distinfo.check_launch(_state("NO", 1), {"WORLD_SIZE": "2"})
+        distinfo.check_launch(state=_state("NO", 1), env={"WORLD_SIZE": "2"})
+
+
+def test_cpu_processes_without_accelerate_use_cpu_are_refused():
+    """Seen: multi_cpu.yaml launched without ACCELERATE_USE_CPU trains each process alone (transformers'
+    TrainingArguments rebuilds accelerate's state without use_cpu) and both crash writing the same model."""
+    with pytest.raises(PrefoptError, match=r"no GPU and ACCELERATE_USE_CPU is not set") as err:
+        distinfo.check_launch(state=_state("MULTI_CPU"), env={"WORLD_SIZE": "2"}, cuda=False)
+    assert "ACCELERATE_USE_CPU=true" in str(err.value)
+    # training.use_cpu in the recipe does what the variable does
+    recipe = SimpleNamespace(training={"use_cpu": True})
+    distinfo.check_launch(recipe, state=_state("MULTI_CPU"), env={"WORLD_SIZE": "2"}, cuda=False)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +94,8 @@ def test_processes_that_did_not_join_are_refused():
     ],
 )
 def test_launches_the_state_can_honour_pass(kind, env):
-    distinfo.check_launch(_state(kind, 1 if kind == "NO" else 2), env)
+    gpu = kind in ("MULTI_GPU", "FSDP", "DEEPSPEED")
+    distinfo.check_launch(state=_state(kind, 1 if kind == "NO" else 2), env=env, cuda=gpu)
 
 
 def test_requested_reads_the_launcher_variables():
