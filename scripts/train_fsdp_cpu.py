@@ -8,9 +8,10 @@ for MULTI_GPU / MULTI_XPU / MULTI_NPU / ... . A CPU launch (``ACCELERATE_USE_CPU
 ``scripts/train.py`` refuses that combination (exit 2, see prefopt/distinfo.py).
 
 This entry point lets accelerate take its FSDP branch: just before transformers' Trainer builds its
-Accelerator, the (gloo, CPU) process state's distributed type is set to MULTI_GPU; the Accelerator that transformers' Trainer builds then becomes ``DistributedType.FSDP`` with
-the launcher's FSDP plugin, and everything after that is accelerate's and TRL's unchanged code:
-``fsdp2_prepare_model`` (``fully_shard`` per decoder layer, embeddings/tail, root) for the policy,
+Accelerator, the (gloo, CPU) process state's distributed type is set to MULTI_GPU, so the Accelerator
+becomes ``DistributedType.FSDP`` with the launcher's FSDP plugin; everything after that is accelerate's
+and TRL's unchanged code:
+``fsdp2_prepare_model`` (``fully_shard`` per decoder layer, the tail group, the root) for the policy,
 ``trl.models.prepare_fsdp`` for the reference model, ``Accelerator.get_state_dict`` to gather the
 full weights on rank 0 when the model is saved. The device stays ``cpu`` and the backend ``gloo``.
 
