@@ -204,6 +204,9 @@ def train(
             recipe.output.dir, algorithm=recipe.algorithm, seed=recipe.seed, base=base
         )
     )
+    from prefopt import distinfo
+
+    distinfo.check_launch(recipe)  # exit 2 when the process state lacks the launcher's mode (FSDP on CPU)
     main = is_main_process()
     if main:
         manifest.prepare_run_dir(run_dir, overwrite=overwrite or recipe.output.overwrite, resume=resume)
@@ -292,6 +295,7 @@ def train(
     }
     if data_settings:
         summary["data_settings"] = data_settings  # e.g. KTO's weights and the label counts behind them
+    summary["distributed"] = distinfo.describe(trainer, adapter.uses_reference)  # engine, reference
     events = getattr(trainer, "reference_cache_events", None)
     if events:
         summary["reference_cache"] = events  # hit/miss, key and seconds for each dataset
