@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"prefopt: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a training run (loading, evaluating): no traceback
+        if args.debug:
+            raise
+        print("prefopt: interrupted.", file=sys.stderr)
+        return 130
     except NonFiniteError as err:
         if args.debug:
             raise
