@@ -103,7 +103,15 @@ def build(profile: str, n_pairs: int, max_length: int, uf_scale: float, tmp: Pat
     )
 
 
-def trainers(tok, tok_ds, batch: int, max_length: int, tmp: Path, which=("split", "shared", "sft-once")):
+def trainers(
+    tok,
+    tok_ds,
+    batch: int,
+    max_length: int,
+    tmp: Path,
+    which=("split", "shared", "sft-once"),
+    cache: Path | None = None,
+):
     import prefopt.trainers as T
     from prefopt import refcache
     from prefopt.algorithms import get_adapter
@@ -115,7 +123,7 @@ def trainers(tok, tok_ds, batch: int, max_length: int, tmp: Path, which=("split"
         batch=batch,
         steps=1,
         max_length=max_length,
-        cache_dir=tmp / "refcache",
+        cache_dir=cache or tmp / "refcache",
     )
     adapter = get_adapter("dpo")
 
@@ -217,42 +225,47 @@ def time_profile(profile: str, args, tmp: Path) -> dict:
 
 
 def memory_worker(profile: str, variant: str, args) -> None:
+    """One fresh interpreter: ``fill`` computes the reference log-probs into the shared cache; ``split`` /
+    ``shared`` then read them (a hit: no precompute peak) and run 3 steps; peak RSS above the RSS after
+    setup."""
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-prefix-mem-{variant}-"))
     common.pin_threads(1)
     tok, tok_ds, _ = build(profile, args.batch * 4, args.max_length, args.uf_scale, tmp)
-    # the reference log-probs are computed into the cache by a first trainer, then read
-    trainers(tok, tok_ds, args.batch, args.max_length, tmp, which=("split",))
-    t = trainers(tok, tok_ds, args.batch, args.max_length, tmp, which=(variant,))[variant]
+    which = ("split",) if variant == "fill" else (variant,)
+    t = trainers(tok, tok_ds, args.batch, args.max_length, tmp, which=which, cache=Path(args.mem_cache))
+    t = t[which[0]]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for k in range(3):
-        step(t, batch_for(t, k, args.batch))
+    if variant != "fill":
+        for k in range(3):
+            step(t, batch_for(t, k, args.batch))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print("MEM " + json.dumps({"variant": variant, "base_kb": base, "peak_kb": peak}))
 
 
 def memory(profile: str, args) -> float:
     deltas: dict[str, list[float]] = {"split": [], "shared": []}
-    for rep in range(args.mem_reps):
-        for variant in ("split", "shared") if rep % 2 == 0 else ("shared", "split"):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--mem-worker",
-                variant,
-                "--profile",
-                profile,
-                "--batch",
-                str(args.batch),
-                "--max-length",
-                str(args.max_length),
-                "--uf-scale",
-                str(args.uf_scale),
-            ]
-            proc = subprocess.run(cmd, env=common.worker_env(), capture_output=True, text=True, timeout=1800)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("MEM ")), None)
-            if line is None:
-                raise RuntimeError(proc.stderr[-2000:])
-            r = json.loads(line[4:])
+    cache = tempfile.mkdtemp(prefix="bench-prefix-memcache-")
+    order = [
+        v
+        for rep in range(args.mem_reps)
+        for v in (("split", "shared") if rep % 2 == 0 else ("shared", "split"))
+    ]
+    for variant in ["fill", *order]:
+        cmd = [sys.executable, __file__, "--mem-worker", variant, "--profile", profile, "--mem-cache", cache]
+        cmd += [
+            "--batch",
+            str(args.batch),
+            "--max-length",
+            str(args.max_length),
+            "--uf-scale",
+            str(args.uf_scale),
+        ]
+        proc = subprocess.run(cmd, env=common.worker_env(), capture_output=True, text=True, timeout=1800)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("MEM ")), None)
+        if line is None:
+            raise RuntimeError(proc.stderr[-2000:])
+        r = json.loads(line[4:])
+        if variant != "fill":
             deltas[variant].append(max(1, r["peak_kb"] - r["base_kb"]))
     ratio = common.median([a / b for a, b in zip(deltas["shared"], deltas["split"])])
     print(
@@ -274,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 rounds")
     ap.add_argument("--mem-worker", help=argparse.SUPPRESS)
     ap.add_argument("--profile", default="hh", help=argparse.SUPPRESS)
+    ap.add_argument("--mem-cache", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.mem_worker:
         memory_worker(args.profile, args.mem_worker, args)

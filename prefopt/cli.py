@@ -82,7 +82,8 @@ def cmd_train(args) -> int:
 def _train(args) -> int:
     from prefopt.recipe import load_recipe
 
-    recipe = load_recipe(args.config, args.set)
+    # --smoke drops fp16/bf16 (it runs anywhere), so the device check is for real runs only
+    recipe = load_recipe(args.config, args.set, check_device=not getattr(args, "smoke", False))
     if getattr(args, "smoke", False):
         from prefopt.smoke import smoke_recipe
 
@@ -187,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"prefopt: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a training run (loading, evaluating): no traceback
+        if args.debug:
+            raise
+        print("prefopt: interrupted.", file=sys.stderr)
+        return 130
     except NonFiniteError as err:
         if args.debug:
             raise

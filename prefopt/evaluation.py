@@ -560,6 +560,7 @@ def evaluate_run(
     ``evaluation.world_prompts`` when the recipe has it)."""
     from prefopt import manifest
     from prefopt.models import load_trained
+    from prefopt.resume import check_saved_model
     from prefopt.train import reference_for
 
     run_dir = Path(run_dir)
@@ -572,6 +573,7 @@ def evaluate_run(
             where="--run",
             fix="train with output.save_model: true (the default), or wait for the run to finish.",
         )
+    check_saved_model(run_dir / "model")  # a damaged weight file: exit 2 naming it, not a traceback
     if data is not None:
         eval_ds, source = load_eval_file(data, recipe.seed), f"--data {data}"
     else:

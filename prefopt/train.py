@@ -179,8 +179,19 @@ def build_trainer(
 def train(
     recipe: Recipe, *, output_dir: str | None = None, overwrite: bool = False, resume: bool = False
 ) -> dict:
-    """Run one recipe end to end. Returns a summary dict (also in manifest.json)."""
-    from prefopt import manifest
+    """Run one recipe end to end. Returns a summary dict (also in manifest.json).
+
+    The run directory is locked for the whole run and checked first (:mod:`prefopt.rundir`)."""
+    from prefopt import rundir
+
+    run_dir = rundir.run_dir_for(recipe, output_dir, base=Path.cwd())
+    where = "--output-dir" if output_dir else "output.dir"
+    with rundir.session(run_dir, main=is_main_process(), where=where):
+        return _train(recipe, run_dir, overwrite=overwrite, resume=resume)
+
+
+def _train(recipe: Recipe, run_dir: Path, *, overwrite: bool, resume: bool) -> dict:
+    from prefopt import manifest, refcache, rundir
     from prefopt.algorithms import get_adapter
     from prefopt.callbacks import MetricsJsonlCallback
     from prefopt.errors import TrainingInterrupted
@@ -193,20 +204,20 @@ def train(
         SignalCallback,
         last_complete_checkpoint,
     )
+    from prefopt.resume import LossLedger, run_training
 
     t0 = time.time()
     adapter = get_adapter(recipe.algorithm)
-    base = Path.cwd()
-    run_dir = (
-        Path(output_dir)
-        if output_dir
-        else manifest.resolve_run_dir(
-            recipe.output.dir, algorithm=recipe.algorithm, seed=recipe.seed, base=base
-        )
-    )
+    from prefopt import distinfo
+
+    distinfo.check_launch(recipe)  # exit 2 when the process state lacks the launcher's mode (FSDP on CPU)
     main = is_main_process()
+    identity: dict[str, Any] = {}
     if main:
-        manifest.prepare_run_dir(run_dir, overwrite=overwrite or recipe.output.overwrite, resume=resume)
+        refcache.check_cache_dir(recipe)
+        identity = rundir.prepare(
+            run_dir, recipe, overwrite=overwrite or recipe.output.overwrite, resume=resume
+        )
         (run_dir / "resolved.yaml").write_text(dump_resolved(recipe))
     training = resolve_batch(recipe)
     ckpt_dir = run_dir / "checkpoints"
@@ -214,16 +225,22 @@ def train(
     # data before weights: a malformed dataset fails in seconds, not after loading a 7B model
     tokenizer = tokenizer_for(recipe.model)
     train_tok, eval_tok, train_ds, eval_ds, report = prepare_data(recipe, tokenizer)
+    fingerprint = manifest.dataset_fingerprint(train_ds)
     if main:
+        rundir.check_data(run_dir, fingerprint, identity)
+        identity["data_fingerprint"] = fingerprint
+        rundir.record_identity(run_dir, {k: identity[k] for k in ("sha256", "parts")}, fingerprint)
         report.save(run_dir / "data_report.json")
         print(report.summary())
     recipe, data_settings = settle_on_data(recipe, train_ds)
+    resume_from = _resume_point(ckpt_dir, resume, identity)  # before the weights: disk checks only
     # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
     # zero3.yaml) can shard the weights while they load.
     config = adapter.trl_config(recipe, output_dir=str(ckpt_dir), training=training)
     model, tokenizer = load_model(recipe.model, seed=recipe.seed, tokenizer=tokenizer)
 
-    resume_from = _resume_point(ckpt_dir, resume)
+    ledger = LossLedger(identity)
+    ledger.resume_from(resume_from)
     metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
     health = HealthCallback.from_recipe(
         recipe,
@@ -232,7 +249,7 @@ def train(
         completion_lengths=completion_lengths(train_tok),
     )
     signals, guard = SignalCallback(), NonFiniteGuard()
-    callbacks = [metrics, health, CheckpointMarkerCallback(), signals, guard]
+    callbacks = [metrics, health, CheckpointMarkerCallback(extra=ledger.marker_fields), signals, guard]
     trainer = build_trainer(
         recipe,
         model,
@@ -244,9 +261,10 @@ def train(
         config=config,
     )
     health.attach(trainer)
+    ledger.attach(trainer)
     signals.install()
     try:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        result = run_training(trainer, resume_from)  # None: the checkpoint had completed the training
     finally:
         signals.uninstall()
     if guard.tripped is not None:
@@ -277,9 +295,9 @@ def train(
         "trainer": adapter.describe(recipe)["trainer"],
         "seed": recipe.seed,
         "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": ledger.train_loss(trainer.state.global_step, result),  # over the whole run
         "train_runtime_s": round(time.time() - t0, 2),
-        "data_fingerprint": manifest.dataset_fingerprint(train_ds),
+        "data_fingerprint": fingerprint,
         "data": {"train_rows": len(train_tok), "eval_rows": len(eval_tok) if eval_tok is not None else 0},
         "prefopt_overrides": adapter.overrides(recipe),
         "versions": manifest.versions(),
@@ -292,6 +310,7 @@ def train(
     }
     if data_settings:
         summary["data_settings"] = data_settings  # e.g. KTO's weights and the label counts behind them
+    summary["distributed"] = distinfo.describe(trainer, adapter.uses_reference)  # engine, reference
     events = getattr(trainer, "reference_cache_events", None)
     if events:
         summary["reference_cache"] = events  # hit/miss, key and seconds for each dataset
@@ -313,16 +332,20 @@ def train(
     return summary
 
 
-def _resume_point(ckpt_dir: Path, resume: bool) -> Path | None:
-    """The last complete checkpoint to resume from, or None. Re-running the same command into the same
-    output dir resumes too (the run is unfinished and has a checkpoint); incomplete checkpoints (a kill
-    while saving) are removed first."""
+def _resume_point(ckpt_dir: Path, resume: bool, identity: dict | None = None) -> Path | None:
+    """The last complete, intact checkpoint to resume from, or None. Re-running the same command into
+    the same output dir resumes too (the run is unfinished and has a checkpoint); incomplete
+    checkpoints (a kill while saving) are removed first, damaged ones moved aside
+    (:func:`prefopt.resume.choose_checkpoint`)."""
     from prefopt.resilience import last_complete_checkpoint, remove_incomplete_checkpoints
+    from prefopt.resume import choose_checkpoint
 
     if is_main_process():
         removed = remove_incomplete_checkpoints(ckpt_dir)
         if removed:
             log.warning("removed incomplete checkpoint(s) %s (interrupted while saving)", ", ".join(removed))
+        choose_checkpoint(ckpt_dir, identity)
+    _state().wait_for_everyone()
     last = last_complete_checkpoint(ckpt_dir)
     if resume and last is None:
         log.warning("--resume: no complete checkpoint in %s; starting from the beginning", ckpt_dir)

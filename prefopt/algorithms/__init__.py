@@ -88,6 +88,7 @@ class Adapter:
         # where the recipe asks for bfloat16 and a GPU supports it.
         kwargs.setdefault("bf16", recipe.model.dtype == "bfloat16" and _cuda_bf16())
         kwargs.update(cls.loss_kwargs(recipe))
+        kwargs["trust_remote_code"] = recipe.model.trust_remote_code  # TRL builds the reference with it
         kwargs["output_dir"] = output_dir
         return cls.config_class()(**kwargs)
 

@@ -178,14 +178,40 @@ def convert(args: argparse.Namespace) -> tuple[Any, Any]:
     return ds, report
 
 
+def check_output_path(path: Path, flag: str) -> None:
+    """Refuse an output path that cannot become a file, before any data is read."""
+    if path.is_dir():
+        raise PrefoptError(
+            f"{flag} {path} is a directory; it must name the file to write.",
+            fix=f"give a file name, e.g. {flag} {path / 'converted.jsonl'}.",
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise PrefoptError(
+                    f"{flag} {path} lies under {parent}, which is a regular file, not a folder.",
+                    fix=f"choose a path in a folder (or move {parent} away).",
+                )
+            break
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
+    check_output_path(Path(args.output), "--output")
+    if args.report:
+        check_output_path(Path(args.report), "--report")
     ds, report = convert(args)
     if args.report:
         report.save(args.report)
     print(report.summary(), file=sys.stderr)
     if args.strict:
         report.check_strict(where=f"prefopt data convert --strict ({args.input})")
-    n = write_rows(ds, Path(args.output), "trl" if args.format == "trl" else "canonical")
+    try:
+        n = write_rows(ds, Path(args.output), "trl" if args.format == "trl" else "canonical")
+    except OSError as e:
+        raise PrefoptError(
+            f"cannot write --output {args.output}: {e.strerror or e}.",
+            fix="check that its folder is writable and the disk has room.",
+        ) from None
     print(f"wrote {n:,} {args.to} rows to {args.output}", file=sys.stderr)
     return 0
 

@@ -185,9 +185,10 @@ def _content_keys(ds: Dataset) -> list[str]:
     return keys
 
 
-def duplicate_indices(ds: Dataset) -> list[int]:
-    """Indices of rows that repeat an earlier row exactly (prompt, replies, label)."""
-    seen: set[str] = set()
+def duplicate_indices(ds: Dataset, seen: set[str] | None = None) -> list[int]:
+    """Indices of rows that repeat an earlier row exactly (prompt, replies, label). ``seen``: content keys
+    already kept (from earlier sources of the same kind), updated in place."""
+    seen = set() if seen is None else seen
     dups = []
     for i, key in enumerate(_content_keys(ds)):
         if key in seen:
@@ -200,15 +201,7 @@ def duplicate_indices(ds: Dataset) -> list[int]:
 def dedupe(ds: Dataset, report: DropReport, seen: set[str] | None = None) -> Dataset:
     """Drop exact duplicates (the first occurrence is kept). ``seen``: content keys of rows kept from
     earlier sources of the same kind (shared across sources, updated in place)."""
-    if seen is None:
-        dups = duplicate_indices(ds)
-    else:
-        dups = []
-        for i, key in enumerate(_content_keys(ds)):
-            if key in seen:
-                dups.append(i)
-            else:
-                seen.add(key)
+    dups = duplicate_indices(ds, seen)
     for i in dups:
         report.drop("duplicate", i)
     if dups:

@@ -18,7 +18,7 @@ split at its trailing assistant turns. Text data needs a prompt column (a charac
 what TRL gets wrong; use ``hh_rlhf`` for Human:/Assistant: transcripts).
 
 The three names differ only in intent: each reads .jsonl/.json (array or lines, optionally .gz),
-.parquet, dataset directories and hub ids.
+.parquet, .csv, folders of such files, dataset directories and hub ids.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefopt.data.io import RawInput, open_input
+from prefopt.data.io import Malformed, RawInput, open_input, refuse_unparsed
 from prefopt.data.messages import (
     RowProblem,
     as_label,
@@ -220,6 +220,8 @@ def make_reader(name: str):
                 where=where,
                 fix="check that the file was written completely and that `path:` points at the right file.",
             )
+        bad = [row for _, row in rows if isinstance(row, Malformed)]
+        refuse_unparsed(bad, len(bad), len(rows), raw.description, where)
         available = raw.columns or _keys(rows)
         columns = resolve_columns(spec["columns"], available, where)
         kind = _kind_of(columns, where)
