@@ -14,7 +14,8 @@ SimPO      ``trl.experimental.cpo.CPOTrainer``, ``CPOConfig(loss_type="simpo", b
 
 Shared: ``learning_rate=1e-4``, ``num_train_epochs=1``, ``per_device_train_batch_size=32``, the seed.
 One change from TRL's defaults, because the default cannot run here: ``bf16=False`` (TRL's configs
-default to bf16 mixed precision, which needs a GPU; prefopt trains these models in float32 too).
+default to bf16 mixed precision, and on a CPU the config refuses to build: "Your setup doesn't support
+bf16/gpu"; prefopt trains these models in float32 too).
 
 Run as ``python -m second_world.trl_baseline --algorithm dpo --model DIR --pairs FILE --out DIR
 --seed 42`` (with ``tests/`` on ``PYTHONPATH``); the trained model is saved to ``DIR/model``. Several
