@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-BENCHMARKS = ("padding", "limit", "prefix_sharing", "memory", "overhead", "sweep", "data")
+BENCHMARKS = ("padding", "limit", "prefix_sharing", "memory", "overhead", "sweep", "data", "generation")
 TARGETS = {
     "overhead": "≤ 1.02",
     "sweep": "≤ 0.80",
@@ -33,6 +33,7 @@ TARGETS = {
     "padding": "≤ 1.10",
     "memory": "≤ 1.10",
     "data": "60k rows < 60 s",
+    "generation": "≥ 2.0",
 }
 
 
