@@ -524,6 +524,9 @@ def load_recipe(
 
     check_recipe(recipe, where=where)
     _validate_training(recipe, where)
+    from prefopt.integrations import on_recipe_loaded  # report_to packages, bitsandbytes, data paths
+
+    on_recipe_loaded(recipe, where)
     return recipe
 
 
