@@ -15,7 +15,10 @@ from pathlib import Path
 
 from prefopt.errors import NonFiniteError, PrefoptError, TrainingInterrupted
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_RECIPE = Path(__file__).resolve().parent / "recipes" / "quickstart" / "dpo.yaml"
+"""The demo's recipe, shipped in the package (a byte-identical copy of configs/recipes/quickstart/dpo.yaml,
+kept so by tests/test_usability.py): a wheel install has no configs/ folder."""
+DEMO_QUICK_EVAL = ("evaluation.world_prompts=32", "evaluation.max_prompts=16")
 
 
 def _setup_env() -> None:
@@ -25,6 +28,9 @@ def _setup_env() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # ORPO and CPO/SimPO live in trl.experimental in TRL 1.x; prefopt pins TRL and tests that API, so
+    # TRL's "experimental API" warning on every ORPO/SimPO run is not for the user (docs/losses.md)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
 def _logging(verbose: bool) -> None:
@@ -129,7 +135,15 @@ def _print_summary(summary: dict) -> None:
             f"true reward (greedy):       reference {ref['reward_greedy']:.3f} → trained {pol['reward_greedy']:.3f} "
             f"({world['lift_greedy']:+.3f})"
         )
-        print(f"KL(policy ‖ reference) on samples: {pol.get('kl_to_reference', float('nan')):.3f} nats")
+    _print_kl(summary.get("eval") or {})
+
+
+def _print_kl(evaluation: dict) -> None:
+    from prefopt.evaluation import kl_figures
+
+    for i, fig in enumerate(kl_figures(evaluation)):
+        head = "KL(policy ‖ reference), nats:" if i == 0 else ""
+        print(f"{head:<30}{fig['value']:.3f} on {fig['samples']}")
 
 
 def cmd_demo(args) -> int:
@@ -137,9 +151,13 @@ def cmd_demo(args) -> int:
     from prefopt.train import train
     from prefopt.world import torch_threads
 
-    cfg = REPO_ROOT / "configs" / "recipes" / "quickstart" / "dpo.yaml"
     print("prefopt demo: ground-truth world (arith) — SFT warm start (cached after the first run), then DPO")
-    recipe = load_recipe(cfg, args.set)
+    overrides = list(args.set)
+    if args.max_steps is not None:  # a check that the install works: a few steps, a small evaluation
+        if args.max_steps < 1:
+            raise PrefoptError(f"--max-steps {args.max_steps} must be 1 or more.", where="command line")
+        overrides = [f"training.max_steps={args.max_steps}", *DEMO_QUICK_EVAL, *overrides]
+    recipe = load_recipe(DEMO_RECIPE, overrides)
     with torch_threads(args.threads):  # the world's model is tiny: one thread is fastest
         summary = train(recipe, output_dir=args.output_dir, overwrite=True)
     _print_summary(summary)
@@ -160,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest here)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N optimizer steps and evaluate on fewer prompts (a quick check that an install works)",
+    )
     p.set_defaults(func=cmd_demo)
 
     from prefopt.commands_compare import add_compare_commands
@@ -173,6 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # bitsandbytes only for recipes that quantize (loading one reopens the gate): PEFT imports it
+    # eagerly, which on some CPUs prints a kernel warning in every run (prefopt/integrations.py).
+    # Reopened on return, so that a caller's later imports in the same process are unaffected.
+    from prefopt.integrations import allow_bitsandbytes, defer_bitsandbytes
+
+    deferred = defer_bitsandbytes()
+    try:
+        return _main(argv)
+    finally:
+        if deferred:
+            allow_bitsandbytes()
+
+
+def _main(argv: list[str] | None) -> int:
     _setup_env()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

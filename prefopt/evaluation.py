@@ -28,7 +28,9 @@ on up to ``evaluation.max_prompts`` held-out prompts, ``evaluation.num_samples``
 
 * ``kl_to_reference``: KL(π ‖ π_ref) estimated as the mean over samples y ~ π of log π(y|x) − log π_ref(y|x)
   (nats per sequence, on the exact sampled token ids, EOS included when it was sampled). The reference
-  is the starting model — also for ORPO and SimPO, which train without one;
+  is the starting model — also for ORPO and SimPO, which train without one. ``kl_samples`` names the
+  sample set; ``world`` has a second estimate (``kl_to_reference_world`` in the summary) on the
+  true-reward samples, a different set, so the two differ (:func:`kl_figures` labels both);
 * ``mean_length`` / ``reference_mean_length`` / ``length_ratio``: new tokens before EOS.
 
 ``world`` — when the training data comes from the ground-truth world: the true reward of the policy and
@@ -478,6 +480,7 @@ def evaluate_models(
     elif task is not None:
         prompts = world_test_prompts(task, max_prompts, seed)
     if prompts:
+        prompts_from = "held-out" if pairs is not None else f"world:{task} test"
         result["sampling"] = sampled_kl_and_length(
             policy,
             reference,
@@ -489,6 +492,7 @@ def evaluate_models(
             seed=seed,
             batch_size=batch_size,
         )
+        result["sampling"]["prompts_from"] = prompts_from
     else:
         result["sampling"] = None
 
@@ -505,8 +509,46 @@ def evaluate_models(
             "lift_sampled": pol["reward_sampled"] - ref["reward_sampled"],
             "lift_greedy": pol["reward_greedy"] - ref["reward_greedy"],
         }
+    for fig in kl_figures(result):  # each KL estimate names the samples it was computed on
+        section = result["sampling"] if fig["key"] == "kl_to_reference" else result["world"]
+        section["kl_samples"] = fig["samples"]
     result["summary"] = summary_of(result)
     return result
+
+
+def kl_figures(result: dict) -> list[dict[str, Any]]:
+    """Every KL(policy ‖ reference) estimate of an evaluation, each with the sample set it was computed on.
+
+    There are two, on different samples, so they differ: ``sampling`` (the held-out prompts, the
+    ``evaluation:`` section's samples per prompt, temperature and token cap) and, for the ground-truth
+    world, ``world`` (the true-reward samples: the world's test prompts × 4 at temperature 1). The CLI
+    summary, ``prefopt eval`` and report.md all print them through this function, under these labels.
+    Returns ``[{"key", "value", "samples"}]`` (``key`` as in the summary)."""
+    out: list[dict[str, Any]] = []
+    samp = result.get("sampling") or {}
+    if samp.get("kl_to_reference") is not None:
+        k = samp.get("samples_per_prompt", 1)
+        out.append(
+            {
+                "key": "kl_to_reference",
+                "value": samp["kl_to_reference"],
+                "samples": f"{samp.get('num_prompts', '?')} {samp.get('prompts_from', 'held-out')} prompts × {k} "
+                f"sample{'s' if k != 1 else ''} at T={samp.get('temperature', 1.0):g}, ≤ {samp.get('max_new_tokens', '?')} "
+                "new tokens",
+            }
+        )
+    world = result.get("world") or {}
+    pol = world.get("policy") or {}
+    if pol.get("kl_to_reference") is not None:
+        out.append(
+            {
+                "key": "kl_to_reference_world",
+                "value": pol["kl_to_reference"],
+                "samples": f"the true-reward samples: {pol.get('num_prompts', '?')} world:{pol.get('task', '?')} "
+                f"test prompts × {pol.get('samples_per_prompt', '?')} at T=1",
+            }
+        )
+    return out
 
 
 def summary_of(result: dict) -> dict[str, Any]:
@@ -521,6 +563,7 @@ def summary_of(result: dict) -> dict[str, Any]:
         "logp_shift_chosen": pref.get("logp_shift_chosen"),
         "logp_shift_rejected": pref.get("logp_shift_rejected"),
         "kl_to_reference": samp.get("kl_to_reference"),
+        "kl_to_reference_world": (world.get("policy") or {}).get("kl_to_reference"),
         "mean_length": samp.get("mean_length"),
         "reference_mean_length": samp.get("reference_mean_length"),
         "true_reward_sampled": (world.get("policy") or {}).get("reward_sampled"),
@@ -577,15 +620,7 @@ def evaluate_run(
     if data is not None:
         eval_ds, source = load_eval_file(data, recipe.seed), f"--data {data}"
     else:
-        try:
-            eval_ds = recipe_eval_split(recipe)
-        except PrefoptError as err:
-            raise PrefoptError(
-                f"could not rebuild the recipe's eval split ({err}). resolved.yaml keeps data paths as written "
-                "in the recipe, so relative paths are read from the current directory.",
-                where=str(run_dir / "resolved.yaml"),
-                fix="run `prefopt eval` from the recipe's folder, or pass --data FILE.",
-            ) from None
+        eval_ds = run_eval_split(run_dir, recipe)
         source = "recipe eval split" if eval_ds is not None else None
     policy, tokenizer = load_trained(run_dir)
     reference = reference_for(recipe)
@@ -598,13 +633,68 @@ def evaluate_run(
     return result
 
 
+def run_eval_split(run_dir: Path, recipe):
+    """The held-out split of a finished run, rebuilt from the data it trained on — never from other files.
+
+    ``resolved.yaml`` names local data files by absolute path (runs written before that kept the recipe's
+    relative paths, read here from the current directory). The rebuilt training set must have the
+    fingerprint ``manifest.json`` recorded, else the files changed or are other files with the same
+    name, and evaluating on them would be silently wrong: that is an error."""
+    from prefopt import manifest
+    from prefopt.data.transforms import prepare
+
+    where = str(run_dir / "resolved.yaml")
+    relative = [
+        s.path
+        for s in list(recipe.data.train) + list(recipe.data.eval or [])
+        if s.path and not Path(s.path).expanduser().is_absolute() and (Path.cwd() / s.path).exists()
+    ]
+    if not recipe.data.eval and recipe.data.eval_fraction <= 0:
+        return None
+    try:
+        train_ds, eval_ds, _ = prepare(
+            recipe.data.train, recipe.data.eval, recipe.data, recipe.algorithm, None, recipe.seed
+        )
+    except PrefoptError as err:
+        raise PrefoptError(
+            f"could not rebuild the run's eval split from the data it trained on ({err}).",
+            where=where,
+            fix="put the data files back where resolved.yaml says, or pass --data FILE.",
+        ) from None
+    recorded = _recorded_fingerprint(run_dir)
+    if recorded is not None and manifest.dataset_fingerprint(train_ds) != recorded:
+        read = (
+            f"relative paths {relative} read from {Path.cwd()}"
+            if relative
+            else "the files resolved.yaml names"
+        )
+        raise PrefoptError(
+            f"the training data rebuilt from {read} is not what this run trained on (data fingerprint "
+            f"{manifest.dataset_fingerprint(train_ds)}, manifest.json recorded {recorded}), so its eval split "
+            "would be other rows.",
+            where=where,
+            fix="run `prefopt eval` from the folder the relative paths were written against (the recipe's), "
+            "restore the files the run used, or pass --data FILE to evaluate on a file of your choice.",
+        )
+    return eval_ds
+
+
+def _recorded_fingerprint(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "manifest.json").read_text()).get("data_fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
 def format_summary(result: dict) -> str:
     """A short table of the headline numbers."""
     rows = []
+    samples = {f["key"]: f["samples"] for f in kl_figures(result)}
     for k, v in (result.get("summary") or summary_of(result)).items():
         if v is None:
             continue
-        rows.append(f"{k:32s} {v:10.4f}" if isinstance(v, float) else f"{k:32s} {v}")
+        row = f"{k:32s} {v:10.4f}" if isinstance(v, float) else f"{k:32s} {v}"
+        rows.append(row + (f"  (on {samples[k]})" if k in samples else ""))
     for note in result.get("notes") or []:
         rows.append(f"note: {note}")
     return "\n".join(rows)

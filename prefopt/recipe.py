@@ -649,6 +649,9 @@ def load_recipe(
     _validate_training(recipe, where)
     if check_device if check_device is not None else path is not None:
         _check_precision(recipe, where)
+    from prefopt.integrations import on_recipe_loaded  # report_to packages, bitsandbytes, data paths
+
+    on_recipe_loaded(recipe, where)
     return recipe
 
 

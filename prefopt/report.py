@@ -233,7 +233,6 @@ def _eval_section(ev: dict) -> list[str]:
         ]
     if samp:
         rows += [
-            ("KL(policy ‖ reference) on samples, nats", samp.get("kl_to_reference"), None),
             (
                 "mean sampled completion length, tokens",
                 samp.get("mean_length"),
@@ -250,6 +249,9 @@ def _eval_section(ev: dict) -> list[str]:
             ),
             ("true reward, greedy", pol.get("reward_greedy"), ref.get("reward_greedy")),
         ]
+    from prefopt.evaluation import kl_figures
+
+    rows += [(f"KL(policy ‖ reference), nats, on {f['samples']}", f["value"], None) for f in kl_figures(ev)]
     if not rows:
         return lines + ["eval.json holds no metrics.", ""]
     lines += ["| metric | policy | reference |", "|---|---:|---:|"]

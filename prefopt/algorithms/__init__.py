@@ -83,10 +83,12 @@ class Adapter:
         kwargs.setdefault("remove_unused_columns", False)
         kwargs.setdefault("dataloader_num_workers", 0)
         # TRL 1.x turns gradient checkpointing on by default (slower steps); prefopt follows the recipe.
-        kwargs.setdefault("gradient_checkpointing", recipe.model.gradient_checkpointing)
+        _checkpointing(kwargs, recipe.model.gradient_checkpointing, cls.config_class())
         # TRL's configs default to bf16=True, which transformers refuses on CPU: mixed precision only
         # where the recipe asks for bfloat16 and a GPU supports it.
         kwargs.setdefault("bf16", recipe.model.dtype == "bfloat16" and _cuda_bf16())
+        # pinned memory needs an accelerator (torch warns on every dataloader otherwise)
+        kwargs.setdefault("dataloader_pin_memory", _cuda())
         kwargs.update(cls.loss_kwargs(recipe))
         kwargs["trust_remote_code"] = recipe.model.trust_remote_code  # TRL builds the reference with it
         kwargs["output_dir"] = output_dir
@@ -106,6 +108,34 @@ class Adapter:
             "loss": cls.loss_kwargs(recipe),
             "prefopt_overrides": cls.overrides(recipe),
         }
+
+
+RENAMED_TRAINING_ARGS = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+"""transformers 5.x names (old → current); the old ones warn (FutureWarning) and go in v6."""
+
+
+def _checkpointing(kwargs: dict[str, Any], enabled: bool, config_class: type) -> None:
+    """Activation (gradient) checkpointing under the name this transformers uses: the recipe's
+    ``model.gradient_checkpointing``, unless ``training:`` sets it under either name; a ``training:``
+    key under the old name is passed under the current one."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    for old, new in RENAMED_TRAINING_ARGS.items():
+        if new in fields and old in kwargs and new not in kwargs:
+            kwargs[new] = kwargs.pop(old)
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    if "activation_checkpointing" not in kwargs and "gradient_checkpointing" not in kwargs:
+        kwargs[name] = enabled
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _cuda_bf16() -> bool:

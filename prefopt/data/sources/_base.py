@@ -159,6 +159,7 @@ def emit(
                     report.drop("malformed_row", index, _describe(e))
                     continue
                 builder.add(final)
+                report.kept(index)  # so later steps' drop examples can name this input row
     finally:
         close = getattr(rows, "close", None)
         if close is not None:

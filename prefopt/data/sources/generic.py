@@ -280,3 +280,36 @@ GENERIC_OPTIONS = options(
 
 for _name in ("jsonl", "json", "parquet"):
     register_source(_name, options=GENERIC_OPTIONS, kinds=("paired", "unpaired"))(make_reader(_name))
+
+
+def detect(sample):
+    """Claim prefopt's canonical columns (its own output, TRL's explicit form) and LLaMA-Factory v1's
+    chosen_messages/rejected_messages; the reader is named after the file type (json, jsonl, parquet)."""
+    name = sample.generic_source
+    ours = sample.has("prompt_id", "source")
+    if sample.has("chosen_messages", "rejected_messages") and sample.conversations("chosen_messages"):
+        return (
+            90,
+            "chosen_messages/rejected_messages conversations (LLaMA-Factory v1 DPO)",
+            {"columns": {"chosen": "chosen_messages", "rejected": "rejected_messages"}},
+            name,
+        )
+    if sample.has("prompt", "chosen", "rejected"):
+        if ours:
+            return 95, "prefopt's canonical paired columns (prompt_id, source)", None, name
+        if sample.conversations("chosen"):  # replies repeating the prompt: a published build's shape
+            return 75, "prompt + conversation chosen/rejected columns", None, name
+        return 85, "canonical prompt/chosen/rejected columns", None, name
+    if sample.has("prompt", "completion", "label"):
+        if ours:
+            return 95, "prefopt's canonical unpaired columns (prompt_id, source)", None, name
+        if sample.messages("prompt"):
+            return 70, "canonical prompt/completion/label columns", None, name
+        return 85, "canonical prompt/completion/label columns", None, name
+    if (
+        sample.has("chosen", "rejected")
+        and sample.conversations("chosen")
+        and sample.conversations("rejected")
+    ):
+        return 75, "conversation chosen/rejected (implicit prompt)", None, name
+    return None
