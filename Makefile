@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM = false
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,tracking]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -334,6 +334,8 @@ def report(
 ) -> dict:
     met = ratio <= target if lower_is_better else ratio >= target
     res = {"benchmark": name, "ratio": round(ratio, 4), "target": target, "met": bool(met), **(extra or {})}
-    print(f"\n{name}: ratio {ratio:.3f} (target ≤ {target}) → {'MET' if met else 'NOT MET'}")
+    print(
+        f"\n{name}: ratio {ratio:.3f} (target {'≤' if lower_is_better else '≥'} {target}) → {'MET' if met else 'NOT MET'}"
+    )
     print("RESULT " + json.dumps(res, default=str), flush=True)
     return res

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             train_dataset=tok_ds,
             processing_class=tok,
             split_forward=split,
+            prefix_sharing=False,  # the floor with prefix sharing: benchmarks/prefix_sharing.py (sft-once)
             **refcache.trainer_kwargs(recipe),
         )
 

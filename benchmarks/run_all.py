@@ -24,14 +24,16 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-BENCHMARKS = ("padding", "limit", "memory", "overhead", "sweep", "data")
+BENCHMARKS = ("padding", "limit", "prefix_sharing", "memory", "overhead", "sweep", "data", "generation")
 TARGETS = {
     "overhead": "≤ 1.02",
     "sweep": "≤ 0.80",
     "limit": "≤ 1.05",
+    "prefix_sharing": "≤ 0.75 (hh; uf ≤ 0.92, floor ≤ 1.05)",
     "padding": "≤ 1.10",
     "memory": "≤ 1.10",
     "data": "60k rows < 60 s",
+    "generation": "≥ 2.0",
 }
 
 

@@ -32,7 +32,11 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
         description="Read --input with --source, check every row (drops are counted in the report), convert to "
         "--to paired|unpaired and write JSONL (or .parquet).",
     )
-    p.add_argument("--source", required=True, help="source name (see `prefopt data sources`)")
+    p.add_argument(
+        "--source",
+        default=None,
+        help="source name (see `prefopt data sources`); default: recognised from the first rows",
+    )
     p.add_argument("--input", required=True, help="local file/directory or hub dataset id")
     p.add_argument("--split", default=None, help="split (hub datasets and dataset directories)")
     p.add_argument("--to", required=True, choices=("paired", "unpaired"), help="kind of rows to write")
@@ -76,7 +80,9 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
         "path", help="file/directory/hub id (canonical output of convert, or any source with --source)"
     )
     p.add_argument(
-        "--source", default=None, help="read with this source (default: canonical columns, by suffix)"
+        "--source",
+        default=None,
+        help="read with this source (default: recognised from the columns and content of the first rows)",
     )
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="a source option")
     p.add_argument("--split", default=None)
@@ -125,8 +131,25 @@ def _section(source: str, path: str, split: str | None, max_rows: int | None, op
         raise PrefoptError(f"invalid source arguments: {e}") from None
 
 
-def _guess_source(path: str) -> str:
-    return "parquet" if path.lower().endswith(".parquet") else "jsonl"
+def resolve_source(
+    source: str | None,
+    path: str,
+    split: str | None,
+    options: dict[str, Any],
+    command: Any,
+    where: str,
+) -> tuple[str, dict[str, Any], str | None]:
+    """``(source, options, why)``: the named source, or the one recognised from the data's first rows
+    (``why`` says from what; the options it needs are merged under the user's ``-o`` options).
+    Not sure → :class:`PrefoptError` with the candidate command lines (``command(detection)``)."""
+    if source:
+        return source, options, None
+    from prefopt.data.registry import choose_source, read_sample
+
+    found = choose_source(
+        read_sample(path, base_dir=Path.cwd(), split=split, where=where), where=where, command=command
+    )
+    return found.source, {**found.options, **options}, found.reason
 
 
 def write_rows(ds: Any, path: Path, fmt: str = "canonical") -> int:
@@ -157,9 +180,20 @@ def write_rows(ds: Any, path: Path, fmt: str = "canonical") -> int:
 def convert(args: argparse.Namespace) -> tuple[Any, Any]:
     """The dataset and drop report ``convert`` would write (used by the handler and tests)."""
     from prefopt.config.recipe import DataSection
+    from prefopt.data.registry import format_options
     from prefopt.data.transforms import prepare
 
-    src = _section(args.source, args.input, args.split, args.max_rows, parse_options(args.option))
+    def command(d: Any) -> str:
+        return (
+            f"prefopt data convert --source {d.source} --input {args.input} --to {args.to} "
+            f"--output {args.output}{format_options(d.options)}"
+        )
+
+    name, options, why = resolve_source(
+        args.source, args.input, args.split, parse_options(args.option), command, "prefopt data convert"
+    )
+    args.detected = (name, why, options) if why else None
+    src = _section(name, args.input, args.split, args.max_rows, options)
     data = DataSection(
         train=[src],
         transform="unpair" if args.to == "unpaired" else "pair",
@@ -178,26 +212,69 @@ def convert(args: argparse.Namespace) -> tuple[Any, Any]:
     return ds, report
 
 
+def check_output_path(path: Path, flag: str) -> None:
+    """Refuse an output path that cannot become a file, before any data is read."""
+    if path.is_dir():
+        raise PrefoptError(
+            f"{flag} {path} is a directory; it must name the file to write.",
+            fix=f"give a file name, e.g. {flag} {path / 'converted.jsonl'}.",
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise PrefoptError(
+                    f"{flag} {path} lies under {parent}, which is a regular file, not a folder.",
+                    fix=f"choose a path in a folder (or move {parent} away).",
+                )
+            break
+
+
+def _detected_line(detected: tuple[str, str, dict[str, Any]] | None) -> str | None:
+    if detected is None:
+        return None
+    from prefopt.data.registry import format_options
+
+    name, why, options = detected
+    return f"source: {name} (recognised: {why}; same as --source {name}{format_options(options)})"
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
+    check_output_path(Path(args.output), "--output")
+    if args.report:
+        check_output_path(Path(args.report), "--report")
     ds, report = convert(args)
+    line = _detected_line(getattr(args, "detected", None))
+    if line:
+        print(line, file=sys.stderr)
     if args.report:
         report.save(args.report)
     print(report.summary(), file=sys.stderr)
     if args.strict:
         report.check_strict(where=f"prefopt data convert --strict ({args.input})")
-    n = write_rows(ds, Path(args.output), "trl" if args.format == "trl" else "canonical")
+    try:
+        n = write_rows(ds, Path(args.output), "trl" if args.format == "trl" else "canonical")
+    except OSError as e:
+        raise PrefoptError(
+            f"cannot write --output {args.output}: {e.strerror or e}.",
+            fix="check that its folder is writable and the disk has room.",
+        ) from None
     print(f"wrote {n:,} {args.to} rows to {args.output}", file=sys.stderr)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from prefopt.data.inspect import format_inspection, inspect_dataset
-    from prefopt.data.registry import source_info
+    from prefopt.data.registry import format_options, source_info
     from prefopt.data.report import DropReport
     from prefopt.data.transforms import load_source
 
-    name = args.source or _guess_source(args.path)
-    options = parse_options(args.option)
+    def command(d: Any) -> str:
+        return f"prefopt data inspect {args.path} --source {d.source}{format_options(d.options)}"
+
+    name, options, why = resolve_source(
+        args.source, args.path, args.split, parse_options(args.option), command, "prefopt data inspect"
+    )
+    detected = (name, why, dict(options)) if why else None
     info = source_info(name)
     if info.options and "keep_ties" in info.options:
         options.setdefault("keep_ties", True)  # count ties here rather than dropping them
@@ -211,9 +288,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(args.tokenizer)
     summary = inspect_dataset(ds, tokenizer, max_length=args.max_length)
     summary["read_report"] = report.as_dict()
+    summary["source"] = {"name": name, "options": options, "recognised_from": why}
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
+        line = _detected_line(detected)
+        if line:
+            print(line)
         print(format_inspection(summary, title=f"{args.path} (source {name})"))
         print(report.summary())
     return 0

@@ -16,6 +16,10 @@ from pathlib import Path
 from prefopt.core.errors import NonFiniteError, PrefoptError, TrainingInterrupted
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "dpo.yaml"
+"""The demo's recipe, shipped in the package (a byte-identical copy of configs/recipes/quickstart/dpo.yaml,
+kept so by tests/cli/test_usability.py): a wheel install has no configs/ folder."""
+DEMO_QUICK_EVAL = ("evaluation.world_prompts=32", "evaluation.max_prompts=16")
 
 
 def _setup_env() -> None:
@@ -25,6 +29,9 @@ def _setup_env() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # ORPO and CPO/SimPO live in trl.experimental in TRL 1.x; prefopt pins TRL and tests that API, so
+    # TRL's "experimental API" warning on every ORPO/SimPO run is not for the user (docs/losses.md)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
 def _logging(verbose: bool) -> None:
@@ -82,7 +89,8 @@ def cmd_train(args) -> int:
 def _train(args) -> int:
     from prefopt.config.recipe import load_recipe
 
-    recipe = load_recipe(args.config, args.set)
+    # --smoke drops fp16/bf16 (it runs anywhere), so the device check is for real runs only
+    recipe = load_recipe(args.config, args.set, check_device=not getattr(args, "smoke", False))
     if getattr(args, "smoke", False):
         from prefopt.config.smoke import smoke_recipe
 
@@ -128,7 +136,15 @@ def _print_summary(summary: dict) -> None:
             f"true reward (greedy):       reference {ref['reward_greedy']:.3f} → trained {pol['reward_greedy']:.3f} "
             f"({world['lift_greedy']:+.3f})"
         )
-        print(f"KL(policy ‖ reference) on samples: {pol.get('kl_to_reference', float('nan')):.3f} nats")
+    _print_kl(summary.get("eval") or {})
+
+
+def _print_kl(evaluation: dict) -> None:
+    from prefopt.evaluate.metrics import kl_figures
+
+    for i, fig in enumerate(kl_figures(evaluation)):
+        head = "KL(policy ‖ reference), nats:" if i == 0 else ""
+        print(f"{head:<30}{fig['value']:.3f} on {fig['samples']}")
 
 
 def cmd_demo(args) -> int:
@@ -136,9 +152,13 @@ def cmd_demo(args) -> int:
     from prefopt.core.runtime import torch_threads
     from prefopt.pipeline.run import train
 
-    cfg = REPO_ROOT / "configs" / "recipes" / "quickstart" / "dpo.yaml"
     print("prefopt demo: ground-truth world (arith) — SFT warm start (cached after the first run), then DPO")
-    recipe = load_recipe(cfg, args.set)
+    overrides = list(args.set)
+    if args.max_steps is not None:  # a check that the install works: a few steps, a small evaluation
+        if args.max_steps < 1:
+            raise PrefoptError(f"--max-steps {args.max_steps} must be 1 or more.", where="command line")
+        overrides = [f"training.max_steps={args.max_steps}", *DEMO_QUICK_EVAL, *overrides]
+    recipe = load_recipe(DEMO_RECIPE, overrides)
     with torch_threads(args.threads):  # the world's model is tiny: one thread is fastest
         summary = train(recipe, output_dir=args.output_dir, overwrite=True)
     _print_summary(summary)
@@ -159,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest here)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N optimizer steps and evaluate on fewer prompts (a quick check that an install works)",
+    )
     p.set_defaults(func=cmd_demo)
 
     from prefopt.cli.compare import add_compare_commands
@@ -172,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # bitsandbytes only for recipes that quantize (loading one reopens the gate): PEFT imports it
+    # eagerly, which on some CPUs prints a kernel warning in every run (prefopt/config/integrations.py).
+    # Reopened on return, so that a caller's later imports in the same process are unaffected.
+    from prefopt.config.integrations import allow_bitsandbytes, defer_bitsandbytes
+
+    deferred = defer_bitsandbytes()
+    try:
+        return _main(argv)
+    finally:
+        if deferred:
+            allow_bitsandbytes()
+
+
+def _main(argv: list[str] | None) -> int:
     _setup_env()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -187,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"prefopt: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a training run (loading, evaluating): no traceback
+        if args.debug:
+            raise
+        print("prefopt: interrupted.", file=sys.stderr)
+        return 130
     except NonFiniteError as err:
         if args.debug:
             raise

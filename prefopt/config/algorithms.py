@@ -54,8 +54,15 @@ class KTOLoss(LossParams):
     """Ethayarajh et al. 2024 (KTO)."""
 
     beta: float = Field(0.1, gt=0, description="β.")
-    desirable_weight: float = Field(1.0, gt=0, description="λ_D.")
-    undesirable_weight: float = Field(1.0, gt=0, description="λ_U.")
+    desirable_weight: float | None = Field(
+        None,
+        gt=0,
+        description="λ_D. Omit both weights to have prefopt set them from the training data's label counts "
+        "by the paper's 1:1–4:3 rule (logged, in manifest.json and --dry-run).",
+    )
+    undesirable_weight: float | None = Field(
+        None, gt=0, description="λ_U (omitted: see desirable_weight; one weight given: the other is 1)."
+    )
 
 
 class ORPOLoss(LossParams):

@@ -468,6 +468,26 @@ def _fmt_range(lo: float, hi: float) -> str:
     return f"[{lo:.6g}, {hi:.6g}]"
 
 
+def auto_kto_weights(n_desirable: int, n_undesirable: int) -> tuple[float, float]:
+    """λ_D, λ_U for a recipe that gives none: 1, 1 when ``n_D : n_U`` already lies in [1, 4/3]; else the
+    smallest up-weighting of the minority label that meets KTO's rule (Ethayarajh et al. 2024, Eq. 8) —
+    too few desirable rows: λ_D = n_U / n_D (ratio 1); too few undesirable rows: λ_U = n_D / (4/3 · n_U)
+    (ratio 4/3). Rounded up at the fourth decimal, so the rounded weights still satisfy the rule."""
+    if n_desirable <= 0 or n_undesirable <= 0:
+        return 1.0, 1.0  # nothing to balance; check_kto_weights says why
+    lo, hi = KTO_RATIO_BOUNDS
+    ratio = n_desirable / n_undesirable
+    if lo - 1e-9 <= ratio <= hi + 1e-9:
+        return 1.0, 1.0
+
+    def up(x: float) -> float:
+        return math.ceil(x * 1e4 - 1e-9) / 1e4
+
+    if ratio < lo:
+        return up(lo / ratio), 1.0
+    return 1.0, up(ratio / hi)
+
+
 def check_kto_weights(
     n_desirable: int, n_undesirable: int, desirable_weight: float = 1.0, undesirable_weight: float = 1.0
 ) -> str | None:
@@ -519,6 +539,7 @@ __all__ = [
     "LOSS_KEY_HINTS",
     "RULES",
     "Rule",
+    "auto_kto_weights",
     "check_kto_weights",
     "check_recipe",
     "evaluate_rules",

@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prefopt.config.algorithms import LOSS_CLASSES, AlgorithmName, LossParams, algorithm_names, get_spec
 from prefopt.config.fidelity import check_recipe, loss_key_hint
+from prefopt.config.integrations import on_recipe_loaded  # report_to packages, bitsandbytes, data paths
 from prefopt.config.schema import StrictModel, explain_validation_error
 from prefopt.core.errors import PrefoptError, did_you_mean
 
@@ -79,7 +82,14 @@ class ModelSection(_Section):
         "float32", description="Weights dtype; 'auto' keeps the checkpoint's."
     )
     trust_remote_code: bool = Field(
-        False, description="Execute model code from the checkpoint. Off unless set; logged loudly when on."
+        False,
+        description="Execute model code from the checkpoint (config.json auto_map). Off unless set; logged "
+        "loudly when on; passed to the reference model too.",
+    )
+    allow_pickle_weights: bool = Field(
+        False,
+        description="Load a checkpoint whose weights exist only in pickle format (pytorch_model.bin, .pt, "
+        ".pth, .ckpt). Off: such a checkpoint is refused before loading, since unpickling can run code.",
     )
     attn_implementation: str | None = Field(None, description="e.g. 'sdpa', 'eager', 'flash_attention_2'.")
     tokenizer: str | None = Field(None, description="Tokenizer source when it differs from `name`.")
@@ -160,24 +170,27 @@ class HealthSection(_Section):
     margin_stuck_steps: int = Field(
         10, gt=0, description="...for this many consecutive logged steps while loss falls."
     )
-    logp_collapse: float = Field(
-        -5.0,
-        description="Both chosen and rejected mean log-prob shifts below this (nats/sequence) = collapse.",
+    logp_collapse_per_token: float = Field(
+        -0.5,
+        description="Both chosen and rejected log-probs below the reference's by more than this many nats per "
+        "token = collapse (DPO/IPO/KTO: TRL's β·log-ratio rewards over the data's mean reply length; "
+        "ORPO/SimPO: the per-token average log-probs against their first logged values).",
     )
-    overfit_loss: float = Field(0.05, ge=0, description="Train loss below this suggests over-fitting.")
-    overfit_accuracy_steps: int = Field(
-        10, gt=0, description="Accuracy pinned at 1.0 this many logged steps."
+    logp_collapse: float | None = Field(
+        None,
+        description="Optional second bound in nats per sequence (both shifts below it = collapse); off by default.",
+    )
+    overfit_eval_rise: float = Field(
+        0.1,
+        gt=0,
+        description="Needs an eval split (evaluated during training): the eval loss risen this fraction above "
+        "its best while the train loss kept falling = over-fitting.",
     )
     kl_max: float | None = Field(
         None, gt=0, description="KL(policy‖reference) above this warns (nats/sequence)."
     )
     length_drift: float = Field(
         0.5, gt=0, description="Relative change of mean completion length that warns."
-    )
-    logp_collapse_per_token: float = Field(
-        -1.0,
-        description="ORPO/SimPO (TRL logs per-token average log-probs): both chosen and rejected shifts below "
-        "this (nats/token) = collapse.",
     )
     probe_every: int = Field(
         0,
@@ -264,6 +277,7 @@ class Recipe(_Section):
 PREFOPT_TRAINING_KEYS = {
     "global_batch_size": "prefopt: the global batch (per-device × processes × accumulation) to hold fixed",
     "max_prompt_length": "prefopt tokenisation: longest prompt kept, in tokens (left-truncated... see docs)",
+    "prefix_sharing": "prefopt: compute each pair's prompt once (auto | true | false; docs/performance.md)",
 }
 
 
@@ -288,15 +302,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         )
     key, _, raw = text.partition("=")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        # read like a recipe value: 1e-6 is a float, "1234e56" (quoted) a string
+        value = safe_load(raw, where="--set") if raw.strip() else None
+    except PrefoptError as err:
+        if "YAML syntax error" not in str(err):
+            raise
         value = raw
-    # YAML reads 1e-6 as a string (YAML 1.1); accept it as a float
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in "eE.") else value
-        except ValueError:
-            pass
     return [p for p in key.strip().split(".") if p], value
 
 
@@ -332,20 +343,113 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _coerce_floats(obj):
-    """YAML 1.1 reads '1e-6' as a string; turn numeric-looking strings in numeric slots into floats."""
-    if isinstance(obj, dict):
-        return {k: _coerce_floats(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_coerce_floats(v) for v in obj]
-    if isinstance(obj, str):
-        s = obj.strip()
-        if s and s[0] in "0123456789.-+" and any(c in s for c in "eE") and " " not in s:
-            try:
-                return float(s)
-            except ValueError:
-                return obj
-    return obj
+# ------------------------------------------------------------------------------------------ YAML
+MAX_YAML_NODES = 100_000
+"""The most values a recipe may expand to once its aliases are followed (real recipes hold a few hundred);
+a "billion laughs" file of nested anchors is refused before anything expands it."""
+
+_NUMBER_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+"""YAML 1.2 / JSON floats that YAML 1.1 reads as strings: 1e-6, 5E-7, 2.0e6 (no dot or no exponent sign)."""
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int):
+        self.key, self.first, self.second = key, first, second
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` for recipes: a key given twice in one mapping is an error (PyYAML keeps the
+    last silently), and a plain (unquoted) scalar written like ``1e-6`` is a float as in YAML 1.2 — a
+    quoted scalar is always a string. Merge keys (``<<: *base``) still override as YAML defines."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class RecipeDumper(yaml.SafeDumper):
+    """Writes what :class:`RecipeLoader` reads back unchanged (a string like "1234e56" is quoted)."""
+
+
+for _cls in (RecipeLoader, RecipeDumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _NUMBER_12, list("-+0123456789."))
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """How many nodes ``root`` holds with every alias followed (shared nodes counted once per use).
+    Raises ``ValueError`` above ``limit`` or for an alias that contains itself; never expands."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ValueError(f"the anchor at line {node.start_mark.line + 1} contains an alias to itself")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        if total > limit:
+            raise ValueError(
+                f"it expands to more than {limit:,} values once its aliases are followed "
+                f"(the node at line {node.start_mark.line + 1})"
+            )
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def safe_load(text: str, *, where: str, what: str = "YAML") -> Any:
+    """Parse ``text`` with :class:`RecipeLoader`: duplicate keys, alias bombs and syntax errors become
+    a :class:`PrefoptError` naming ``where`` and the line."""
+    loader = RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, MAX_YAML_NODES)
+        return loader.construct_document(node)
+    except _DuplicateKey as dup:
+        raise PrefoptError(
+            f'key "{dup.key}" is given twice in the same mapping (lines {dup.first} and {dup.second}); YAML '
+            "would keep only the second silently.",
+            where=where,
+            fix="keep one of them (merge the two blocks into one).",
+        ) from None
+    except ValueError as err:
+        raise PrefoptError(
+            f"the {what} is refused: {err}.",
+            where=where,
+            fix="write the values out; anchors and aliases are for sharing a block, not for multiplying it.",
+        ) from None
+    except RecursionError:
+        raise PrefoptError(f"the {what} is nested too deeply to read.", where=where) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PrefoptError(
+            f"YAML syntax error{line}: {problem}.",
+            where=where,
+            fix="check indentation and quoting on that line (values containing ':' or '#' need quotes).",
+        ) from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -355,30 +459,48 @@ def read_yaml(path: str | Path) -> dict:
             f"recipe file {path} does not exist.",
             fix="check the path given to --config (it is read relative to the working directory).",
         )
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if path.is_dir():
         raise PrefoptError(
-            f"YAML syntax error{line}: {problem}.",
-            where=str(path),
-            fix="check indentation and quoting on that line (values containing ':' or '#' need quotes).",
+            f"{path} is a directory, not a recipe file.",
+            fix="give the recipe's .yaml file to --config (e.g. configs/recipes/quickstart/dpo.yaml).",
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise PrefoptError(
+            f"recipe file {path} cannot be read ({err.strerror or err}).", fix="check its permissions."
         ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise PrefoptError(
+            f"byte 0x{raw[err.start]:02x} at line {line}, column {col} is not UTF-8 (recipes are read as UTF-8).",
+            where=str(path),
+            fix="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).",
+        ) from None
+    data = safe_load(text, where=str(path), what="recipe")
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise PrefoptError(
             f"a recipe must be a mapping of sections, got {type(data).__name__}.", where=str(path)
         )
-    return _coerce_floats(data)
+    return data
 
 
 def load_recipe(
-    path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    data: dict | None = None,
+    *,
+    check_device: bool | None = None,
 ) -> Recipe:
-    """Read, override and validate a recipe. Raises :class:`PrefoptError` with the file and key."""
+    """Read, override and validate a recipe. Raises :class:`PrefoptError` with the file and key.
+
+    ``check_device`` (default: when ``path`` is given, i.e. a recipe to train) refuses ``fp16``/``bf16``
+    that this machine cannot run; a recipe read back from a run (``data=``) is not checked."""
     where = str(path) if path is not None else "<recipe>"
     raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
     raw = apply_overrides(raw, overrides or [])
@@ -390,12 +512,93 @@ def load_recipe(
         raise PrefoptError(str(err), where=where) from None
     if path is not None:
         recipe._source_path = Path(path).resolve()
+        _resolve_model_paths(recipe, where)
     _validate_loss(recipe, where)
     # The fidelity guard runs before the generic training-key check so that a TRL knob prefopt owns
     # (training.beta, training.simpo_gamma, ...) gets its specific message rather than "unknown key".
     check_recipe(recipe, where=where)
     _validate_training(recipe, where)
+    if check_device if check_device is not None else path is not None:
+        _check_precision(recipe, where)
+
+    on_recipe_loaded(recipe, where)
     return recipe
+
+
+def _resolve_model_paths(recipe: Recipe, where: str) -> None:
+    """Make a relative local ``model.name`` / ``model.tokenizer`` absolute against the recipe's folder,
+    as data paths are. A name that is no path there is a hub id — unless it names a folder in the
+    working directory, which is refused rather than silently preferred (or silently ignored)."""
+    base = recipe.source_path.parent
+    for key in ("name", "tokenizer"):
+        value = getattr(recipe.model, key)
+        if not value or value.startswith(("builtin:", "world:")):
+            continue
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            continue
+        candidate = (base / p).resolve()
+        if candidate.exists():
+            setattr(recipe.model, key, str(candidate))
+        elif value.startswith((".", "~")) or Path(value).exists():
+            raise PrefoptError(
+                f'"model.{key}" = "{value}": there is no {candidate} (a relative model path is resolved '
+                "against the recipe's folder, like data paths)"
+                + (
+                    f"; {Path(value).resolve()} in the working directory is not used."
+                    if Path(value).exists()
+                    else "."
+                ),
+                where=where,
+                fix=f"write the path relative to {base} or as an absolute path.",
+            )
+
+
+def _has_fp16_device() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    for name in ("xpu", "npu", "mlu", "musa", "hpu", "mps"):
+        backend = getattr(torch, name, None) or getattr(torch.backends, name, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            return True
+    return False
+
+
+def _has_bf16_device() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    for name in ("xpu", "npu", "mlu", "musa", "hpu"):
+        backend = getattr(torch, name, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            return True
+    return False
+
+
+def _check_precision(recipe: Recipe, where: str) -> None:
+    """``fp16``/``bf16`` mixed precision the machine cannot run fails here, not after the data work."""
+    t = recipe.training
+    for key in ("fp16", "fp16_full_eval"):
+        if t.get(key) is True and not _has_fp16_device():
+            raise PrefoptError(
+                f'"training.{key}" = true, but this machine has no GPU (fp16 mixed precision needs CUDA or '
+                "another accelerator).",
+                where=where,
+                fix=f"remove training.{key} (float32 on this CPU), or train on a GPU machine; "
+                "`--smoke` drops it to try the recipe here.",
+            )
+    for key in ("bf16", "bf16_full_eval"):
+        if t.get(key) is True and not t.get("use_cpu") and not _has_bf16_device():
+            raise PrefoptError(
+                f'"training.{key}" = true, but this machine has no accelerator with bfloat16 support.',
+                where=where,
+                fix=f"remove training.{key} (or set model.dtype: bfloat16 for bf16 weights), add "
+                "training.use_cpu: true for bf16 autocast on the CPU, or train on a GPU that supports "
+                "bf16; `--smoke` drops it to try the recipe here.",
+            )
 
 
 def _validate_loss(recipe: Recipe, where: str) -> None:
@@ -425,6 +628,12 @@ def _loss_key_hint(algorithm: str, key: str, value: Any = None, loss: dict | Non
 def _validate_training(recipe: Recipe, where: str) -> None:
     fields = trl_config_fields(recipe.algorithm)
     for key, value in recipe.training.items():
+        if key == "prefix_sharing" and value not in ("auto", True, False):
+            raise PrefoptError(
+                f"training.prefix_sharing = {value!r}: expected auto, true or false.",
+                where=where,
+                fix="remove it (auto: on where prefix sharing is proven exact), or set true / false.",
+            )
         if key in PREFOPT_TRAINING_KEYS:
             continue
         if key not in fields:
@@ -432,7 +641,7 @@ def _validate_training(recipe: Recipe, where: str) -> None:
                 f'unknown key "training.{key}" for {recipe.algorithm}.'
                 f"{did_you_mean(key, list(fields) + list(PREFOPT_TRAINING_KEYS))} "
                 f"`training:` takes the fields of TRL's {_config_name(recipe.algorithm)} "
-                "(TrainingArguments names) plus prefopt's global_batch_size and max_prompt_length.",
+                "(TrainingArguments names) plus prefopt's global_batch_size, max_prompt_length and prefix_sharing.",
                 where=where,
             )
         _check_type(key, value, fields[key], where)
@@ -485,6 +694,44 @@ def _check_type(key: str, value: Any, field: dataclasses.Field, where: str) -> N
 
 def _check_numbers(recipe: Recipe, where: str) -> None:
     t = recipe.training
+    for key, value in t.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PrefoptError(
+                f'"training.{key}" = {value!r} is not a finite number.',
+                where=where,
+                fix="write a number (YAML reads .nan and .inf as NaN and infinity).",
+            )
+    if "trust_remote_code" in t:
+        raise PrefoptError(
+            '"training.trust_remote_code" is set by prefopt from model.trust_remote_code (for the policy '
+            "and the reference model alike).",
+            where=where,
+            fix="remove it from training: and set model.trust_remote_code instead.",
+        )
+    epochs = t.get("num_train_epochs")
+    if epochs is not None and epochs <= 0:
+        raise PrefoptError(
+            f'"training.num_train_epochs" = {epochs!r} must be > 0: the run would save the starting model '
+            "untrained as if it had finished.",
+            where=where,
+            fix="set num_train_epochs to 1 or more (fractions are allowed), or set max_steps.",
+        )
+    steps = t.get("max_steps")
+    if steps is not None and (steps == 0 or steps < -1):
+        raise PrefoptError(
+            f'"training.max_steps" = {steps!r}: give a positive number of optimiser steps, or -1 (TRL\'s '
+            "default) to train for num_train_epochs.",
+            where=where,
+            fix="e.g. max_steps: 1000, or remove it to train num_train_epochs epochs.",
+        )
+    for key in ("max_length", "max_prompt_length", "max_completion_length"):
+        v = t.get(key)
+        if v is not None and v <= 0:
+            raise PrefoptError(
+                f'"training.{key}" = {v!r} must be a positive number of tokens (or null for no limit).',
+                where=where,
+                fix=f"e.g. {key}: 1024.",
+            )
     lr = t.get("learning_rate")
     if lr is not None and lr <= 0:
         raise PrefoptError(
@@ -507,4 +754,4 @@ def _check_numbers(recipe: Recipe, where: str) -> None:
 
 
 def dump_resolved(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    return yaml.dump(recipe.to_dict(), Dumper=RecipeDumper, sort_keys=False)

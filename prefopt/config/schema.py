@@ -17,9 +17,10 @@ from prefopt.core.errors import PrefoptError, did_you_mean
 
 
 class StrictModel(BaseModel):
-    """A schema section: unknown keys are errors, assignments are validated."""
+    """A schema section: unknown keys are errors, assignments are validated, and NaN / infinity are refused
+    everywhere (they pass ``gt=0``-style bounds unnoticed, or fail them obscurely)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def models_in(annotation) -> Iterator[type[BaseModel]]:
@@ -79,7 +80,11 @@ def explain_validation_error(
             lines.append(f'missing required key "{key}".')
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f'"{key}" = {e.get("input")!r}: {msg}.')
+            value = e.get("input")
+            hint = ""
+            if e["type"] == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                hint = ' YAML read it as a number: quote it (e.g. revision: "1234e56") to keep it text.'
+            lines.append(f'"{key}" = {value!r}: {msg}.{hint}')
     return PrefoptError(" ".join(lines), where=where)
 
 

@@ -71,3 +71,13 @@ class NonFiniteError(Exception):
             "(try float32 or bf16 instead of fp16), log-probs of empty or fully truncated completions, or a "
             "β so small that the log-ratios explode. Fix the cause and re-run with --resume."
         )
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM outside the training loop's clean stop (data work, evaluation, a second signal):
+    the run ends at once; :func:`prefopt.pipeline.rundir.session` writes an "interrupted" manifest and turns it
+    into :class:`TrainingInterrupted` (exit 128 + signal)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signum)

@@ -29,7 +29,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _state():
+def process_state():
+    """accelerate's ``PartialState`` for this launch (CPU processes join a gloo group)."""
     import torch
     from accelerate import PartialState
 
@@ -45,8 +46,13 @@ def _state():
 
 def world_size() -> int:
     """Number of processes of this launch (1 without ``accelerate launch``)."""
-    return _state().num_processes
+    return process_state().num_processes
 
 
 def is_main_process() -> bool:
-    return _state().is_main_process
+    return process_state().is_main_process
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the launch's processes (a no-op with one)."""
+    process_state().wait_for_everyone()

@@ -88,6 +88,11 @@ def inspect_dataset(
         prompts = table.column("prompt").to_pylist()
         info["multi_turn_prompts"] = sum(1 for p in prompts if sum(m["role"] != "system" for m in p) > 1)
         info["prompts_with_system"] = sum(1 for p in prompts if p and p[0]["role"] == "system")
+    if kind == "paired" and table is None:  # every row dropped: zero counts, not missing keys
+        info.update(scored_pairs=0, score_ties=0, identical_pairs=0)
+    if kind == "unpaired" and table is None:
+        info["labels"] = {"desirable": 0, "undesirable": 0}
+        info["kto_weights"] = kto_weights(0, 0)
     if kind == "paired" and table is not None:
         sc = table.column("score_chosen").to_pylist()
         sr = table.column("score_rejected").to_pylist()

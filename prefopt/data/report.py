@@ -14,7 +14,9 @@ The report is printed, saved as JSON in the run directory, and with ``data.stric
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,11 @@ from prefopt.core.errors import PrefoptError
 
 MAX_EXAMPLES = 10
 """Row indices kept per reason (the counts are always complete)."""
+MAX_LOCATE_BYTES = 512 * 2**20
+"""Larger input files get row numbers in the examples, not line numbers (finding lines re-reads the file)."""
+_READ_DETAIL = re.compile(
+    r"^(?:file (?P<file>.+?)|(?P<other>(?:directory|hub dataset) .+?))(?:; stopped after .*)?$"
+)
 
 REASONS: dict[str, str] = {
     "malformed_row": "the row could not be parsed (missing field, wrong type, bad JSON); the detail says which",
@@ -72,6 +79,13 @@ class DropReport:
         self._mark: Counter[str] = Counter()
         self._pending = 0
         self._untagged: list[dict[str, Any]] = []
+        # where each row of the current data came from: its row index in the input and the input
+        # (a file path or a description), so examples of any step name the input's line or row
+        self._kept: list[int] | None = None
+        self._step_drops: list[int | None] = []
+        self._origins: list[int] | None = None
+        self._input: str | None = None
+        self._input_is_file = False
 
     # ---------------------------------------------------------------------------------- recording
     @property
@@ -91,7 +105,15 @@ class DropReport:
         """Count one removed row under ``reason`` (row ``index`` of the current step's input)."""
         self.counts[reason] += 1
         self._pending += 1
+        self._step_drops.append(index)
         self._remember(self.examples, reason, index, detail)
+
+    def kept(self, index: int) -> None:
+        """A reader produced a kept row from input row ``index`` (called once per produced row, in
+        order), so later steps' examples can name the input file and line that row came from."""
+        if self._kept is None:
+            self._kept = []
+        self._kept.append(index)
 
     def flag(self, reason: str, index: int | None = None, detail: str | None = None) -> None:
         """Count one row that is kept but noteworthy."""
@@ -133,10 +155,55 @@ class DropReport:
         self.steps.append(record)
         for entry in self._untagged:
             entry.setdefault("step", name)
+        self._locate(name, int(rows_in), int(rows_out), detail)
         self._untagged = []
         self._mark = Counter(self.counts)
         self._rows_out = int(rows_out)
         self._pending = 0
+
+    def _locate(self, name: str, rows_in: int, rows_out: int, detail: str | None) -> None:
+        """Give this step's examples their input row (and line, for JSON/JSONL files), then carry the
+        row → input map through the step when it is one whose row mapping is known."""
+        m = _READ_DETAIL.match(detail or "")
+        if self._kept is not None or m:  # a reader's step: examples index the input itself
+            if m:
+                self._input = m["file"] or m["other"]
+                self._input_is_file = bool(m["file"])
+            else:
+                self._input, self._input_is_file = None, False
+            rows = {e["index"]: e["index"] for e in self._untagged if isinstance(e.get("index"), int)}
+            self._origins = list(self._kept or [])
+        elif self._origins is not None and len(self._origins) == rows_in:
+            rows = {
+                e["index"]: self._origins[e["index"]]
+                for e in self._untagged
+                if isinstance(e.get("index"), int) and 0 <= e["index"] < rows_in
+            }
+            dropped = {i for i in self._step_drops if i is not None}
+            if name.startswith(("dedupe", "min_score_margin", "render chat template")) and (
+                rows_in - len(dropped) == rows_out
+            ):
+                self._origins = [o for i, o in enumerate(self._origins) if i not in dropped]
+            elif name.startswith("max_rows") and not dropped and rows_out <= rows_in:
+                self._origins = self._origins[:rows_out]
+            elif name == "unpair" and rows_out == 2 * rows_in:  # each pair → two rows, interleaved
+                self._origins = [o for o in self._origins for _ in (0, 1)]
+            else:
+                self._origins = None
+        else:
+            rows, self._origins = {}, None
+        self._kept, self._step_drops = None, []
+        if self._input is None or not rows:
+            return
+        lines = _line_numbers(Path(self._input), set(rows.values())) if self._input_is_file else {}
+        for entry in self._untagged:
+            row = rows.get(entry.get("index"))
+            if row is None:
+                continue
+            entry["input"] = self._input
+            entry["row"] = row
+            if row in lines:
+                entry["line"] = lines[row]
 
     def merge(self, other: DropReport) -> DropReport:
         """Fold in the report of another part of the data (another source, the eval split):
@@ -246,23 +313,87 @@ class DropReport:
             + "; ".join(parts)
             + ".",
             where=where,
-            fix="clean those rows in the source data (the indices are row numbers of each step's input), use a "
+            fix="clean those rows in the source data (named by file and line, or by row number of the input or of "
+            "the step that dropped them), use a "
             "source option that keeps them where one exists (e.g. keep_ties: true), or set data.strict: false to let "
             "prefopt drop them with this report.",
         )
 
 
+def _line_numbers(path: Path, rows: set[int]) -> dict[int, int]:
+    """Row index → 1-based line where that row starts, for a JSON-lines or JSON-array file read the way
+    :mod:`prefopt.data.io` reads it (blank lines skipped). Empty when the file cannot be scanned."""
+    name = path.name.lower()
+    if not rows or not name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+        return {}
+    try:
+        if path.stat().st_size > MAX_LOCATE_BYTES:
+            return {}
+        raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
+        text = raw.decode("utf-8", errors="replace")
+    except OSError:
+        return {}
+    out: dict[int, int] = {}
+    last = max(rows)
+    if text.lstrip()[:1] == "[":
+        decoder = json.JSONDecoder()
+        pos = text.index("[") + 1
+        line = 1 + text.count("\n", 0, pos)
+        for i in range(last + 1):
+            gap = pos
+            while pos < len(text) and text[pos] in " \t\r\n,":
+                pos += 1
+            line += text.count("\n", gap, pos)
+            if pos >= len(text) or text[pos] == "]":
+                break
+            if i in rows:
+                out[i] = line
+            try:
+                _, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                break
+            line += text.count("\n", pos, end)
+            pos = end
+        return out
+    index = 0
+    for lineno, line_text in enumerate(text.split("\n"), start=1):
+        if not line_text.strip():
+            continue
+        if index in rows:
+            out[index] = lineno
+        index += 1
+        if index > last:
+            break
+    return out
+
+
 def _format_rows(entries: list[dict[str, Any]], total: int, with_detail: bool = False) -> str:
+    """``e.g. train.jsonl lines 87, 101, 102, ...``: the input file and line of each example where
+    known, else its row of the input (``row 3 of hub dataset ...``), else its row of the step's input."""
     if not entries:
         return ""
-    parts = []
-    for e in entries[: 5 if with_detail else 3]:
+    parts: list[str] = []
+    shown = entries[: 5 if with_detail else 3]
+    last_file = None
+    for e in shown:
         idx = e.get("index")
-        text = f"row {idx}" if idx is not None else "row ?"
-        if e.get("step"):
-            text += f" of {e['step']}"
-        if with_detail and e.get("detail"):
-            text += f": {e['detail']}"
-        parts.append(text)
-    more = ", ..." if total > len(parts) else ""
+        detail = f": {e['detail']}" if with_detail and e.get("detail") else ""
+        if e.get("line") is not None:
+            name = Path(e["input"]).name
+            if name == last_file and not detail:  # same file as the previous example: "lines 87, 101"
+                parts[-1] = parts[-1].replace(f"{name} line ", f"{name} lines ", 1) + f", {e['line']}"
+                continue
+            text = f"{name} line {e['line']}"
+            last_file = None if detail else name
+        else:
+            last_file = None
+            if e.get("input") is not None:
+                where = Path(e["input"]).name if Path(e["input"]).is_absolute() else e["input"]
+                text = f"row {e['row']} of {where}"
+            else:
+                text = f"row {idx}" if idx is not None else "row ?"
+                if e.get("step"):
+                    text += f" of {e['step']}"
+        parts.append(text + detail)
+    more = ", ..." if total > len(shown) else ""
     return ("e.g. " if total > 1 else "") + ", ".join(parts) + more

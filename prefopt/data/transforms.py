@@ -8,7 +8,8 @@ Every transform takes the drop report and records a step (rows in, rows out, dro
 * :func:`pair` — unpaired rows → pairs, grouped by ``prompt_id``; ``one_to_one`` pairs the i-th
   desirable with the i-th undesirable row of the group (so ``pair(unpair(x)) == x``), ``all`` makes
   every desirable × undesirable pair; rows left without a counterpart are dropped (``no_counterpart``);
-* :func:`dedupe` — exact duplicates (same prompt, replies and label) → ``duplicate``;
+* :func:`dedupe` — exact duplicates (same prompt, replies and label) → ``duplicate``; :func:`prepare`
+  runs it on the records as the sources give them, before ``transform`` (see ``_load_all``);
 * :func:`filter_score_margin` — ``score_chosen - score_rejected < min_margin`` → ``below_score_margin``;
 * :func:`split_by_prompt` — a held-out split by prompt group, so no prompt is in both splits;
 * :func:`render_chat_template` — conversational → text with the model's chat template.
@@ -187,9 +188,10 @@ def _content_keys(ds: Dataset) -> list[str]:
     return keys
 
 
-def duplicate_indices(ds: Dataset) -> list[int]:
-    """Indices of rows that repeat an earlier row exactly (prompt, replies, label)."""
-    seen: set[str] = set()
+def duplicate_indices(ds: Dataset, seen: set[str] | None = None) -> list[int]:
+    """Indices of rows that repeat an earlier row exactly (prompt, replies, label). ``seen``: content keys
+    already kept (from earlier sources of the same kind), updated in place."""
+    seen = set() if seen is None else seen
     dups = []
     for i, key in enumerate(_content_keys(ds)):
         if key in seen:
@@ -199,9 +201,10 @@ def duplicate_indices(ds: Dataset) -> list[int]:
     return dups
 
 
-def dedupe(ds: Dataset, report: DropReport) -> Dataset:
-    """Drop exact duplicates (the first occurrence is kept)."""
-    dups = duplicate_indices(ds)
+def dedupe(ds: Dataset, report: DropReport, seen: set[str] | None = None) -> Dataset:
+    """Drop exact duplicates (the first occurrence is kept). ``seen``: content keys of rows kept from
+    earlier sources of the same kind (shared across sources, updated in place)."""
+    dups = duplicate_indices(ds, seen)
     for i in dups:
         report.drop("duplicate", i)
     if dups:
@@ -476,6 +479,11 @@ def _load_all(
     report: DropReport,
 ) -> Dataset:
     parts: list[tuple[str, Dataset]] = []
+    # dedupe compares records as the sources give them (pairs as pairs, unpaired rows as rows), across
+    # sources and before any transform: two pairs that share their correct reply are distinct records,
+    # so `transform: unpair` keeps one desirable and one undesirable row for each (the label balance is
+    # the pairs'), and a duplicated pair loses both of its rows together.
+    seen: dict[str, set[str]] = {}
     for i, src in enumerate(sources):
         loc = f"{where}[{i}] ({src.source})"
         sub = DropReport(loc)
@@ -486,6 +494,8 @@ def _load_all(
                 where=loc,
                 fix="check the path and the source name (`prefopt data sources`); the reasons above say why rows were dropped.",
             )
+        if data_section.dedupe:
+            ds = dedupe(ds, sub, seen.setdefault(data_kind(ds), set()))
         ds = _transform_one(
             ds,
             where=loc,
@@ -504,10 +514,7 @@ def _load_all(
             step["step"] = f"{loc}: {step['step']}"
         report.merge(sub)
         parts.append((loc, ds))
-    ds = _concat(parts)
-    if data_section.dedupe:
-        ds = dedupe(ds, report)
-    return ds
+    return _concat(parts)
 
 
 def prepare(
@@ -520,8 +527,9 @@ def prepare(
 ) -> tuple[Dataset, Dataset | None, DropReport]:
     """The recipe's ``data:`` block → ``(train, eval or None, report)`` in canonical form.
 
-    Per source: read, (``min_score_margin`` on pairs), ``transform``, kind check against the
-    algorithm. Then concatenate, dedupe, shuffle (seeded) and hold out ``eval_fraction`` of the
+    Per source: read, dedupe (against the rows kept so far, records as given), (``min_score_margin`` on
+    pairs), ``transform``, kind check against the algorithm. Then concatenate, shuffle (seeded) and hold
+    out ``eval_fraction`` of the
     prompt groups when no ``eval`` sources are given. ``strict`` turns any drop into an error.
     """
     needed = _kind_for(algorithm_kind)

@@ -28,7 +28,9 @@ on up to ``evaluation.max_prompts`` held-out prompts, ``evaluation.num_samples``
 
 * ``kl_to_reference``: KL(π ‖ π_ref) estimated as the mean over samples y ~ π of log π(y|x) − log π_ref(y|x)
   (nats per sequence, on the exact sampled token ids, EOS included when it was sampled). The reference
-  is the starting model — also for ORPO and SimPO, which train without one;
+  is the starting model — also for ORPO and SimPO, which train without one. ``kl_samples`` names the
+  sample set; ``world`` has a second estimate (``kl_to_reference_world`` in the summary) on the
+  true-reward samples, a different set, so the two differ (:func:`kl_figures` labels both);
 * ``mean_length`` / ``reference_mean_length`` / ``length_ratio``: new tokens before EOS.
 
 ``world`` — when the training data comes from the ground-truth world: the true reward of the policy and
@@ -55,13 +57,16 @@ from prefopt.config.algorithms import get_spec, names_where
 from prefopt.config.recipe import SourceSection, load_recipe
 from prefopt.core.errors import PrefoptError
 from prefopt.core.files import write_json
+from prefopt.core.hashing import dataset_fingerprint
 from prefopt.data.report import DropReport
 from prefopt.data.schema import data_kind
 from prefopt.data.tokenization import tokenize_dataset
 from prefopt.data.transforms import load_source, pair, prepare
+from prefopt.evaluate.kl import kl_figures
 from prefopt.model.generation import sampled_kl_and_length
 from prefopt.model.loading import load_reference, load_trained
 from prefopt.model.logprobs import DEFAULT_BATCH_SIZE, completion_logps, device_of
+from prefopt.training.resume import check_saved_model
 from prefopt.world import evaluate_policy, heldout_pairs, heldout_prompts, task_of
 
 log = logging.getLogger("prefopt")
@@ -217,6 +222,9 @@ def evaluate_models(
     result["sampling"] = _sampling_section(policy, reference, tokenizer, recipe, pairs, task)
     if task is not None:
         result["world"] = _world_section(policy, reference, tokenizer, recipe, task, world_prompts)
+    for fig in kl_figures(result):  # each KL estimate names the samples it was computed on
+        section = result["sampling"] if fig["key"] == "kl_to_reference" else result["world"]
+        section["kl_samples"] = fig["samples"]
     result["summary"] = summary_of(result)
     return result
 
@@ -265,7 +273,7 @@ def _sampling_section(policy, reference, tokenizer, recipe, pairs, task) -> dict
         prompts = heldout_prompts(task, ev.max_prompts, seed)
     if not prompts:
         return None
-    return sampled_kl_and_length(
+    sampling = sampled_kl_and_length(
         policy,
         reference,
         tokenizer,
@@ -276,6 +284,8 @@ def _sampling_section(policy, reference, tokenizer, recipe, pairs, task) -> dict
         seed=seed,
         batch_size=_section(recipe, "batch_size", DEFAULT_BATCH_SIZE),
     )
+    sampling["prompts_from"] = "held-out" if pairs is not None else f"world:{task} test"
+    return sampling
 
 
 def _world_section(policy, reference, tokenizer, recipe, task: str, world_prompts: int | None) -> dict:
@@ -304,6 +314,7 @@ def summary_of(result: dict) -> dict[str, Any]:
         "logp_shift_chosen": pref.get("logp_shift_chosen"),
         "logp_shift_rejected": pref.get("logp_shift_rejected"),
         "kl_to_reference": samp.get("kl_to_reference"),
+        "kl_to_reference_world": (world.get("policy") or {}).get("kl_to_reference"),
         "mean_length": samp.get("mean_length"),
         "reference_mean_length": samp.get("reference_mean_length"),
         "true_reward_sampled": (world.get("policy") or {}).get("reward_sampled"),
@@ -349,18 +360,11 @@ def evaluate_run(
             where="--run",
             fix="train with output.save_model: true (the default), or wait for the run to finish.",
         )
+    check_saved_model(run_dir / "model")  # a damaged weight file: exit 2 naming it, not a traceback
     if data is not None:
         eval_ds, source = load_eval_file(data, recipe.seed), f"--data {data}"
     else:
-        try:
-            eval_ds = recipe_eval_split(recipe)
-        except PrefoptError as err:
-            raise PrefoptError(
-                f"could not rebuild the recipe's eval split ({err}). resolved.yaml keeps data paths as written "
-                "in the recipe, so relative paths are read from the current directory.",
-                where=str(run_dir / "resolved.yaml"),
-                fix="run `prefopt eval` from the recipe's folder, or pass --data FILE.",
-            ) from None
+        eval_ds = run_eval_split(run_dir, recipe)
         source = "recipe eval split" if eval_ds is not None else None
     policy, tokenizer = load_trained(run_dir)
     reference = load_reference(recipe.model, seed=recipe.seed)
@@ -373,13 +377,65 @@ def evaluate_run(
     return result
 
 
+def run_eval_split(run_dir: Path, recipe):
+    """The held-out split of a finished run, rebuilt from the data it trained on — never from other files.
+
+    ``resolved.yaml`` names local data files by absolute path (runs written before that kept the recipe's
+    relative paths, read here from the current directory). The rebuilt training set must have the
+    fingerprint ``manifest.json`` recorded, else the files changed or are other files with the same
+    name, and evaluating on them would be silently wrong: that is an error."""
+    where = str(run_dir / "resolved.yaml")
+    relative = [
+        s.path
+        for s in list(recipe.data.train) + list(recipe.data.eval or [])
+        if s.path and not Path(s.path).expanduser().is_absolute() and (Path.cwd() / s.path).exists()
+    ]
+    if not recipe.data.eval and recipe.data.eval_fraction <= 0:
+        return None
+    try:
+        train_ds, eval_ds, _ = prepare(
+            recipe.data.train, recipe.data.eval, recipe.data, recipe.algorithm, None, recipe.seed
+        )
+    except PrefoptError as err:
+        raise PrefoptError(
+            f"could not rebuild the run's eval split from the data it trained on ({err}).",
+            where=where,
+            fix="put the data files back where resolved.yaml says, or pass --data FILE.",
+        ) from None
+    recorded = _recorded_fingerprint(run_dir)
+    if recorded is not None and dataset_fingerprint(train_ds) != recorded:
+        read = (
+            f"relative paths {relative} read from {Path.cwd()}"
+            if relative
+            else "the files resolved.yaml names"
+        )
+        raise PrefoptError(
+            f"the training data rebuilt from {read} is not what this run trained on (data fingerprint "
+            f"{dataset_fingerprint(train_ds)}, manifest.json recorded {recorded}), so its eval split "
+            "would be other rows.",
+            where=where,
+            fix="run `prefopt eval` from the folder the relative paths were written against (the recipe's), "
+            "restore the files the run used, or pass --data FILE to evaluate on a file of your choice.",
+        )
+    return eval_ds
+
+
+def _recorded_fingerprint(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "manifest.json").read_text()).get("data_fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
 def format_summary(result: dict) -> str:
     """A short table of the headline numbers."""
     rows = []
+    samples = {f["key"]: f["samples"] for f in kl_figures(result)}
     for k, v in (result.get("summary") or summary_of(result)).items():
         if v is None:
             continue
-        rows.append(f"{k:32s} {v:10.4f}" if isinstance(v, float) else f"{k:32s} {v}")
+        row = f"{k:32s} {v:10.4f}" if isinstance(v, float) else f"{k:32s} {v}"
+        rows.append(row + (f"  (on {samples[k]})" if k in samples else ""))
     for note in result.get("notes") or []:
         rows.append(f"note: {note}")
     return "\n".join(rows)

@@ -15,6 +15,7 @@ from typing import Any
 
 from prefopt.config.algorithms import spec_or_none
 from prefopt.core.errors import PrefoptError
+from prefopt.evaluate.kl import kl_figures
 
 # (file, title, y label, [(metric key, legend label)]). Keys are TRL's names, plus kl_proxy (derived
 # here) and the health probe's mean_length / reference_mean_length / kl_sampled.
@@ -234,7 +235,6 @@ def _eval_section(ev: dict) -> list[str]:
         ]
     if samp:
         rows += [
-            ("KL(policy ‖ reference) on samples, nats", samp.get("kl_to_reference"), None),
             (
                 "mean sampled completion length, tokens",
                 samp.get("mean_length"),
@@ -251,6 +251,7 @@ def _eval_section(ev: dict) -> list[str]:
             ),
             ("true reward, greedy", pol.get("reward_greedy"), ref.get("reward_greedy")),
         ]
+    rows += [(f"KL(policy ‖ reference), nats, on {f['samples']}", f["value"], None) for f in kl_figures(ev)]
     if not rows:
         return lines + ["eval.json holds no metrics.", ""]
     lines += ["| metric | policy | reference |", "|---|---:|---:|"]

@@ -20,7 +20,8 @@ def generate(model, ids, mask, max_new_tokens, temperature, gen, eos, pad):
     """Plain sampling loop with a KV cache (deterministic under a torch.Generator)."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    past = out.past_key_values
+    cache_kw = "cache" if hasattr(out, "cache") else "past_key_values"  # transformers ≥ 5.2x: `cache`
+    past = getattr(out, cache_kw)
     logits = out.logits[:, -1].float()
     done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
     tokens = []
@@ -41,10 +42,10 @@ def generate(model, ids, mask, max_new_tokens, temperature, gen, eos, pad):
             input_ids=nxt[:, None],
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=past,
             use_cache=True,
+            **{cache_kw: past},
         )
-        past = out.past_key_values
+        past = getattr(out, cache_kw)
         logits = out.logits[:, -1].float()
     return torch.stack(tokens, dim=1)
 

@@ -194,8 +194,135 @@ def resolve_model_path(name: str, *, revision: str | None = None) -> str:
     return _resolve_pretrained(name, revision=revision, what="model")
 
 
+# ------------------------------------------------------------------------------------------- safety
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
+"""Weight files that torch unpickles (transformers loads them with ``weights_only=True``, which still
+runs the unpickler); prefopt refuses them unless ``model.allow_pickle_weights`` is set."""
+
+
+def _weight_files(directory: Path) -> tuple[list[str], list[str]]:
+    """(safetensors files, pickle-format weight files) directly inside ``directory``."""
+    names = sorted(p.name for p in directory.iterdir() if p.is_file())
+    safe = [n for n in names if n.endswith(".safetensors") or n.endswith(".safetensors.index.json")]
+    pickled = [n for n in names if n.lower().endswith(PICKLE_WEIGHTS) and not n.startswith("training_args")]
+    return safe, pickled
+
+
+def check_weight_files(directory: str | Path, *, allow_pickle: bool, where: str = "model.name") -> None:
+    """Refuse a checkpoint folder whose weights exist only as pickles (or not at all), before loading."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    safe, pickled = _weight_files(directory)
+    if safe or (pickled and allow_pickle):
+        return
+    if pickled:
+        raise PrefoptError(
+            f"{directory} holds its weights only in pickle format ({', '.join(pickled)}); unpickling a file can "
+            "run arbitrary code, so prefopt loads safetensors only.",
+            where=where,
+            fix="convert the checkpoint once where you trust it (`AutoModelForCausalLM.from_pretrained(dir)."
+            "save_pretrained(dir, safe_serialization=True)`), or set model.allow_pickle_weights: true in the "
+            "recipe for a checkpoint you trust.",
+        )
+    if (directory / "config.json").exists() and not (directory / "adapter_config.json").exists():
+        raise PrefoptError(
+            f"{directory} has a config.json but no weights (no *.safetensors file).",
+            where=where,
+            fix="copy the model's .safetensors files next to its config.json (or point model.name elsewhere).",
+        )
+
+
+def _cached_hub_file(name: str, filename: str, revision: str | None) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(name, filename, revision=revision)
+    return found if isinstance(found, str) else None
+
+
+def check_hub_weights(name: str, *, revision: str | None, allow_pickle: bool) -> None:
+    """The same refusal for a hub id whose cached snapshot holds pickle weights but no safetensors."""
+    if allow_pickle:
+        return
+    for f in ("model.safetensors", "model.safetensors.index.json"):
+        if _cached_hub_file(name, f, revision):
+            return
+    pickled = [
+        f
+        for f in ("pytorch_model.bin", "pytorch_model.bin.index.json")
+        if _cached_hub_file(name, f, revision)
+    ]
+    if pickled:
+        raise PrefoptError(
+            f'the cached hub model "{name}" has only pickle-format weights ({", ".join(pickled)}); unpickling a '
+            "file can run arbitrary code, so prefopt loads safetensors only.",
+            where="model.name",
+            fix="use a revision that ships model.safetensors (many repos have a refs/pr/ conversion), or set "
+            "model.allow_pickle_weights: true in the recipe for a checkpoint you trust.",
+        )
+
+
+def _model_config_json(name: str, revision: str | None) -> tuple[dict | None, str]:
+    p = Path(name).expanduser()
+    path = p / "config.json" if p.is_dir() else _cached_hub_file(name, "config.json", revision)
+    if path is None or not Path(path).is_file():
+        return None, name
+    try:
+        return json.loads(Path(path).read_text()), str(path)
+    except (OSError, ValueError):
+        return None, str(path)
+
+
+def check_remote_code(name: str, *, revision: str | None, trust_remote_code: bool) -> None:
+    """A checkpoint whose config.json maps its classes to its own Python files (``auto_map``) for a
+    ``model_type`` transformers does not know needs ``model.trust_remote_code: true``: say so before
+    anything loads instead of transformers' ValueError deep in from_pretrained."""
+    if trust_remote_code:
+        return
+    config, path = _model_config_json(name, revision)
+    if not config or not config.get("auto_map"):
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if model_type in CONFIG_MAPPING_NAMES:
+        log.warning(
+            "%s ships its own model code (auto_map) for model_type %r; with model.trust_remote_code off "
+            "transformers' built-in %s classes are used instead.",
+            name,
+            model_type,
+            model_type,
+        )
+        return
+    files = sorted({str(v).split(".")[0] + ".py" for v in config["auto_map"].values() if isinstance(v, str)})
+    raise PrefoptError(
+        f"{name} is a custom-code model: its config.json ({path}) maps model_type {model_type!r}, which "
+        f"transformers does not know, to Python code shipped with the checkpoint ({', '.join(files)}), and "
+        "model.trust_remote_code is off.",
+        where="model.name",
+        fix="read that code; if you trust it set model.trust_remote_code: true in the recipe (it is then used "
+        "for the policy and the reference model alike).",
+    )
+
+
+def check_model_source(model_cfg) -> None:
+    """The checks run before any weights load: pickle-only weights and custom code without opt-in."""
+    name = model_cfg.name
+    if name.startswith("builtin:"):
+        return
+    if name.startswith("world:"):
+        return  # prefopt builds and saves that checkpoint itself (safetensors)
+    allow = getattr(model_cfg, "allow_pickle_weights", False)
+    check_remote_code(name, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+    if Path(name).expanduser().is_dir():
+        check_weight_files(Path(name).expanduser(), allow_pickle=allow)
+    else:
+        check_hub_weights(name, revision=model_cfg.revision, allow_pickle=allow)
+
+
 def tokenizer_for(model_cfg):
     """The tokenizer a recipe's ``model:`` section describes (cheap: no weights are read)."""
+    check_model_source(model_cfg)
     return load_tokenizer(
         model_cfg.tokenizer or model_cfg.name,
         revision=model_cfg.revision,
@@ -213,6 +340,7 @@ def load_model(model_cfg, *, seed: int, for_training: bool = True, tokenizer=Non
     """
     name = model_cfg.name
     dtype = DTYPES.get(model_cfg.dtype, "auto")
+    check_model_source(model_cfg)
     if tokenizer is None:
         tokenizer = tokenizer_for(model_cfg)
     if model_cfg.trust_remote_code:
@@ -284,7 +412,8 @@ def _from_pretrained(path: str, model_cfg, dtype):
         "revision": model_cfg.revision,
         "trust_remote_code": model_cfg.trust_remote_code,
         "dtype": dtype,
-        "use_safetensors": None,
+        # safetensors only, unless the recipe opted into pickle weights (check_model_source said why)
+        "use_safetensors": None if getattr(model_cfg, "allow_pickle_weights", False) else True,
     }
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
@@ -331,6 +460,7 @@ def load_trained(run_or_model_dir: str | Path, *, merge: bool = False):
     d = Path(run_or_model_dir)
     if (d / "model").is_dir():
         d = d / "model"
+    check_weight_files(d, allow_pickle=False, where=str(d))
     if (d / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 

@@ -4,7 +4,6 @@ hardware), metrics.jsonl. Written by rank 0 only."""
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -79,12 +78,3 @@ def hardware() -> dict[str, Any]:
     if torch.cuda.is_available():
         hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return hw
-
-
-def dataset_fingerprint(ds) -> str:
-    """Content hash of a dataset (order-sensitive), independent of where it was loaded from."""
-    h = hashlib.sha256()
-    for col in sorted(ds.column_names):
-        h.update(col.encode())
-        h.update(json.dumps(ds[col], sort_keys=True, default=str).encode())
-    return h.hexdigest()[:20]

@@ -1,6 +1,6 @@
 """The training pipeline behind ``prefopt train`` and ``scripts/train.py`` (one code path).
 
-recipe → run dir (resolved.yaml) → canonical data (+ drop report) → prefopt tokenisation →
+recipe → run dir (locked, identity checked, resolved.yaml; :mod:`prefopt.pipeline.rundir`) → canonical data (+ drop report) → prefopt tokenisation →
 model (+ LoRA/4-bit) → adapter → TRL trainer → :func:`prefopt.training.fit.fit` → model in
 safetensors, metrics.jsonl, manifest.json → evaluation (eval.json) → report.md. Each arrow is one
 function below (:func:`open_run_dir`, :func:`load_run_data`, :func:`fit_recipe`, :func:`run_summary`,
@@ -11,26 +11,29 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prefopt.config.recipe import Recipe, dump_resolved
-from prefopt.core.runtime import is_main_process, world_size
+from prefopt.core.hashing import dataset_fingerprint
+from prefopt.core.runtime import is_main_process, wait_for_everyone, world_size
 from prefopt.data.tokenized import prepare_data
 from prefopt.evaluate.metrics import evaluate_models
 from prefopt.evaluate.report import write_report
 from prefopt.model.loading import load_model, load_reference, tokenizer_for
-from prefopt.pipeline import manifest
+from prefopt.pipeline import manifest, rundir
+from prefopt.training import distinfo, refcache
 from prefopt.training.algorithms import get_adapter
-from prefopt.training.build import build_trainer, save_model
+from prefopt.training.build import build_trainer, save_model, settle_on_data
 from prefopt.training.callbacks import MetricsJsonlCallback
 from prefopt.training.fit import FitResult, fit
-from prefopt.training.health import HealthCallback, probe_prompts_for
+from prefopt.training.health import HealthCallback, completion_lengths, probe_prompts_for
 from prefopt.training.plan import resolve_batch
 from prefopt.training.resilience import last_complete_checkpoint, remove_incomplete_checkpoints
+from prefopt.training.resume import LossLedger, choose_checkpoint
 
 log = logging.getLogger("prefopt")
 
@@ -41,6 +44,7 @@ class RunDir:
 
     path: Path
     main: bool
+    identity: dict[str, Any] = field(default_factory=dict)  # run identity (recipe + data fingerprint)
 
     @property
     def checkpoints(self) -> Path:
@@ -56,6 +60,9 @@ class RunData:
     train_ds: Any
     eval_ds: Any
     report: Any
+    fingerprint: str = ""
+    settings: dict[str, Any] | None = None  # what the algorithm settled from the rows (KTO's weights)
+    recipe: Any = None  # the recipe with those settings filled in
 
 
 def train(
@@ -65,19 +72,31 @@ def train(
 
     A non-finite loss raises :class:`~prefopt.core.errors.NonFiniteError` (exit 3) and a signal
     :class:`~prefopt.core.errors.TrainingInterrupted`, after manifest.json records the run as failed /
-    interrupted (:func:`prefopt.training.fit.fit`)."""
+    interrupted (:func:`prefopt.training.fit.fit`).
+
+    The run directory is locked for the whole run and checked first (:mod:`prefopt.pipeline.rundir`)."""
+    path = rundir.run_dir_for(recipe, output_dir, base=Path.cwd())
+    where = "--output-dir" if output_dir else "output.dir"
+    with rundir.session(path, main=is_main_process(), where=where):
+        return _train(recipe, path, overwrite=overwrite, resume=resume)
+
+
+def _train(recipe: Recipe, path: Path, *, overwrite: bool, resume: bool) -> dict:
     t0 = time.time()
     adapter = get_adapter(recipe.algorithm)
-    run = open_run_dir(recipe, output_dir, overwrite=overwrite, resume=resume)
+    distinfo.check_launch(recipe)  # exit 2 when the process state lacks the launcher's mode (FSDP on CPU)
+    run = open_run_dir(recipe, path, overwrite=overwrite, resume=resume)
     training = resolve_batch(recipe)
-    # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
-    # zero3.yaml) can shard the weights while they load.
-    config = adapter.trl_config(recipe, output_dir=str(run.checkpoints), training=training)
     # data before weights: a malformed dataset fails in seconds, not after loading a 7B model
     tokenizer = tokenizer_for(recipe.model)
     data = load_run_data(recipe, tokenizer, run)
+    recipe = data.recipe
+    resume_from = _resume_point(run.checkpoints, resume, run.identity)  # before the weights: disk checks only
+    # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
+    # zero3.yaml) can shard the weights while they load.
+    config = adapter.trl_config(recipe, output_dir=str(run.checkpoints), training=training)
     model, tokenizer = load_model(recipe.model, seed=recipe.seed, tokenizer=tokenizer)
-    result = fit_recipe(recipe, run, data, model, tokenizer, config, resume=resume)
+    result = fit_recipe(recipe, run, data, model, tokenizer, config, resume_from=resume_from)
     if not result.finished:
         record_unfinished(run, result)
         result.raise_for_status()
@@ -90,43 +109,48 @@ def train(
     return summary
 
 
-def open_run_dir(recipe: Recipe, output_dir: str | None, *, overwrite: bool, resume: bool) -> RunDir:
-    """The run directory (``--output-dir``, else ``output.dir`` resolved), prepared by rank 0, with
-    resolved.yaml written into it."""
-    path = (
-        Path(output_dir)
-        if output_dir
-        else manifest.resolve_run_dir(
-            recipe.output.dir, algorithm=recipe.algorithm, seed=recipe.seed, base=Path.cwd()
-        )
-    )
+def open_run_dir(recipe: Recipe, path: Path, *, overwrite: bool, resume: bool) -> RunDir:
+    """The run directory (``--output-dir``, else ``output.dir`` resolved; :func:`rundir.run_dir_for`),
+    prepared by rank 0 (:func:`rundir.prepare`: the run identity checked against what is there,
+    ``--overwrite`` empties it), with resolved.yaml written into it."""
     run = RunDir(path, is_main_process())
     if run.main:
-        manifest.prepare_run_dir(path, overwrite=overwrite or recipe.output.overwrite, resume=resume)
+        refcache.check_cache_dir(recipe)
+        run.identity = rundir.prepare(
+            path, recipe, overwrite=overwrite or recipe.output.overwrite, resume=resume
+        )
         (path / "resolved.yaml").write_text(dump_resolved(recipe))
     return run
 
 
 def load_run_data(recipe: Recipe, tokenizer, run: RunDir) -> RunData:
-    """Canonical and tokenised data, the drop report saved (data_report.json) and printed, the
-    algorithm's checks of the training rows."""
+    """Canonical and tokenised data, checked against the run's recorded data, the drop report saved
+    (data_report.json) and printed, the algorithm's settings from the training rows (KTO's weights)."""
     train_tok, eval_tok, train_ds, eval_ds, report = prepare_data(recipe, tokenizer)
+    fingerprint = dataset_fingerprint(train_ds)
     if run.main:
+        rundir.check_data(run.path, fingerprint, run.identity)
+        run.identity["data_fingerprint"] = fingerprint
+        rundir.record_identity(run.path, {k: run.identity[k] for k in ("sha256", "parts")}, fingerprint)
         report.save(run.path / "data_report.json")
         print(report.summary())
-    get_adapter(recipe.algorithm).check_data(recipe, train_ds, log)
-    return RunData(train_tok, eval_tok, train_ds, eval_ds, report)
+    settled, settings = settle_on_data(recipe, train_ds)
+    return RunData(train_tok, eval_tok, train_ds, eval_ds, report, fingerprint, settings, settled)
 
 
 def fit_recipe(
-    recipe: Recipe, run: RunDir, data: RunData, model, tokenizer, config, *, resume: bool
+    recipe: Recipe, run: RunDir, data: RunData, model, tokenizer, config, *, resume_from: Path | None
 ) -> FitResult:
     """The trainer with prefopt's callbacks (metrics.jsonl, health), trained by :func:`fit` with
-    checkpoints, resume and signal handling."""
-    resume_from = _resume_point(run.checkpoints, resume)
+    checkpoints (identity and loss so far in each marker), resume and signal handling."""
+    ledger = LossLedger(run.identity)
+    ledger.resume_from(resume_from)
     metrics = MetricsJsonlCallback(run.path / "metrics.jsonl")
     health = HealthCallback.from_recipe(
-        recipe, metrics.write, probe_prompts=probe_prompts_for(recipe, data.eval_ds, data.train_ds)
+        recipe,
+        metrics.write,
+        probe_prompts=probe_prompts_for(recipe, data.eval_ds, data.train_ds),
+        completion_lengths=completion_lengths(data.train_tok),
     )
     trainer = build_trainer(
         recipe,
@@ -139,13 +163,17 @@ def fit_recipe(
         config=config,
     )
     health.attach(trainer)
-    return fit(
+    ledger.attach(trainer)
+    result = fit(
         trainer,
         checkpoints=run.checkpoints,
         resume_from=resume_from,
         handle_signals=True,
         metrics_writer=metrics.write,
+        marker_extra=ledger.marker_fields,
     )
+    result.train_loss = ledger.train_loss(result.global_step, result.output)  # over the whole run
+    return result
 
 
 def record_unfinished(run: RunDir, result: FitResult) -> None:
@@ -178,7 +206,7 @@ def run_summary(
         "global_step": result.global_step,
         "train_loss": result.train_loss,
         "train_runtime_s": round(seconds, 2),
-        "data_fingerprint": manifest.dataset_fingerprint(data.train_ds),
+        "data_fingerprint": data.fingerprint,
         "data": {
             "train_rows": len(data.train_tok),
             "eval_rows": len(data.eval_tok) if data.eval_tok is not None else 0,
@@ -192,6 +220,9 @@ def run_summary(
             k: training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps")
         },
     }
+    if data.settings:
+        summary["data_settings"] = data.settings  # e.g. KTO's weights and the label counts behind them
+    summary["distributed"] = distinfo.describe(result.trainer, adapter.uses_reference)  # engine, reference
     events = getattr(result.trainer, "reference_cache_events", None)
     if events:
         summary["reference_cache"] = events  # hit/miss, key and seconds for each dataset
@@ -213,15 +244,17 @@ def finish_run(
         log.warning("could not write the report: %s", exc)
 
 
-def _resume_point(ckpt_dir: Path, resume: bool) -> Path | None:
-    """The last complete checkpoint to resume from, or None. Re-running the same command into the same
-    output dir resumes too (the run is unfinished and has a checkpoint); incomplete checkpoints (a kill
-    while saving) are removed first."""
-
+def _resume_point(ckpt_dir: Path, resume: bool, identity: dict | None = None) -> Path | None:
+    """The last complete, intact checkpoint to resume from, or None. Re-running the same command into
+    the same output dir resumes too (the run is unfinished and has a checkpoint); incomplete
+    checkpoints (a kill while saving) are removed first, damaged ones moved aside
+    (:func:`prefopt.training.resume.choose_checkpoint`)."""
     if is_main_process():
         removed = remove_incomplete_checkpoints(ckpt_dir)
         if removed:
             log.warning("removed incomplete checkpoint(s) %s (interrupted while saving)", ", ".join(removed))
+        choose_checkpoint(ckpt_dir, identity)
+    wait_for_everyone()
     last = last_complete_checkpoint(ckpt_dir)
     if resume and last is None:
         log.warning("--resume: no complete checkpoint in %s; starting from the beginning", ckpt_dir)

@@ -56,6 +56,9 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Sampler
 
+from prefopt.core.errors import PrefoptError
+from prefopt.training.prefix_sharing import install_prefix_sharing, resolve_setting
+
 log = logging.getLogger("prefopt")
 
 MEGA_BATCH_MULT = 50
@@ -310,15 +313,59 @@ class LengthGroupingMixin:
     also turns it on under the default ``random`` (for API users); ``sequential`` and ``batch_rebalance``
     are respected.
     ``split_forward``: None → on, except under DeepSpeed/FSDP (multi-call forwards not validated there).
+
+    ``prefix_sharing`` (``training.prefix_sharing``: ``"auto"`` default, ``True``, ``False``; paired trainers
+    only): each pair's prompt computed once (:mod:`prefopt.training.prefix_sharing`) — on under ``auto`` where
+    exactness is proven for the architecture; it replaces the split forward (it packs, so it also removes
+    the padding).
     """
 
+    _prefopt_paired = False  # set by the paired trainers (DPO/IPO, ORPO, CPO/SimPO)
+
     def __init__(
-        self, *args, length_grouping: bool | None = None, split_forward: bool | None = None, **kwargs
+        self,
+        *args,
+        length_grouping: bool | None = None,
+        split_forward: bool | None = None,
+        prefix_sharing: bool | str = "auto",
+        **kwargs,
     ):
         self._prefopt_length_grouping = length_grouping
         self._prefopt_split = split_forward
+        self._prefopt_prefix_setting = prefix_sharing
+        self._prefopt_prefix: tuple[bool, str] | None = None
+        self._prefopt_prefix_stats: dict = {}
         super().__init__(*args, **kwargs)
         self._ensure_split_forward()
+
+    # -- prefix sharing
+    def _prefix_enabled(self) -> bool:
+        if self._prefopt_prefix is None:
+            setting = self._prefopt_prefix_setting
+            if not self._prefopt_paired:
+                if setting is True:
+                    raise PrefoptError(
+                        "training.prefix_sharing: true, but prefix sharing shares a pair's prompt between its "
+                        "chosen and rejected replies, and this algorithm trains on unpaired rows.",
+                        where="training.prefix_sharing",
+                        fix="remove training.prefix_sharing (auto), or use a paired algorithm.",
+                    )
+                self._prefopt_prefix = (False, "off: unpaired data")
+                return False
+            model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+            sharded = bool(
+                getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False)
+            )
+            try:
+                self._prefopt_prefix = resolve_setting(setting, model.config, sharded=sharded)
+            except ValueError as exc:
+                raise PrefoptError(
+                    f"training.prefix_sharing: true, but prefix sharing is not proven exact for this model: {exc}.",
+                    where="training.prefix_sharing",
+                    fix="remove training.prefix_sharing (auto: on only where it is exact) or set it to false.",
+                ) from None
+            log.info("prefix sharing %s", self._prefopt_prefix[1])
+        return self._prefopt_prefix[0]
 
     # -- split forward
     def _split_enabled(self) -> bool:
@@ -327,7 +374,10 @@ class LengthGroupingMixin:
         return not (getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False))
 
     def _ensure_split_forward(self) -> None:
-        if not hasattr(self, "_prefopt_split") or not self._split_enabled():
+        if not hasattr(self, "_prefopt_split"):
+            return
+        prefix = self._prefix_enabled()
+        if not prefix and not self._split_enabled():
             return
         from accelerate.utils import is_peft_model
 
@@ -336,7 +386,12 @@ class LengthGroupingMixin:
                 continue
             m = self.accelerator.unwrap_model(m) if hasattr(self, "accelerator") else m
             # the object TRL's add_fused_lm_head patched (the wrapper passes other calls through)
-            install_split_forward(m.get_base_model() if is_peft_model(m) else m)
+            target = m.get_base_model() if is_peft_model(m) else m
+            if prefix:
+                policy = m is self.accelerator.unwrap_model(self.model)
+                install_prefix_sharing(target, self._prefopt_prefix_stats if policy else None)
+            else:
+                install_split_forward(target)
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         self._ensure_split_forward()  # TRL precomputes inside __init__, after patching the LM head
@@ -378,21 +433,36 @@ class LengthGroupingMixin:
 
     # -- metrics
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training and isinstance(inputs, dict):
-            self._log_padding(inputs)
-        return super().compute_loss(
+        prefix = self._prefix_enabled()
+        self._prefopt_prefix_stats.clear()
+        out = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+        if model.training and isinstance(inputs, dict):
+            self._log_padding(inputs, self._prefopt_prefix_stats if prefix else None)
+        return out
 
-    def _log_padding(self, inputs) -> None:
+    def _log_padding(self, inputs, prefix_stats: dict | None = None) -> None:
         real, layout, processed = batch_token_slots(inputs, split=self._split_enabled())
         if layout == 0:
             return
-        t = torch.tensor([real, layout, processed], dtype=torch.float64, device=self.accelerator.device)
+        shared = 0
+        if prefix_stats and prefix_stats.get("calls"):  # the policy forward ran packed
+            # per forward (a PEFT reference pass runs through the same wrapped model on the same batch)
+            calls = prefix_stats["calls"]
+            shared, processed = prefix_stats["shared_tokens"] / calls, prefix_stats["packed_slots"] / calls
+        t = torch.tensor(
+            [real, layout, processed, shared], dtype=torch.float64, device=self.accelerator.device
+        )
         if self.accelerator.num_processes > 1:
             t = self.accelerator.gather(t.unsqueeze(0)).sum(dim=0)
-        real, layout, processed = (float(x) for x in t.tolist())
-        values = {"padding/fraction": 1.0 - real / processed, "padding/fraction_layout": 1.0 - real / layout}
+        real, layout, processed, shared = (float(x) for x in t.tolist())
+        values = {
+            "padding/fraction": 1.0 - (real - shared) / processed,
+            "padding/fraction_layout": 1.0 - real / layout,
+        }
+        if prefix_stats is not None:
+            values["prefix_sharing/shared_fraction"] = shared / real  # prompt tokens computed once, not twice
         if hasattr(self, "_metrics") and isinstance(self._metrics, dict) and "train" in self._metrics:
             for k, v in values.items():
                 self._metrics["train"][k].append(v)

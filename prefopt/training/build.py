@@ -4,6 +4,7 @@ reference (an in-memory copy for builtin models, the reference cache when enable
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -12,8 +13,11 @@ from typing import Any
 from peft import PeftModel
 
 from prefopt.config.recipe import Recipe
+from prefopt.core.runtime import is_main_process
 from prefopt.training import refcache
 from prefopt.training.algorithms import get_adapter
+
+log = logging.getLogger("prefopt")
 
 
 def trainer_columns(ds, kind: str):
@@ -40,6 +44,8 @@ def build_trainer(
     """Adapter → TRL config → prefopt trainer subclass. Nothing else."""
     adapter = get_adapter(recipe.algorithm)
     if config is None:
+        if adapter.depends_on_data(recipe):  # API callers that did not settle: the tokenised rows will do
+            recipe, _ = settle_on_data(recipe, train_tok)
         config = adapter.trl_config(recipe, output_dir=output_dir, training=training)
     cls = adapter.trainer_class(recipe)
     kwargs: dict[str, Any] = {
@@ -49,6 +55,7 @@ def build_trainer(
         "eval_dataset": trainer_columns(eval_tok, adapter.data_kind) if eval_tok is not None else None,
         "processing_class": tokenizer,
         "callbacks": callbacks or [],
+        "prefix_sharing": recipe.training.get("prefix_sharing", "auto"),
     }
     cache_kwargs = refcache.trainer_kwargs(recipe)
     if cache_kwargs:
@@ -70,6 +77,19 @@ def build_trainer(
         kwargs["ref_model"] = ref
     kwargs.update(adapter.trainer_kwargs(recipe))
     return cls(**kwargs)
+
+
+def settle_on_data(recipe: Recipe, train_ds) -> tuple[Recipe, dict[str, Any] | None]:
+    """The adapter's data-dependent settings (KTO's weights from the label counts), said once: the
+    decision is logged, a weight outside the paper's rule is a warning."""
+    recipe, info = get_adapter(recipe.algorithm).settle_on_data(recipe, train_ds)
+    if info and is_main_process():
+        if info.get("warning"):
+            log.warning(info["warning"])
+        else:
+            detail = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("warning", "source"))
+            log.info("%s settings from the training data (%s): %s", recipe.algorithm, info["source"], detail)
+    return recipe, info
 
 
 def save_model(trainer, tokenizer, path: Path) -> None:

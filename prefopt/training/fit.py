@@ -13,8 +13,12 @@ so they share one policy for what can go wrong:
   stops; ``status`` is ``interrupted`` and ``raise_for_status`` raises
   :class:`~prefopt.core.errors.TrainingInterrupted` (exit 128 + signal).
 * **Checkpoints** (``checkpoints=`` the trainer's output dir): each one gets its completion marker
-  (:class:`~prefopt.training.resilience.CheckpointMarkerCallback`), and ``FitResult.checkpoint`` is the
+  (:class:`~prefopt.training.resilience.CheckpointMarkerCallback`; ``marker_extra`` adds the run identity
+  and the loss so far, :class:`~prefopt.training.resume.LossLedger`), and ``FitResult.checkpoint`` is the
   last complete one.
+* **A checkpoint that completes the training** (resumed after a kill during the final save or the
+  evaluation): its weights and state are restored and no step runs
+  (:func:`~prefopt.training.resume.run_training`); ``FitResult.output`` is then None.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from prefopt.training.resilience import (
     SignalCallback,
     last_complete_checkpoint,
 )
+from prefopt.training.resume import run_training
 
 
 @dataclass
@@ -46,6 +51,7 @@ class FitResult:
     nonfinite: tuple[int, str, Any] | None = None  # (step, term, value) when the guard stopped training
     signal: int | None = None  # the signal that interrupted it
     checkpoint: Path | None = None  # the last complete checkpoint, when checkpoints were kept
+    output: Any = None  # the trainer's TrainOutput (None when the checkpoint had completed the training)
 
     @property
     def finished(self) -> bool:
@@ -90,17 +96,18 @@ def fit(
     resume_from: Path | None = None,
     handle_signals: bool = False,
     metrics_writer: Callable[[dict], None] | None = None,
+    marker_extra: Callable[[], dict[str, Any]] | None = None,
 ) -> FitResult:
     """Train ``trainer`` (any transformers/TRL trainer) under prefopt's lifecycle and return the result.
 
     ``checkpoints`` is the directory the trainer saves checkpoints in (marked complete as they are
     written); ``resume_from`` a complete checkpoint to continue from; ``handle_signals`` turns
     SIGTERM/SIGINT into a clean save-and-stop; ``metrics_writer`` (``MetricsJsonlCallback.write``)
-    receives the ``nonfinite`` event. Never raises for a non-finite loss: see :meth:`FitResult.raise_for_status`.
+    receives the ``nonfinite`` event; ``marker_extra()`` adds fields to each checkpoint's marker. Never raises for a non-finite loss: see :meth:`FitResult.raise_for_status`.
     """
     guard = NonFiniteGuard()
     if checkpoints is not None:
-        trainer.add_callback(CheckpointMarkerCallback())
+        trainer.add_callback(CheckpointMarkerCallback(extra=marker_extra))
     signals = SignalCallback() if handle_signals else None
     if signals is not None:
         trainer.add_callback(signals)
@@ -108,7 +115,7 @@ def fit(
     trainer.add_callback(guard)
     t0 = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        result = run_training(trainer, resume_from)  # None: the checkpoint had completed the training
     finally:
         if signals is not None:
             signals.uninstall()
@@ -121,6 +128,7 @@ def fit(
         train_loss=getattr(result, "training_loss", None),
         train_s=train_s,
         checkpoint=last,
+        output=result,
     )
     if guard.tripped is not None:
         out.status, out.nonfinite = "failed", guard.tripped

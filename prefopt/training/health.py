@@ -12,11 +12,16 @@ Warnings (thresholds from the recipe's ``health:`` section):
 
 ``margin_stuck``   |rewards/margins| < ``margin_stuck_abs`` for ``margin_stuck_steps`` consecutive logs
                    while the loss fell over those logs.
-``logp_collapse``  logps/chosen and logps/rejected both below their first-logged values by more than
-                   ``-logp_collapse`` nats/sequence (DPO/IPO/KTO log summed log-probs) or
-                   ``-logp_collapse_per_token`` nats/token (ORPO/SimPO log per-token averages).
-``overfit``        train loss < ``overfit_loss``, or rewards/accuracies = 1.0 for ``overfit_accuracy_steps``
-                   consecutive logs.
+``logp_collapse``  chosen and rejected log-probs both fallen by more than ``-logp_collapse_per_token``
+                   nats per token. DPO/IPO/KTO: against the reference, from TRL's rewards (β · summed
+                   log-ratio) divided by β and by the training data's mean chosen / rejected reply length
+                   in tokens, so a 3-token reply that lost 2 nats counts as much as a 300-token reply that
+                   lost 200. ORPO/SimPO (no reference; TRL logs per-token averages): against their first
+                   logged values. ``logp_collapse`` adds an optional bound in nats per sequence.
+``overfit``        needs evidence: an eval split evaluated during training. At an evaluation, the eval
+                   loss has risen more than ``overfit_eval_rise`` (relative) above its best while the
+                   train loss has kept falling since that best evaluation. Without an eval split it never
+                   fires (a train loss near zero alone says nothing about generalisation).
 ``kl_high``        KL(policy ‖ reference) > ``kl_max`` (only when set). KTO: TRL's logged ``kl``. DPO/IPO:
                    the proxy |rewards/chosen + rewards/rejected| / (2β) — the mean log-ratio
                    log π/π_ref of the training completions, nats/sequence (TRL's rewards are β·log-ratio).
@@ -64,9 +69,9 @@ ADVICE = {
         "raise β, try IPO, or add an NLL term on chosen (ORPO / cpo_alpha)."
     ),
     "overfit": (
-        "the training loss is near zero or the reward accuracy is pinned at 1.0: the policy separates the "
-        "training pairs perfectly and the implicit reward keeps growing without bound. Use IPO (its loss has "
-        "a finite optimum) or a larger β, fewer epochs or a lower learning rate; check eval accuracy."
+        "the held-out loss is rising while the training loss keeps falling: the policy is fitting the training "
+        "pairs, not the preference. Stop at the best evaluation (load_best_model_at_end), train fewer epochs or "
+        "at a lower learning rate, use a larger β, or IPO (its loss has a finite optimum)."
     ),
     "kl_high": (
         "the policy has drifted far from the reference. Raise β (DPO/IPO/KTO), lower the learning rate or "
@@ -87,10 +92,9 @@ ADVICE = {
 FIELD_DEFAULTS: dict[str, Any] = {
     "margin_stuck_abs": 0.01,
     "margin_stuck_steps": 10,
-    "logp_collapse": -5.0,
-    "logp_collapse_per_token": -1.0,
-    "overfit_loss": 0.05,
-    "overfit_accuracy_steps": 10,
+    "logp_collapse_per_token": -0.5,
+    "logp_collapse": None,
+    "overfit_eval_rise": 0.1,
     "kl_max": None,
     "length_drift": 0.5,
     "stop_on": ["nonfinite"],
@@ -138,6 +142,25 @@ def has_rewards_kl_proxy(algorithm: str) -> bool:
     return spec is not None and spec.rewards_kl_proxy
 
 
+def completion_lengths(train_tok) -> tuple[float, float] | None:
+    """Mean reply length in tokens of the tokenised training rows: (chosen, rejected) for pairs,
+    (desirable, undesirable) for unpaired rows — the lengths TRL's summed log-probs run over."""
+    if train_tok is None or not len(train_tok):
+        return None
+    cols = train_tok.column_names
+    if "chosen_ids" in cols and "rejected_ids" in cols:
+        c = [len(x) for x in train_tok["chosen_ids"]]
+        r = [len(x) for x in train_tok["rejected_ids"]]
+    elif "completion_ids" in cols and "label" in cols:
+        c, r = [], []
+        for ids, label in zip(train_tok["completion_ids"], train_tok["label"]):
+            (c if label else r).append(len(ids))
+    else:
+        return None
+    mean = lambda xs: sum(xs) / len(xs) if xs else 1.0  # noqa: E731
+    return mean(c), mean(r)
+
+
 def probe_prompts_for(recipe, eval_ds=None, train_ds=None, n: int | None = None) -> list[Any]:
     """Up to ``n`` distinct prompts for the probe: the held-out split, else the world's test prompts,
     else the first training prompts."""
@@ -169,8 +192,10 @@ class HealthCallback(TrainerCallback):
     ``health_section`` is the recipe's :class:`prefopt.config.recipe.HealthSection` (fields it lacks take the
     defaults in :data:`FIELD_DEFAULTS`; keyword arguments override both), ``algorithm`` the recipe's
     algorithm, ``metrics_writer`` a function taking one record dict (``MetricsJsonlCallback.write``).
-    ``beta`` (β, τ for IPO) is needed for the DPO/IPO KL proxy; the probe needs ``tokenizer`` (or the
-    trainer's ``processing_class``) and ``probe_prompts``.
+    ``beta`` (β, τ for IPO) is needed for the DPO/IPO KL proxy and the log-ratio collapse check;
+    ``completion_lengths`` (mean chosen/desirable and rejected/undesirable reply lengths in tokens, from the
+    training data: :func:`completion_lengths`) turns summed log-ratios into nats per token; the probe
+    needs ``tokenizer`` (or the trainer's ``processing_class``) and ``probe_prompts``.
     """
 
     def __init__(
@@ -184,6 +209,7 @@ class HealthCallback(TrainerCallback):
         tokenizer=None,
         reference_model=None,
         seed: int = 0,
+        completion_lengths: tuple[float, float] | None = None,
         **overrides,
     ):
         unknown = set(overrides) - set(FIELD_DEFAULTS)
@@ -201,11 +227,13 @@ class HealthCallback(TrainerCallback):
         self.tokenizer = tokenizer
         self.reference_model = reference_model
         self.seed = seed
+        self.completion_lengths = completion_lengths
         self.fired: list[dict] = []  # every emitted warning record (also for tests and summaries)
         self._active: dict[str, bool] = {}
         self._margin_streak: list[tuple[float, float | None]] = []
-        self._acc_streak = 0
         self._first_logps: tuple[float, float] | None = None
+        self._train_losses: list[float] = []  # recent train losses (for the overfit check)
+        self._best_eval: tuple[float, float | None] | None = None  # (eval loss, train loss then)
         self._last_probe_step: int | None = None
         self._ref_length: float | None = None
         self._probe_kl: float | None = None
@@ -280,8 +308,8 @@ class HealthCallback(TrainerCallback):
             return  # the end-of-training summary (train_loss, train_runtime, ...)
         loss = _num(logs.get("loss"))
         margin = _num(logs.get("rewards/margins"))
-        acc = _num(logs.get("rewards/accuracies"))
         lc, lr = _num(logs.get("logps/chosen")), _num(logs.get("logps/rejected"))
+        rc, rr = _num(logs.get("rewards/chosen")), _num(logs.get("rewards/rejected"))
 
         probe = None
         if self._probe_enabled() and model is not None and self._probe_due(state.global_step):
@@ -292,8 +320,9 @@ class HealthCallback(TrainerCallback):
         if loss is not None and not math.isfinite(loss):
             return  # the other checks are meaningless on NaN numbers
         self._check_margin(margin, loss, state, control)
-        self._check_logps(lc, lr, state, control)
-        self._check_overfit(loss, acc, state, control)
+        self._check_logps(lc, lr, rc, rr, state, control)
+        if loss is not None:
+            self._train_losses = [*self._train_losses[-4:], loss]
         if self.cfg["kl_max"] is not None and kl is not None and math.isfinite(kl):
             self._episode(
                 "kl_high",
@@ -371,60 +400,83 @@ class HealthCallback(TrainerCallback):
             f"{len(self._margin_streak)} logs while the loss fell {first_loss:.4f} → {last_loss:.4f}.",
         )
 
-    def _check_logps(self, lc, lr, state, control):
+    def _logp_shifts(self, lc, lr, rc, rr) -> tuple[float, float, str] | None:
+        """(chosen shift, rejected shift, against what), nats per token, or None without information."""
+        lens = self.completion_lengths
+        summed = self.algorithm not in AVERAGED_LOGPS
+        if summed and lens is None:
+            return None  # summed log-probs and no reply lengths: no per-token figure to judge
+        if summed and self.beta and rc is not None and rr is not None:
+            if not (math.isfinite(rc) and math.isfinite(rr)):
+                return None
+            return rc / self.beta / max(lens[0], 1.0), rr / self.beta / max(lens[1], 1.0), "reference"
         if lc is None or lr is None or not (math.isfinite(lc) and math.isfinite(lr)):
-            return
+            return None
         if self._first_logps is None:
             self._first_logps = (lc, lr)
-            return
-        per_token = self.algorithm in AVERAGED_LOGPS
-        thr = self.cfg["logp_collapse_per_token"] if per_token else self.cfg["logp_collapse"]
+            return None
         dc, dr = lc - self._first_logps[0], lr - self._first_logps[1]
-        unit = "nats/token" if per_token else "nats/sequence"
+        if summed:  # summed log-probs without rewards: per token by the reply lengths
+            dc, dr = dc / max(lens[0], 1.0), dr / max(lens[1], 1.0)
+        return dc, dr, "first log"
+
+    def _check_logps(self, lc, lr, rc, rr, state, control):
+        shifts = self._logp_shifts(lc, lr, rc, rr)
+        if shifts is None:
+            return
+        dc, dr, against = shifts
+        thr = self.cfg["logp_collapse_per_token"]
+        collapsed = dc < thr and dr < thr
+        seq = self.cfg.get("logp_collapse")
+        lens = self.completion_lengths
+        if seq is not None and lens and not collapsed:
+            collapsed = dc * lens[0] < seq and dr * lens[1] < seq
         self._episode(
             "logp_collapse",
-            dc < thr and dr < thr,
+            collapsed,
             state,
             control,
             {
+                "shift_chosen_per_token": dc,
+                "shift_rejected_per_token": dr,
+                "against": against,
+                "mean_reply_tokens": list(lens) if lens else None,
                 "logp_chosen": lc,
                 "logp_rejected": lr,
-                "logp_chosen_first": self._first_logps[0],
-                "logp_rejected_first": self._first_logps[1],
-                "shift_chosen": dc,
-                "shift_rejected": dr,
-                "threshold": thr,
-                "unit": unit,
+                "threshold_per_token": thr,
             },
-            f"chosen log-prob moved {dc:+.2f} and rejected {dr:+.2f} {unit} since the first log "
+            f"chosen log-prob moved {dc:+.2f} and rejected {dr:+.2f} nats/token against the {against} "
             f"(threshold {thr:g}).",
         )
 
-    def _check_overfit(self, loss, acc, state, control):
-        if acc is not None:
-            self._acc_streak = self._acc_streak + 1 if acc >= 1.0 - 1e-9 else 0
-        by_loss = loss is not None and loss < self.cfg["overfit_loss"]
-        by_acc = self._acc_streak >= self.cfg["overfit_accuracy_steps"]
-        if loss is None and acc is None:
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        """``overfit``: the eval loss risen above its best while the train loss kept falling."""
+        ev = _num((metrics or {}).get("eval_loss"))
+        if ev is None or not math.isfinite(ev):
             return
-        reasons = []
-        if by_loss:
-            reasons.append(f"train loss {loss:.4g} < {self.cfg['overfit_loss']:g}")
-        if by_acc:
-            reasons.append(f"reward accuracy 1.0 for {self._acc_streak} consecutive logs")
+        train_now = self._train_losses[-1] if self._train_losses else None
+        if self._best_eval is None or ev < self._best_eval[0]:
+            self._best_eval = (ev, train_now)
+            self._episode("overfit", False, state, control, {}, "")
+            return
+        best, train_then = self._best_eval
+        rise = (ev - best) / max(abs(best), 1e-8)
+        train_falling = train_now is not None and train_then is not None and train_now < train_then
         self._episode(
             "overfit",
-            by_loss or by_acc,
+            rise > self.cfg["overfit_eval_rise"] and train_falling,
             state,
             control,
             {
-                "loss": loss,
-                "accuracy": acc,
-                "accuracy_pinned_logs": self._acc_streak,
-                "overfit_loss": self.cfg["overfit_loss"],
-                "reason": "loss" if by_loss else "accuracy",
+                "eval_loss": ev,
+                "best_eval_loss": best,
+                "relative_rise": rise,
+                "train_loss": train_now,
+                "train_loss_at_best": train_then,
+                "threshold": self.cfg["overfit_eval_rise"],
             },
-            "; ".join(reasons) + ".",
+            f"eval loss {ev:.4f} is {rise:+.0%} above its best {best:.4f} while the train loss fell "
+            f"{train_then:.4f} → {train_now:.4f}.",
         )
 
     # ------------------------------------------------------------------ KL

@@ -9,6 +9,7 @@ from typing import Any
 from prefopt.config.recipe import Recipe
 from prefopt.core.errors import PrefoptError
 from prefopt.core.runtime import world_size
+from prefopt.data.transforms import prepare
 from prefopt.training.algorithms import get_adapter
 
 
@@ -46,8 +47,21 @@ def dry_run(recipe: Recipe, n_processes: int | None = None) -> dict:
     """What TRL will receive, without loading a model: trainer class, config, every loss parameter."""
     adapter = get_adapter(recipe.algorithm)
     training = resolve_batch(recipe, n_processes)
+    data_settings = None
+    if adapter.depends_on_data(recipe):  # settings from the data (KTO's weights): read it, no model
+        train_ds, _, _ = prepare(
+            recipe.data.train,
+            recipe.data.eval,
+            recipe.data,
+            recipe.algorithm,
+            recipe.source_path.parent if recipe.source_path else None,
+            recipe.seed,
+        )
+        recipe, data_settings = adapter.settle_on_data(recipe, train_ds)
     config = adapter.trl_config(recipe, output_dir="<run_dir>/checkpoints", training=training)
     desc = adapter.describe(recipe)
+    if data_settings:
+        desc["data_settings"] = data_settings
     n = n_processes if n_processes is not None else world_size()
     desc["processes"] = n
     desc["global_batch_size"] = config.per_device_train_batch_size * config.gradient_accumulation_steps * n

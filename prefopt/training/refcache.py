@@ -35,7 +35,11 @@ never sees half an entry. ``<dir>/<key>.lock`` (``fcntl.flock``) serialises proc
 computes, the others wait and then read. Within one distributed job the main process takes the lock and
 looks up; on a miss every rank computes its shard (TRL's own data-parallel precompute loop) and the main
 process writes; on a hit the main process reads and broadcasts the (small) arrays, so other nodes need
-not see the cache directory.
+not see the cache directory. ``key.json`` holds the sha256 of ``logps.arrow``: a read whose bytes do
+not match it (edited or damaged values, an entry from before the hash) is a miss, logged and recomputed,
+never a hit. A cache directory that cannot be written (read-only ``reference_cache.dir`` or
+``$PREFOPT_CACHE``) stops ``prefopt train`` with exit 2 before any work (:func:`check_cache_dir`); a
+full disk while storing an entry only costs the reuse (a warning; the run goes on).
 
 **Wiring.** :class:`ReferenceCacheMixin` goes in front of ``trl.DPOTrainer``/``trl.KTOTrainer`` in the
 prefopt trainer classes; with ``reference_cache={...}`` it replaces TRL's ``_precompute_ref_logps``.
@@ -68,6 +72,7 @@ import pyarrow.compute as pc
 
 from prefopt.config.algorithms import get_spec
 from prefopt.core.cache import cache_root
+from prefopt.core.errors import PrefoptError
 from prefopt.model.loading import builtin_config, registered_checkpoint
 
 log = logging.getLogger("prefopt")
@@ -84,6 +89,33 @@ def default_cache_dir(configured: str | os.PathLike | None = None) -> Path:
     if configured:
         return Path(configured).expanduser()
     return cache_root() / "ref"
+
+
+def check_cache_dir(recipe) -> None:
+    """With ``reference_cache.enabled``, the cache directory must be writable (its lock file and new
+    entries live there): else exit 2 naming the directory and the setting it came from, before any
+    data or model work."""
+    if not recipe.reference_cache.enabled or not get_spec(recipe.algorithm).uses_reference:
+        return
+    root = default_cache_dir(recipe.reference_cache.dir)
+    if recipe.reference_cache.dir:
+        where = "reference_cache.dir"
+    elif os.environ.get("PREFOPT_CACHE"):
+        where = f"$PREFOPT_CACHE ({os.environ['PREFOPT_CACHE']})"
+    else:
+        where = "reference_cache (default ~/.cache/prefopt/ref)"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PrefoptError(
+            f"the reference log-prob cache directory {root} is not writable ({exc.strerror or exc}).",
+            where=where,
+            fix="point reference_cache.dir (or $PREFOPT_CACHE) at a writable directory, or set "
+            "reference_cache.enabled: false.",
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------ hashing
@@ -376,8 +408,13 @@ class ReferenceCache:
             meta = json.loads((d / "key.json").read_text())
             if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
                 raise ValueError("key.json does not match")
-            with pa.memory_map(str(d / "logps.arrow"), "r") as src:
-                table = pa.ipc.open_file(src).read_all()
+            stored = meta.get("values_sha256")
+            if not stored:
+                raise ValueError("no content hash (written by an older prefopt)")
+            data = (d / "logps.arrow").read_bytes()
+            if _sha(data) != stored:
+                raise ValueError("the stored values do not match their content hash (modified or damaged)")
+            table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
             if n_rows is not None and table.num_rows != n_rows:
                 raise ValueError(f"{table.num_rows} rows stored, {n_rows} expected")
             cols = columns or tuple(table.column_names)
@@ -415,6 +452,8 @@ class ReferenceCache:
                 "parts": parts,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "host": socket.gethostname(),
+                # a read whose bytes do not hash to this is a miss (recomputed), never a hit
+                "values_sha256": _sha((tmp / "logps.arrow").read_bytes()),
                 **(extra or {}),
             }
             (tmp / "key.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
@@ -559,7 +598,14 @@ def attach_reference_logps(
             values = compute_reference_logps(trainer, dataset, name, batch_size)
             values = {c: values[c] for c in wanted}
             if acc.is_main_process:
-                cache.store(key, parts, values, extra={"computed_in_s": round(time.perf_counter() - t0, 3)})
+                try:
+                    cache.store(
+                        key, parts, values, extra={"computed_in_s": round(time.perf_counter() - t0, 3)}
+                    )
+                except OSError as exc:  # a full disk: the values are computed, only their reuse is lost
+                    log.warning(
+                        "reference cache: could not store %s (%s); continuing without it", key[:12], exc
+                    )
     acc.wait_for_everyone()
     seconds = time.perf_counter() - t0
     event = {

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from prefopt.core.errors import NonFiniteError  # noqa: F401 - re-exported
+from prefopt.core.errors import Interrupted, NonFiniteError  # noqa: F401 - re-exported
 
 log = logging.getLogger("prefopt")
 
@@ -62,7 +62,11 @@ def remove_incomplete_checkpoints(folder: Path) -> list[str]:
 
 
 class CheckpointMarkerCallback(TrainerCallback):
-    """Write the completion marker into each checkpoint once transformers has finished saving it."""
+    """Write the completion marker into each checkpoint once transformers has finished saving it.
+    ``extra()`` adds fields to it (the run identity and the loss so far, :class:`prefopt.training.resume.LossLedger`)."""
+
+    def __init__(self, extra=None):
+        self.extra = extra
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -71,7 +75,8 @@ class CheckpointMarkerCallback(TrainerCallback):
         if not ckpt.is_dir():
             return
         tmp = ckpt / (MARKER + ".tmp")
-        tmp.write_text(json.dumps({"step": state.global_step, "epoch": state.epoch}))
+        extra = self.extra() if self.extra is not None else {}
+        tmp.write_text(json.dumps({"step": state.global_step, "epoch": state.epoch, **extra}))
         os.replace(tmp, ckpt / MARKER)
 
 
@@ -95,8 +100,8 @@ class SignalCallback(TrainerCallback):
         self._previous.clear()
 
     def _handle(self, signum, frame):
-        if self.received is not None:  # second signal: stop now
-            raise KeyboardInterrupt
+        if self.received is not None:  # second signal: stop now (an "interrupted" manifest, no traceback)
+            raise Interrupted(signum)
         self.received = signum
         log.warning(
             "received %s: saving a checkpoint at the end of this step, then stopping "

@@ -53,6 +53,8 @@ of chosen (c) and rejected (r), completion lengths (l), TRL's ``beta``."""
 class PrefoptDPOTrainer(LengthGroupingMixin, ReferenceCacheMixin, DPOTrainer):
     """``trl.DPOTrainer`` on prefopt's tokenisation; swaps in prefopt's loss for cDPO / summed IPO."""
 
+    _prefopt_paired = True
+
     def __init__(self, *args, prefopt_loss: PrefoptLoss | None = None, **kwargs):
         # prefopt_loss: None → TRL's loss; else the adapter's loss function (see PrefoptLoss)
         self.prefopt_loss = prefopt_loss
@@ -165,6 +167,8 @@ class PrefoptORPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, ORPOTrai
     prompts is mostly language modelling of the prompt. ``loss.nll_on_prompt: true`` keeps TRL's.
     """
 
+    _prefopt_paired = True
+
     def __init__(self, *args, nll_on_prompt: bool = False, **kwargs):
         self.nll_on_prompt = nll_on_prompt
         super().__init__(*args, **kwargs)
@@ -179,3 +183,5 @@ class PrefoptORPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, ORPOTrai
 
 class PrefoptCPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, CPOTrainer):
     """``trl.experimental.cpo.CPOTrainer`` (SimPO) on prefopt's tokenisation (TRL's loss with cpo_alpha=0)."""
+
+    _prefopt_paired = True

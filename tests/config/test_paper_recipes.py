@@ -1,7 +1,7 @@
 """The paper recipes in configs/recipes/papers/: what TRL will receive (via the dry run, no model
 loaded), the global batch arithmetic, the headers, and a few-step smoke run of each on the builtin model.
 
-The expected values are the published ones (recipes.md rows cited in each file's header); a failure
+The expected values are the published ones (docs/recipes.md rows cited in each file's header); a failure
 here means a recipe, an adapter or the batch logic no longer reproduces the paper's configuration.
 """
 
@@ -67,7 +67,7 @@ EXPECTED: dict[str, dict] = {
         "loss": {"beta": 0.1},  # TRL's beta is ORPO's λ
     },
 }
-# SimPO (recipes.md §A2): β, γ/β, the absolute γ TRL must receive, learning rate; 2 × 16 × 4 GPUs = 128
+# SimPO (docs/recipes.md §A2): β, γ/β, the absolute γ TRL must receive, learning rate; 2 × 16 × 4 GPUs = 128
 SIMPO = {
     "simpo-mistral-7b-base.yaml": (2.0, 0.8, 1.6, 3e-7),
     "simpo-mistral-7b-instruct.yaml": (2.5, 0.1, 0.25, 5e-7),
@@ -113,12 +113,28 @@ def test_every_paper_recipe_is_checked():
 def test_header_cites_source_result_and_launch(name):
     text = header(recipe_path(name))
     assert text, f"{name} has no header comment"
-    assert "Source:" in text and "recipes.md" in text
+    assert "Source:" in text and "docs/recipes.md" in text
     assert "Reported result:" in text
     launch = re.search(r"accelerate launch --config_file (configs/accelerate/\S+\.yaml)", text)
     assert launch, f"{name}: no launch command in the header"
     assert (ROOT / launch.group(1)).is_file()
     assert f"--config configs/recipes/papers/{name}" in text
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_header_citations_exist_in_docs_recipes(name):
+    """Every `docs/recipes.md §Ax "row"` a header cites is a section and a row of that file (it lives in
+    the repository; the table came from the project's shared reference notes)."""
+    docs = (ROOT / "docs" / "recipes.md").read_text().replace("**", "")
+    text = " ".join(line.lstrip("# ") for line in header(recipe_path(name)).splitlines())
+    cites = re.findall(r'docs/recipes\.md §(A\d)(?: row)?(?: "([^"]+)")?', text)
+    assert cites, f"{name} cites no section of docs/recipes.md"
+    assert "recipes.md" not in text.replace("docs/recipes.md", ""), f"{name} cites a recipes.md outside docs/"
+    for section, row in cites:
+        assert re.search(rf"^### {section}\. ", docs, re.M), f"{name}: docs/recipes.md has no §{section}"
+        if row:
+            part = docs.split(f"### {section}. ", 1)[1].split("\n### ", 1)[0]
+            assert row in part, f'{name}: docs/recipes.md §{section} has no row "{row}"'
 
 
 @pytest.mark.parametrize("name", RECIPES)

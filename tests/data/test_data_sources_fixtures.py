@@ -275,6 +275,6 @@ def test_max_rows_and_path_errors(tmp_path):
     (tmp_path / "one.json").write_text(json.dumps({"data": [{"prompt": "p"}]}, indent=2))
     with pytest.raises(PrefoptError, match="single JSON object"):
         read("jsonl", tmp_path / "one.json")
-    (tmp_path / "x.csv").write_text("a,b\n")
+    (tmp_path / "x.xml").write_text("<a>b</a>\n")  # .csv is read since issue 19
     with pytest.raises(PrefoptError, match="unsupported file type"):
-        read("jsonl", tmp_path / "x.csv")
+        read("jsonl", tmp_path / "x.xml")

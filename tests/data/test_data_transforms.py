@@ -180,10 +180,10 @@ def test_prepare_unpairs_splits_by_prompt_and_reports():
     steps = [s["step"] for s in report.steps]
     assert (
         steps[0].endswith("read ultrafeedback_raw")
-        and "unpair" in steps[2]
+        and steps[1].endswith("dedupe")  # records as given, before the margin filter and unpair
+        and "unpair" in steps[3]
         and steps[-1] == "split by prompt"
     )
-    assert "dedupe" in steps
     assert report.rows_out == len(train) + len(ev)
     assert report.counts["below_score_margin"] > 0 and report.counts["truthful_qa_source"] == 1
 

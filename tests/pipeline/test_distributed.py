@@ -44,7 +44,10 @@ def _common(algorithm: str, out: Path, per_device: int) -> list[str]:
 
 
 def _env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    # PYTHONPATH: scripts/train.py must import this checkout's prefopt, not another install of it
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)
+    )
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
 
@@ -89,6 +92,11 @@ def test_two_processes_match_one(algorithm, tmp_path):
     assert m1["world_size"] == 1 and m2["world_size"] == 2
     assert m2["effective"]["per_device_train_batch_size"] == 4
     assert m1["data_fingerprint"] == m2["data_fingerprint"]  # every rank saw the same preprocessed data
+    # how it ran: plain DDP over gloo, a full copy of the policy and of the reference in every process
+    d2 = m2["distributed"]
+    assert d2["engine"] == "ddp" and d2["distributed_type"] == "MULTI_CPU" and d2["backend"] == "gloo"
+    assert d2["policy_sharding"]["sharded"] is False and d2["reference"]["kind"] == "separate copy"
+    assert d2["reference"]["sharding"]["local_fraction"] == 1.0
 
     l1, l2 = _losses(one), _losses(two)
     assert [s for s, _ in l1] == [s for s, _ in l2] == [1, 2, 3, 4]

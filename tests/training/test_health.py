@@ -58,6 +58,10 @@ class Feeder:
         self.cb.on_log(None, self.state, self.control, logs=dict(logs))
         return self
 
+    def evaluate(self, eval_loss):
+        self.cb.on_evaluate(None, self.state, self.control, metrics={"eval_loss": eval_loss})
+        return self
+
     def warnings(self, wid=None):
         return [
             r for r in self.records if r.get("event") == "health" and (wid is None or r["warning"] == wid)
@@ -98,41 +102,79 @@ def test_margin_stuck_needs_a_falling_loss():
     assert not f.warnings("margin_stuck")
 
 
-def test_logp_collapse_dpo_summed_threshold():
-    f = Feeder()
-    f.log(**_dpo_log(0.69, 0.0, lc=-20.0, lr=-21.0))
-    f.log(**_dpo_log(0.60, 0.5, lc=-23.0, lr=-30.0))  # chosen only -3: no
+def test_logp_collapse_short_replies_per_token_against_the_reference():
+    """The outside report: KTO's desirable replies (2–3 tokens) fell from −0.74 to −2.8 nats per sequence
+    and nothing fired under the old absolute −5 nats/sequence bound. Per token against the reference it
+    does."""
+    f = Feeder("kto", beta=0.1, completion_lengths=(3.0, 3.0))
+    f.log(loss=0.5, **{"rewards/chosen": 0.1 * -0.3, "rewards/rejected": 0.1 * -0.9})  # −0.1, −0.3 /token
     assert not f.warnings("logp_collapse")
-    f.log(**_dpo_log(0.50, 1.0, lc=-26.0, lr=-35.0))  # both below first by > 5
-    f.log(**_dpo_log(0.40, 1.5, lc=-30.0, lr=-40.0))  # same episode
+    f.log(loss=0.4, **{"rewards/chosen": 0.1 * -2.06, "rewards/rejected": 0.1 * -4.5})
     [rec] = f.warnings("logp_collapse")
-    assert rec["shift_chosen"] == pytest.approx(-6.0) and rec["shift_rejected"] == pytest.approx(-14.0)
-    assert rec["unit"] == "nats/sequence" and rec["threshold"] == -5.0
+    assert rec["shift_chosen_per_token"] == pytest.approx(-2.06 / 3)
+    assert rec["shift_rejected_per_token"] == pytest.approx(-1.5)
+    assert rec["against"] == "reference" and rec["threshold_per_token"] == -0.5
+    f.log(loss=0.3, **{"rewards/chosen": 0.1 * -2.5, "rewards/rejected": 0.1 * -5.0})  # same episode
+    assert len(f.warnings("logp_collapse")) == 1
 
 
-def test_logp_collapse_orpo_uses_the_per_token_threshold():
+def test_logp_collapse_scales_with_the_reply_length():
+    """The same −20 nats per sequence: a collapse on 10-token replies, not on 300-token ones."""
+    for lengths, fires in (((10.0, 10.0), True), ((300.0, 300.0), False)):
+        f = Feeder("dpo", beta=0.1, completion_lengths=lengths)
+        f.log(**_dpo_log(0.69, 0.0, shift=-20.0))  # rewards/chosen = β·(−20), rejected the same
+        assert bool(f.warnings("logp_collapse")) is fires, lengths
+
+
+def test_logp_collapse_needs_both_sides_and_the_optional_sequence_bound():
+    f = Feeder("dpo", beta=0.1, completion_lengths=(4.0, 4.0))
+    f.log(
+        **{"loss": 0.5, "rewards/chosen": 0.1 * -1.0, "rewards/rejected": 0.1 * -30.0}
+    )  # chosen −0.25/token
+    assert not f.warnings("logp_collapse")
+    g = Feeder("dpo", beta=0.1, completion_lengths=(100.0, 100.0), logp_collapse=-10.0)
+    g.log(**{"loss": 0.5, "rewards/chosen": 0.1 * -12.0, "rewards/rejected": 0.1 * -20.0})
+    assert [r["warning"] for r in g.warnings()] == ["logp_collapse"]  # per sequence, though −0.12/token
+
+
+def test_logp_collapse_orpo_per_token_averages_against_the_first_log():
     f = Feeder("orpo", beta=None)
     f.log(loss=2.0, **{"logps/chosen": -1.0, "logps/rejected": -1.2})
-    f.log(loss=1.9, **{"logps/chosen": -1.8, "logps/rejected": -2.5})  # -0.8/token: not yet
+    f.log(loss=1.9, **{"logps/chosen": -1.4, "logps/rejected": -2.5})  # chosen −0.4/token: not yet
     assert not f.warnings("logp_collapse")
-    f.log(loss=1.8, **{"logps/chosen": -2.5, "logps/rejected": -3.0})
+    f.log(loss=1.8, **{"logps/chosen": -1.6, "logps/rejected": -3.0})
     [rec] = f.warnings("logp_collapse")
-    assert rec["unit"] == "nats/token" and rec["threshold"] == -1.0
+    assert rec["against"] == "first log" and rec["threshold_per_token"] == -0.5
+    assert rec["shift_chosen_per_token"] == pytest.approx(-0.6)
 
 
-def test_overfit_by_loss_and_by_pinned_accuracy():
-    f = Feeder(overfit_accuracy_steps=3)
-    f.log(**_dpo_log(0.3, 2.0, acc=1.0))
-    f.log(**_dpo_log(0.2, 3.0, acc=1.0))
+def test_overfit_needs_an_eval_split():
+    """A train loss near zero with accuracy pinned at 1.0 is no evidence by itself: silent without eval."""
+    f = Feeder()
+    for i in range(30):
+        f.log(**_dpo_log(0.5 / (i + 1), 5.0 + i, acc=1.0))
     assert not f.warnings("overfit")
-    f.log(**_dpo_log(0.1, 4.0, acc=1.0))
-    [rec] = f.warnings("overfit")
-    assert rec["reason"] == "accuracy" and rec["accuracy_pinned_logs"] == 3
-    assert "IPO" in rec["advice"] and "β" in rec["advice"]
 
-    g = Feeder()
-    g.log(**_dpo_log(0.04, 5.0, acc=0.9))
-    assert [r["reason"] for r in g.warnings("overfit")] == ["loss"]
+
+def test_overfit_fires_when_eval_loss_rises_while_train_loss_falls():
+    f = Feeder()
+    f.log(**_dpo_log(0.60, 0.2)).evaluate(0.62)
+    f.log(**_dpo_log(0.50, 0.5)).evaluate(0.55)  # both fall: the best so far
+    f.log(**_dpo_log(0.40, 0.8)).evaluate(0.58)  # +5 %: below the 10 % threshold
+    assert not f.warnings("overfit")
+    f.log(**_dpo_log(0.30, 1.2)).evaluate(0.65)  # +18 % while train fell 0.50 → 0.30
+    [rec] = f.warnings("overfit")
+    assert rec["best_eval_loss"] == 0.55 and rec["train_loss_at_best"] == 0.50 and rec["train_loss"] == 0.30
+    assert rec["relative_rise"] == pytest.approx(0.10 / 0.55)
+    assert "held-out loss is rising" in rec["advice"]
+
+
+def test_overfit_silent_when_both_losses_rise():
+    """Eval loss up with the train loss up too is instability, not over-fitting."""
+    f = Feeder()
+    f.log(**_dpo_log(0.40, 0.5)).evaluate(0.50)
+    f.log(**_dpo_log(0.55, 0.1)).evaluate(0.70)
+    assert not f.warnings("overfit")
 
 
 def test_kl_high_kto_logged_kl_and_dpo_proxy():
@@ -180,7 +222,9 @@ def test_nonfinite_in_kto_kl():
 
 def test_stop_on_any_warning_and_unknown_ids_refused():
     f = Feeder(stop_on=["overfit"])
-    f.log(**_dpo_log(0.01, 8.0, acc=1.0))
+    f.log(**_dpo_log(0.50, 1.0)).evaluate(0.5)
+    assert not f.control.should_training_stop
+    f.log(**_dpo_log(0.01, 8.0, acc=1.0)).evaluate(0.9)
     assert f.control.should_training_stop
     with pytest.raises(Exception, match="did you mean|Did you mean"):
         check_stop_on(["overfitt"])
@@ -219,20 +263,40 @@ def _build(recipe, tmp_path, callbacks):
 
 
 def test_real_dpo_run_overfits_eight_pairs_and_stops(tmp_path):
-    """A learning rate far too high for eight pairs: accuracy pins at 1.0 → overfit → stop (stop_on)."""
+    """A learning rate far too high for eight pairs, judged on held-out pairs the training pairs
+    contradict (the same prompts, chosen and rejected swapped): the train loss falls, the eval loss rises
+    → overfit → stop (stop_on)."""
+    from prefopt.data.tokenization import tokenize_dataset
+    from prefopt.model.loading import load_model
+    from prefopt.pipeline.run import build_trainer
     from prefopt.training.callbacks import MetricsJsonlCallback
 
-    recipe = _recipe("dpo", health={"overfit_accuracy_steps": 3, "stop_on": ["overfit", "nonfinite"]})
+    recipe = _recipe("dpo", health={"stop_on": ["overfit", "nonfinite"]})
+    recipe.training.update({"eval_strategy": "steps", "eval_steps": 2, "per_device_eval_batch_size": 8})
     metrics = MetricsJsonlCallback(tmp_path / "metrics.jsonl")
     health = HealthCallback.from_recipe(recipe, metrics.write)
-    trainer, _ = _build(recipe, tmp_path, [metrics, health])
+    model, tok = load_model(recipe.model, seed=recipe.seed)
+    pairs = _tiny_pairs()
+    swapped = pairs.rename_columns({"chosen": "rejected", "rejected": "chosen"})
+    train_tok, _ = tokenize_dataset(pairs, "paired", tok, 16, None)
+    eval_tok, _ = tokenize_dataset(swapped, "paired", tok, 16, None)
+    trainer = build_trainer(
+        recipe,
+        model,
+        tok,
+        train_tok,
+        eval_tok,
+        output_dir=str(tmp_path / "ckpt"),
+        callbacks=[metrics, health],
+    )
     health.attach(trainer)
     trainer.train()
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     warnings = [r for r in recs if r.get("event") == "health"]
     assert [w["warning"] for w in warnings] == ["overfit"], warnings
     w = warnings[0]
-    assert w["stopped_training"] is True and w["accuracy"] == 1.0
+    assert w["stopped_training"] is True and w["eval_loss"] > w["best_eval_loss"] * 1.1
+    assert w["train_loss"] < w["train_loss_at_best"]
     assert trainer.state.global_step == w["step"] < 30  # stopped right after the warning
     assert [r["warning"] for r in health.fired] == ["overfit"]
 

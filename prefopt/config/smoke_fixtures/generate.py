@@ -2,7 +2,7 @@
 """Regenerate the smoke-test fixtures in this folder (deterministic: same output on every run).
 
 Two kinds of file live here, one per data source that `prefopt train --smoke` swaps in
-(see prefopt/smoke.py and SOURCES.md):
+(see prefopt/config/smoke.py and SOURCES.md):
 
 * synthetic rows in the exact published schema of datasets that have no real sample in the repository
   (UltraFeedback in its H4 / TRL / Argilla / raw OpenBMB shapes, trl-lib/kto-mix-14k). The text is made

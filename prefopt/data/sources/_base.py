@@ -16,7 +16,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from prefopt.data.io import Malformed, RawInput, open_input
+from prefopt.data.io import Malformed, RawInput, open_input, refuse_unparsed
 from prefopt.data.messages import RowProblem, reply_text
 from prefopt.data.registry import Option
 from prefopt.data.report import DropReport
@@ -118,6 +118,8 @@ def emit(
     ctx = RowContext(report)
     n_in = 0
     stopped = False
+    malformed: list[Malformed] = []  # the first few, for the message when no row parses
+    n_malformed = 0
     rows = raw.rows
     try:
         for index, row in rows:
@@ -127,6 +129,9 @@ def emit(
             n_in += 1
             if isinstance(row, Malformed):
                 report.drop("malformed_row", index, row.detail)
+                n_malformed += 1
+                if len(malformed) < 3:
+                    malformed.append(row)
                 continue
             if not isinstance(row, Mapping):
                 report.drop("malformed_row", index, f"expected an object, got {type(row).__name__}")
@@ -154,10 +159,12 @@ def emit(
                     report.drop("malformed_row", index, _describe(e))
                     continue
                 builder.add(final)
+                report.kept(index)  # so later steps' drop examples can name this input row
     finally:
         close = getattr(rows, "close", None)
         if close is not None:
             close()
+    refuse_unparsed(malformed, n_malformed, n_in, raw.description, f"data source {name}")
     ds = builder.finish()
     detail = raw.description + (f"; stopped after max_rows={max_rows}" if stopped else "")
     report.step(f"read {name}", n_in, len(ds), detail=detail)

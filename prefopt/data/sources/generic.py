@@ -18,7 +18,7 @@ split at its trailing assistant turns. Text data needs a prompt column (a charac
 what TRL gets wrong; use ``hh_rlhf`` for Human:/Assistant: transcripts).
 
 The three names differ only in intent: each reads .jsonl/.json (array or lines, optionally .gz),
-.parquet, dataset directories and hub ids.
+.parquet, .csv, folders of such files, dataset directories and hub ids.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.core.errors import PrefoptError, did_you_mean
-from prefopt.data.io import RawInput, open_input
+from prefopt.data.io import Malformed, RawInput, open_input, refuse_unparsed
 from prefopt.data.messages import (
     RowProblem,
     as_label,
@@ -220,6 +220,8 @@ def make_reader(name: str):
                 where=where,
                 fix="check that the file was written completely and that `path:` points at the right file.",
             )
+        bad = [row for _, row in rows if isinstance(row, Malformed)]
+        refuse_unparsed(bad, len(bad), len(rows), raw.description, where)
         available = raw.columns or _keys(rows)
         columns = resolve_columns(spec["columns"], available, where)
         kind = _kind_of(columns, where)
@@ -278,3 +280,36 @@ GENERIC_OPTIONS = options(
 
 for _name in ("jsonl", "json", "parquet"):
     register_source(_name, options=GENERIC_OPTIONS, kinds=("paired", "unpaired"))(make_reader(_name))
+
+
+def detect(sample):
+    """Claim prefopt's canonical columns (its own output, TRL's explicit form) and LLaMA-Factory v1's
+    chosen_messages/rejected_messages; the reader is named after the file type (json, jsonl, parquet)."""
+    name = sample.generic_source
+    ours = sample.has("prompt_id", "source")
+    if sample.has("chosen_messages", "rejected_messages") and sample.conversations("chosen_messages"):
+        return (
+            90,
+            "chosen_messages/rejected_messages conversations (LLaMA-Factory v1 DPO)",
+            {"columns": {"chosen": "chosen_messages", "rejected": "rejected_messages"}},
+            name,
+        )
+    if sample.has("prompt", "chosen", "rejected"):
+        if ours:
+            return 95, "prefopt's canonical paired columns (prompt_id, source)", None, name
+        if sample.conversations("chosen"):  # replies repeating the prompt: a published build's shape
+            return 75, "prompt + conversation chosen/rejected columns", None, name
+        return 85, "canonical prompt/chosen/rejected columns", None, name
+    if sample.has("prompt", "completion", "label"):
+        if ours:
+            return 95, "prefopt's canonical unpaired columns (prompt_id, source)", None, name
+        if sample.messages("prompt"):
+            return 70, "canonical prompt/completion/label columns", None, name
+        return 85, "canonical prompt/completion/label columns", None, name
+    if (
+        sample.has("chosen", "rejected")
+        and sample.conversations("chosen")
+        and sample.conversations("rejected")
+    ):
+        return 75, "conversation chosen/rejected (implicit prompt)", None, name
+    return None

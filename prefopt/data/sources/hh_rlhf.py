@@ -122,3 +122,16 @@ def read(spec: dict[str, Any], *, base_dir=None, seed: int = 0, report: DropRepo
         base_dir=base_dir,
         report=report,
     )
+
+
+def detect(sample):
+    """Claim files whose chosen/rejected are whole Human:/Assistant: transcripts (see the registry)."""
+
+    def transcript(v):
+        return v.lstrip("\n").startswith("Human:") and "\n\nAssistant:" in v
+
+    if sample.has("chosen", "rejected") and all(
+        sample.strings(c) and sample.share(c, transcript) for c in ("chosen", "rejected")
+    ):
+        return 97, "chosen/rejected are whole Human:/Assistant: transcripts (Anthropic/hh-rlhf)"
+    return None

@@ -52,3 +52,14 @@ def read(spec: dict[str, Any], *, base_dir=None, seed: int = 0, report: DropRepo
     return read_source(
         spec, convert, name=NAME, kind="unpaired", fmt="conversational", base_dir=base_dir, report=report
     )
+
+
+def detect(sample):
+    """Claim message-list prompt/completion + label rows that are not prefopt's own output."""
+    if not (sample.has("prompt", "completion", "label") and sample.booleans("label")):
+        return None
+    if not (sample.messages("prompt") and sample.messages("completion")):
+        return None
+    if sample.has("prompt_id", "source"):  # prefopt's canonical output: the generic reader's
+        return 60, "message-list prompt/completion + label, but with prefopt's prompt_id/source columns"
+    return 90, "message-list prompt/completion + bool label (trl-lib/kto-mix-14k)"

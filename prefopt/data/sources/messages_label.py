@@ -61,3 +61,19 @@ def read(spec: dict[str, Any], *, base_dir=None, seed: int = 0, report: DropRepo
         base_dir=base_dir,
         report=report,
     )
+
+
+def detect(sample):
+    """Claim a whole conversation + bool label (LLaMA-Factory KTO); names the columns when they differ."""
+    messages = sample.any_of("messages", "conversations")
+    label = sample.any_of("label", "kto_tag")
+    if messages is None or label is None or sample.has("chosen") or sample.has("completion"):
+        return None
+    if not (sample.conversations(messages) and sample.booleans(label)):
+        return None
+    columns = {k: v for k, v in (("messages", messages), ("label", label)) if k != v}
+    return (
+        95,
+        f"{messages} (a whole conversation) + bool {label} (LLaMA-Factory KTO, kto_en_demo)",
+        {"columns": columns} if columns else {},
+    )

@@ -105,3 +105,12 @@ def read(spec: dict[str, Any], *, base_dir=None, seed: int = 0, report: DropRepo
         base_dir=base_dir,
         report=report,
     )
+
+
+def detect(sample):
+    """Claim ShareGPT ranking files: conversations + single-message chosen/rejected (see the registry)."""
+    if sample.has("conversations", "chosen", "rejected") and all(
+        sample.messages(c) for c in ("conversations", "chosen", "rejected")
+    ):
+        return 97, "conversations + chosen/rejected messages (LLaMA-Factory ShareGPT ranking, dpo_en_demo)"
+    return None

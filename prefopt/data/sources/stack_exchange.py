@@ -44,3 +44,12 @@ def read(spec: dict[str, Any], *, base_dir=None, seed: int = 0, report: DropRepo
     return read_source(
         spec, make_convert(fmt), name=NAME, kind="paired", fmt=fmt, base_dir=base_dir, report=report
     )
+
+
+def detect(sample):
+    """Claim files with question / response_j / response_k string columns (see the registry)."""
+    if sample.has("question", "response_j", "response_k") and all(
+        sample.strings(c) for c in ("question", "response_j", "response_k")
+    ):
+        return 98, "question, response_j, response_k columns (lvwerra/stack-exchange-paired)"
+    return None

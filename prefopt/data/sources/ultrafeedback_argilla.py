@@ -94,3 +94,19 @@ def read(spec: dict[str, Any], *, base_dir=None, seed: int = 0, report: DropRepo
         report=report,
         keep_ties=spec["keep_ties"],
     )
+
+
+def detect(sample):
+    """Claim Argilla's UltraFeedback builds: hyphenated ratings, or the predecessor's columns."""
+    rating = sample.any_of("chosen-rating", "rejected-rating", "chosen_avg_rating")
+    if rating and sample.has("chosen", "rejected") and sample.messages("chosen"):
+        return (
+            96,
+            f"message-list chosen/rejected + {rating} (argilla/ultrafeedback-binarized-preferences-cleaned)",
+        )
+    if sample.has("instruction", "chosen_response", "rejected_response"):
+        return (
+            96,
+            "instruction, chosen_response, rejected_response (argilla/ultrafeedback-binarized-preferences)",
+        )
+    return None

@@ -56,3 +56,26 @@ def read(spec: dict[str, Any], *, base_dir=None, seed: int = 0, report: DropRepo
         default_split="train_prefs",
         keep_ties=spec["keep_ties"],
     )
+
+
+def detect(sample):
+    """Claim H4's build: string prompt + [user, assistant] chosen/rejected (+ prompt_id, messages, scores)."""
+    if not (sample.has("prompt", "chosen", "rejected") and sample.strings("prompt")):
+        return None
+    if not (sample.conversations("chosen") and sample.conversations("rejected")):
+        return None
+    if sample.any_of("chosen-rating", "chosen_avg_rating"):
+        return None  # Argilla's build
+    marks = [c for c in ("prompt_id", "messages") if sample.has(c)]
+    if marks and sample.has("score_chosen", "score_rejected"):
+        return (
+            95,
+            f"string prompt + {', '.join(marks)} + conversation chosen/rejected + scores "
+            "(HuggingFaceH4/ultrafeedback_binarized)",
+        )
+    if sample.has("score_chosen"):
+        return (
+            75,
+            "string prompt + conversation chosen/rejected + scores (like HuggingFaceH4/ultrafeedback_binarized)",
+        )
+    return None

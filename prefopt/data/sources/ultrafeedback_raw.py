@@ -193,3 +193,14 @@ def read(spec: dict[str, Any], *, base_dir=None, seed: int = 0, report: DropRepo
         report=report,
         keep_ties=spec["keep_ties"],
     )
+
+
+def detect(sample):
+    """Claim raw UltraFeedback rows: instruction + a list of rated completions (see the registry)."""
+
+    def rated(v):
+        return isinstance(v, list) and bool(v) and all(isinstance(c, dict) and "response" in c for c in v)
+
+    if sample.has("instruction", "completions") and sample.share("completions", rated):
+        return 97, "instruction + completions[] with responses and ratings (openbmb/UltraFeedback, raw)"
+    return None

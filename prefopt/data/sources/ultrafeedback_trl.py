@@ -46,3 +46,14 @@ def read(spec: dict[str, Any], *, base_dir=None, seed: int = 0, report: DropRepo
         report=report,
         keep_ties=spec["keep_ties"],
     )
+
+
+def detect(sample):
+    """Claim TRL's build: implicit-prompt conversation chosen/rejected + scores, no prompt column."""
+    if sample.has("prompt") or not sample.has("chosen", "rejected"):
+        return None
+    if not (sample.conversations("chosen") and sample.conversations("rejected")):
+        return None
+    if sample.has("score_chosen", "score_rejected"):
+        return 92, "conversation chosen/rejected (implicit prompt) + scores (trl-lib/ultrafeedback_binarized)"
+    return 60, "conversation chosen/rejected with an implicit prompt (like trl-lib/ultrafeedback_binarized)"

@@ -34,7 +34,7 @@ from prefopt.studies.iterative import IterativeDPOSection, run_iterative_dpo
 from prefopt.studies.measure import Measure, WorldEvaluator, world_task
 from prefopt.studies.rlhf import RLHFSection, run_rlhf
 from prefopt.training.algorithms import get_adapter
-from prefopt.training.build import build_trainer, save_model
+from prefopt.training.build import build_trainer, save_model, settle_on_data
 from prefopt.training.callbacks import MetricsJsonlCallback
 from prefopt.training.fit import fit
 from prefopt.training.plan import resolve_batch
@@ -70,11 +70,11 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
     with Measure() as m:
         training = resolve_batch(recipe)
         training.setdefault("save_strategy", "no")  # a sweep point is short: no intermediate checkpoints
-        config = adapter.trl_config(recipe, output_dir=str(run_dir / "checkpoints"), training=training)
         model, tokenizer = load_model(recipe.model, seed=recipe.seed)
         train_tok, eval_tok, train_ds, _eval_ds, report = data_cache.get(recipe, tokenizer)
         report.save(run_dir / "data_report.json")
-        adapter.check_data(recipe, train_ds, log)
+        recipe, data_settings = settle_on_data(recipe, train_ds)
+        config = adapter.trl_config(recipe, output_dir=str(run_dir / "checkpoints"), training=training)
         metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
         trainer = build_trainer(
             recipe,
@@ -106,6 +106,7 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
         "global_step": result.global_step,
         "train_loss": result.train_loss,
         "train_rows": len(train_tok),
+        "data_settings": data_settings,
         "train_s": round(result.train_s, 2),
         **m.result,
         "eval": evaluation,

@@ -7,8 +7,8 @@ An adapter translates and nothing else. What an algorithm *is* (data kind, refer
 classes) is its row in :mod:`prefopt.config.algorithms` (``spec``); the adapter adds the TRL side:
 ``trl_config`` builds the TRL config (loss parameters as TRL expects them), ``trainer_class`` names the
 trainer (a :mod:`prefopt.training.trainers` subclass where TRL's behaviour differs from the paper),
-``trainer_kwargs`` the subclass's own arguments, ``check_data`` the algorithm's checks of the training
-rows. ``describe`` is what ``prefopt train --dry-run`` prints.
+``trainer_kwargs`` the subclass's own arguments, ``settle_on_data`` the settings an algorithm takes from
+its training rows (KTO's weights). ``describe`` is what ``prefopt train --dry-run`` prints.
 """
 
 from __future__ import annotations
@@ -65,15 +65,25 @@ class Adapter:
         return {}
 
     @classmethod
-    def check_data(cls, recipe, train_ds, log) -> None:
-        """Checks of the canonical training rows once they are loaded (warnings go to ``log``)."""
-
-    @classmethod
     def overrides(cls, recipe) -> list[str]:
         """Where prefopt departs from stock TRL for this recipe (shown by --dry-run and in the manifest)."""
         return [
             "tokenisation: prefopt pre-tokenises (prefopt.data.tokenization); TRL's own tokenisation is skipped"
         ]
+
+    @classmethod
+    def depends_on_data(cls, recipe) -> bool:
+        """Whether :meth:`settle_on_data` decides something from the data for this recipe (``--dry-run``
+        then reads the data, without loading a model)."""
+        return False
+
+    @classmethod
+    def settle_on_data(cls, recipe, train_ds) -> tuple[Any, dict[str, Any] | None]:
+        """Settings that depend on the training data (KTO's class weights on the label counts): the recipe
+        with them filled in, and what was decided (logged, in manifest.json and in ``--dry-run``), or
+        ``None`` when the algorithm has none. Called on the canonical training rows before the TRL config
+        is built."""
+        return recipe, None
 
     # ---- shared
     @classmethod
@@ -97,11 +107,14 @@ class Adapter:
         kwargs.setdefault("remove_unused_columns", False)
         kwargs.setdefault("dataloader_num_workers", 0)
         # TRL 1.x turns gradient checkpointing on by default (slower steps); prefopt follows the recipe.
-        kwargs.setdefault("gradient_checkpointing", recipe.model.gradient_checkpointing)
+        _checkpointing(kwargs, recipe.model.gradient_checkpointing, cls.config_class())
         # TRL's configs default to bf16=True, which transformers refuses on CPU: mixed precision only
         # where the recipe asks for bfloat16 and a GPU supports it.
         kwargs.setdefault("bf16", recipe.model.dtype == "bfloat16" and _cuda_bf16())
+        # pinned memory needs an accelerator (torch warns on every dataloader otherwise)
+        kwargs.setdefault("dataloader_pin_memory", _cuda())
         kwargs.update(cls.loss_kwargs(recipe))
+        kwargs["trust_remote_code"] = recipe.model.trust_remote_code  # TRL builds the reference with it
         kwargs["output_dir"] = output_dir
         return cls.config_class()(**kwargs)
 
@@ -120,6 +133,34 @@ class Adapter:
             "loss": cls.loss_kwargs(recipe),
             "prefopt_overrides": cls.overrides(recipe),
         }
+
+
+RENAMED_TRAINING_ARGS = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+"""transformers 5.x names (old → current); the old ones warn (FutureWarning) and go in v6."""
+
+
+def _checkpointing(kwargs: dict[str, Any], enabled: bool, config_class: type) -> None:
+    """Activation (gradient) checkpointing under the name this transformers uses: the recipe's
+    ``model.gradient_checkpointing``, unless ``training:`` sets it under either name; a ``training:``
+    key under the old name is passed under the current one."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    for old, new in RENAMED_TRAINING_ARGS.items():
+        if new in fields and old in kwargs and new not in kwargs:
+            kwargs[new] = kwargs.pop(old)
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    if "activation_checkpointing" not in kwargs and "gradient_checkpointing" not in kwargs:
+        kwargs[name] = enabled
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _cuda_bf16() -> bool:

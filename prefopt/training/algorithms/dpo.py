@@ -36,5 +36,7 @@ class DPOAdapter(Adapter):
     def overrides(cls, recipe):
         out = super().overrides(recipe)
         if recipe.loss_params.label_smoothing > 0:
-            out.append("loss: cDPO via prefopt.losses.dpo_loss (TRL's sigmoid ignores label_smoothing)")
+            out.append(
+                "loss: cDPO via prefopt.training.losses.dpo_loss (TRL's sigmoid ignores label_smoothing)"
+            )
         return out

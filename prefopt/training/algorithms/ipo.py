@@ -35,5 +35,7 @@ class IPOAdapter(Adapter):
     def overrides(cls, recipe):
         out = super().overrides(recipe)
         if not recipe.loss_params.length_normalize:
-            out.append("loss: summed IPO via prefopt.losses.ipo_loss(length_normalize=False) (TRL averages)")
+            out.append(
+                "loss: summed IPO via prefopt.training.losses.ipo_loss(length_normalize=False) (TRL averages)"
+            )
         return out

@@ -1,0 +1,315 @@
+"""Prefix sharing: each pair's prompt computed once, for chosen and rejected together.
+
+A paired batch reaches the model as ``(2B, L)`` rows, chosen rows then rejected rows, right-padded; row
+``i`` and row ``B + i`` start with the same prompt. The split forward (:mod:`prefopt.training.batching`) already
+removes most padding, but it still runs every prompt twice. Here each pair becomes one *segment*
+
+    [shared prefix (s tokens) | chosen suffix | rejected suffix]
+
+where ``s`` is the longest common prefix of the two rows (the prompt, plus any leading tokens the two
+replies share). Position ids run ``0 … len(chosen) − 1`` over prefix + chosen and restart at ``s`` for the
+rejected suffix, so every token keeps the position it has in its own row. A 4-D attention mask lets a token
+see the tokens of its own segment that (a) come at or before its position and (b) are in the prefix or in
+its own branch: the rejected reply sees the prompt and itself, never the chosen reply. Sliding-window layers
+get the same mask with the window applied to the position difference, exactly as transformers builds it
+(``kv > q − window``). Segments are packed several to a row (first-fit decreasing, row width = the longest
+segment), so a packed batch holds ``Σ (len(chosen) + len(rejected) − s)`` real tokens in at most the slots
+the split forward uses.
+
+The transformer body runs once on the packed rows. Its hidden states are then gathered back into the
+``(2B, L, H)`` layout of the original rows (a prefix position feeds both rows, so its gradient is the sum of
+both, as in the unshared forward), and **the model's own head code runs on them unchanged**: the forward
+of the causal-LM class (TRL's fused LM head for DPO/IPO, the plain ``lm_head`` + logit soft-capping for
+ORPO/SimPO) is called as usual, with its backbone returning the gathered states. So every per-token
+output — log-probs, entropy, top-1, logits — is the same computation on the same inputs as without sharing,
+up to float rounding; ``tests/training/test_prefix_sharing.py`` holds it to 1e-5 (fp32) on log-probs and gradients
+for every supported architecture.
+
+Exactness is proven per architecture (the mask and positions must mean what the model's attention
+means): Llama, Mistral (sliding window), Qwen2 (sliding and full layers), Gemma-2 (alternating sliding /
+full, attention-logit soft-capping, final soft-capping), with the ``sdpa`` or ``eager`` attention
+implementation and the default rotary embedding. Anything else is refused when the switch is forced
+(``training.prefix_sharing: true``) and left off under ``auto`` — never silently approximated. Under
+DeepSpeed / FSDP it stays off under ``auto`` (a multi-call forward is not validated there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+PROVEN_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma2")
+MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+STATIC_ROPE_TYPES = (None, "default")
+SETTINGS = ("auto", True, False)
+_INTERCEPTED = {"input_ids", "attention_mask", "labels", "use_cache", "num_items_in_batch", "fused_lm_head"}
+
+
+# ----------------------------------------------------------------------------------------- support
+def _rope_type(config) -> str | None:
+    for attr in ("rope_parameters", "rope_scaling"):
+        params = getattr(config, attr, None)
+        if isinstance(params, dict):
+            return params.get("rope_type", params.get("type"))
+    return None
+
+
+def unsupported_reason(config) -> str | None:
+    """Why prefix sharing is not proven exact for this model config (``None``: it is)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    mt = getattr(config, "model_type", None)
+    if mt not in PROVEN_ARCHITECTURES:
+        return (
+            f"architecture {mt!r} is not among those proven exact ({', '.join(PROVEN_ARCHITECTURES)}): its attention "
+            "mask, sliding windows or positions may mean something the shared mask does not reproduce"
+        )
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in MASK_IMPLEMENTATIONS:
+        return (
+            f"attention implementation {impl!r} is not supported (a 4-D mask is needed: "
+            f"{' or '.join(MASK_IMPLEMENTATIONS)}); flex attention / flash-attn varlen are not wired yet"
+        )
+    rope = _rope_type(config)
+    if rope not in STATIC_ROPE_TYPES:
+        return f"rotary scaling {rope!r} is not proven exact (only the default rotary embedding is)"
+    return None
+
+
+def layer_windows(config) -> tuple[str, dict[str, int | None]]:
+    """How the model takes its attention mask — one tensor for every layer (``"single"``) or a dict keyed by
+    layer type (``"dict"``) — and each layer type's sliding window (None: full attention)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    mt = config.model_type
+    if mt == "llama":
+        return "single", {"full_attention": None}
+    if mt == "mistral":  # every layer slides when sliding_window is set (MistralModel: one mask function)
+        return "single", {"full_attention": getattr(config, "sliding_window", None)}
+    if mt in ("qwen2", "gemma2"):
+        types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        types.add("full_attention")
+        return "dict", {t: (config.sliding_window if t == "sliding_attention" else None) for t in types}
+    raise ValueError(f"no mask layout for architecture {mt!r}")
+
+
+# ----------------------------------------------------------------------------------------- packing
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # (rows, W)
+    position_ids: torch.Tensor  # (rows, W)
+    segment: torch.Tensor  # (rows, W): segment id, -1 = padding
+    branch: torch.Tensor  # (rows, W): 0 prefix, 1 chosen, 2 rejected
+    gather: torch.Tensor  # (2B * L,): flat index into the packed (rows * W + 1) states; rows*W = a zero row
+    shared_tokens: int  # prefix tokens computed once instead of twice
+    real_tokens: int  # tokens of the original rows
+    packed_slots: int  # rows * W
+
+
+def _right_padded_lengths(mask: torch.Tensor) -> torch.Tensor | None:
+    if mask.dim() != 2:
+        return None
+    lengths = mask.sum(dim=1)
+    if not bool((mask.cumprod(dim=1).sum(dim=1) == lengths).all()):
+        return None
+    return lengths
+
+
+def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedBatch | None:
+    """Plan the packed batch for ``(2B, L)`` right-padded rows (row ``i`` and ``B + i`` a pair), or None
+    when the batch is not of that shape."""
+    n, width = input_ids.shape
+    if n < 2 or n % 2:
+        return None
+    lengths = _right_padded_lengths(attention_mask)
+    if lengths is None or bool((lengths < 1).any()):
+        return None
+    b = n // 2
+    lens = lengths.tolist()
+    c_len, r_len = lens[:b], lens[b:]
+    ids_cpu = input_ids.detach().cpu()
+    same = (ids_cpu[:b] == ids_cpu[b:]).int()
+    cols = torch.arange(width)
+    limit = torch.minimum(lengths[:b], lengths[b:]).cpu()
+    same = same * (cols[None, :] < limit[:, None]).int()
+    shared = same.cumprod(dim=1).sum(dim=1).tolist()
+    seg_len = [c + r - s for c, r, s in zip(c_len, r_len, shared)]
+    cap = max(seg_len)
+    # first-fit decreasing: pairs into rows of width `cap`
+    order = sorted(range(b), key=lambda i: -seg_len[i])
+    rows_fill: list[int] = []
+    place: list[tuple[int, int]] = [(0, 0)] * b
+    for i in order:
+        for r, fill in enumerate(rows_fill):
+            if fill + seg_len[i] <= cap:
+                place[i] = (r, fill)
+                rows_fill[r] = fill + seg_len[i]
+                break
+        else:
+            place[i] = (len(rows_fill), 0)
+            rows_fill.append(seg_len[i])
+    n_rows = len(rows_fill)
+    p_ids = torch.zeros(n_rows, cap, dtype=ids_cpu.dtype)
+    p_pos = torch.zeros(n_rows, cap, dtype=torch.long)
+    p_seg = torch.full((n_rows, cap), -1, dtype=torch.long)
+    p_branch = torch.zeros(n_rows, cap, dtype=torch.long)
+    gather = torch.full((n, width), n_rows * cap, dtype=torch.long)
+    for i in range(b):
+        row, off = place[i]
+        s, c, r = shared[i], c_len[i], r_len[i]
+        base = row * cap + off
+        # prefix + chosen suffix: the chosen row's tokens in order; then the rejected suffix
+        p_ids[row, off : off + c] = ids_cpu[i, :c]
+        p_ids[row, off + c : off + c + r - s] = ids_cpu[b + i, s:r]
+        p_pos[row, off : off + c] = torch.arange(c)
+        p_pos[row, off + c : off + c + r - s] = torch.arange(s, r)
+        p_seg[row, off : off + c + r - s] = i
+        p_branch[row, off + s : off + c] = 1
+        p_branch[row, off + c : off + c + r - s] = 2
+        gather[i, :c] = base + torch.arange(c)
+        gather[b + i, :s] = base + torch.arange(s)
+        gather[b + i, s:r] = base + c + torch.arange(r - s)
+    device = input_ids.device
+    return PackedBatch(
+        input_ids=p_ids.to(device),
+        position_ids=p_pos.to(device),
+        segment=p_seg.to(device),
+        branch=p_branch.to(device),
+        gather=gather.reshape(-1).to(device),
+        shared_tokens=int(sum(shared)),
+        real_tokens=int(sum(lens)),
+        packed_slots=n_rows * cap,
+    )
+
+
+def attention_masks(
+    packed: PackedBatch, config, dtype: torch.dtype
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The 4-D masks for the packed rows: one tensor, or a dict by layer type (see :func:`layer_windows`).
+    Boolean (True = attend) for sdpa, additive (0 / dtype min) for eager."""
+    mode, windows = layer_windows(config)
+    seg, pos, br = packed.segment, packed.position_ids, packed.branch
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+    causal = pos[:, None, :] <= pos[:, :, None]
+    branch_ok = (br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None])
+    base = same & causal & branch_ok
+    eye = torch.eye(seg.size(1), dtype=torch.bool, device=seg.device)[None]
+    pad_q = (seg < 0)[:, :, None]
+    base = base | (pad_q & eye)  # a padding query attends to itself only (no empty softmax row)
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    masks: dict[str, torch.Tensor] = {}
+    for layer_type, window in windows.items():
+        m = base
+        if window is not None:
+            m = m & ((pos[:, :, None] - pos[:, None, :]) < window) | (pad_q & eye)
+        m = m[:, None]  # (rows, 1, W, W)
+        if impl == "eager":
+            m = torch.where(m, torch.zeros((), dtype=dtype, device=m.device), torch.finfo(dtype).min)
+        masks[layer_type] = m
+    return masks["full_attention"] if mode == "single" else masks
+
+
+# ----------------------------------------------------------------------------------------- the forward
+@contextlib.contextmanager
+def _backbone_returns(model, output):
+    """Make ``model``'s backbone return ``output`` for the duration (the head code then runs on it)."""
+    backbone = model.base_model
+    sentinel = object()
+    previous = backbone.__dict__.get("forward", sentinel)
+    backbone.forward = lambda *args, **kwargs: output
+    try:
+        yield
+    finally:
+        if previous is sentinel:
+            del backbone.forward
+        else:
+            backbone.forward = previous
+
+
+def shared_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, packed: PackedBatch):
+    """Run the backbone once on the packed rows; return the hidden states in the ``(2B, L, H)`` layout."""
+    backbone = model.base_model
+    emb = model.get_input_embeddings()
+    masks = attention_masks(packed, model.config, emb.weight.dtype)
+    out = backbone(
+        input_ids=packed.input_ids, attention_mask=masks, position_ids=packed.position_ids, use_cache=False
+    )
+    h = out.last_hidden_state
+    flat = h.reshape(-1, h.size(-1))
+    flat = torch.cat([flat, flat.new_zeros(1, flat.size(-1))], dim=0)
+    n, width = input_ids.shape
+    return flat.index_select(0, packed.gather).view(n, width, h.size(-1))
+
+
+def install_prefix_sharing(model, stats: dict | None = None) -> bool:
+    """Wrap ``model.forward`` (the causal-LM object, after TRL patched its LM head) so that a paired batch
+    — input ids and a right-padded attention mask of ``(2B, L)``, nothing else but labels / fused-head
+    flags — runs its transformer body once per pair prefix. Other calls (generation, caches, extra inputs,
+    an odd number of rows, left padding) go to the original forward. Idempotent; ``stats`` (optional)
+    accumulates ``shared_tokens``, ``real_tokens``, ``packed_slots`` and ``calls``."""
+    if getattr(model, "_prefopt_prefix_sharing", False):
+        return False
+    reason = unsupported_reason(model.config)
+    if reason is not None:
+        raise ValueError(f"prefix sharing: {reason}")
+    inner = model.forward
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        call = {k: v for k, v in kwargs.items() if v is not None}  # PEFT passes its unused inputs as None
+        if args:
+            if len(args) > 1 or "input_ids" in call:
+                return inner(*args, **kwargs)
+            call["input_ids"] = args[0]
+        if not set(call) <= _INTERCEPTED or call.get("use_cache") not in (None, False):
+            return inner(*args, **kwargs)
+        ids, mask = call.get("input_ids"), call.get("attention_mask")
+        if ids is None or mask is None or ids.dim() != 2 or mask.shape != ids.shape:
+            return inner(*args, **kwargs)
+        packed = pack_pairs(ids, mask)
+        if packed is None:
+            return inner(*args, **kwargs)
+        hidden = shared_hidden_states(model, ids, mask, packed)
+        if stats is not None:
+            stats["calls"] = stats.get("calls", 0) + 1
+            for k in ("shared_tokens", "real_tokens", "packed_slots"):
+                stats[k] = stats.get(k, 0) + getattr(packed, k)
+        with _backbone_returns(model, BaseModelOutputWithPast(last_hidden_state=hidden)):
+            return inner(*args, **kwargs)
+
+    model.forward = forward
+    model._prefopt_prefix_sharing = True
+    return True
+
+
+def resolve_setting(setting: Any, config, *, sharded: bool) -> tuple[bool, str]:
+    """``training.prefix_sharing`` (auto / true / false) for a model config → (on, why). A forced ``true``
+    on an unproven model raises ``ValueError`` with the reason (the caller words the user's error)."""
+    if setting is False:
+        return False, "off (training.prefix_sharing: false)"
+    reason = unsupported_reason(config)
+    if setting is True:
+        if reason is not None:
+            raise ValueError(reason)
+        return True, "on (training.prefix_sharing: true)"
+    if sharded:
+        return False, "off under auto: DeepSpeed / FSDP (a multi-call forward is not validated there)"
+    if reason is not None:
+        return False, f"off under auto: {reason}"
+    return True, f"on under auto: {config.model_type} is proven exact"
+
+
+__all__ = [
+    "PROVEN_ARCHITECTURES",
+    "PackedBatch",
+    "attention_masks",
+    "install_prefix_sharing",
+    "layer_windows",
+    "pack_pairs",
+    "resolve_setting",
+    "shared_hidden_states",
+    "unsupported_reason",
+]
