@@ -84,6 +84,12 @@ class SimPOLoss(LossParams):
     beta: float = Field(2.0, gt=0, description="β: reward scale.")
     gamma_beta_ratio: float = Field(0.5, ge=0, description="γ/β: target margin relative to β (paper: 0–1).")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="ε (0 in every published config).")
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of an NLL term on the chosen replies (the SimPO code's sft_weight, TRL's cpo_alpha). "
+        "0 (default, every published config) is the paper's SimPO; TRL's default 1.0 is CPO-SimPO.",
+    )
 
 
 # --------------------------------------------------------------------------------------------- loss-key hints
@@ -110,8 +116,8 @@ def _gamma_hint(algorithm, key, value, loss) -> str:
 
 _ORPO_LAM = " ORPO's λ is loss.lam (TRL beta, reference code --alpha)."
 _NO_NLL = (
-    " prefopt's SimPO is the paper's loss without an NLL term (sft_weight is 0 in every published config; "
-    "prefopt sets TRL's cpo_alpha = 0). CPO-SimPO is not a prefopt algorithm."
+    " SimPO's NLL term is loss.sft_weight (the SimPO code's name for TRL's cpo_alpha): the default 0 is the "
+    "paper's SimPO, without an NLL term (0 in every published config); TRL's default 1.0 is CPO-SimPO."
 )
 _KTO_D = " KTO's λ_D is loss.desirable_weight."
 _KTO_U = " KTO's λ_U is loss.undesirable_weight."
@@ -281,7 +287,6 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
                 "gamma": _gamma_hint,
                 "simpo_gamma": _gamma_hint,
                 "cpo_alpha": _NO_NLL,
-                "sft_weight": _NO_NLL,
                 "alpha": " CPOTrainer's alpha is AlphaPO's reward transform, not part of SimPO.",
                 "epsilon": " SimPO's ε is loss.label_smoothing.",
             },

@@ -250,9 +250,10 @@ RULES: list[Rule] = [
     _knob_rule(
         "cpo_alpha",
         ALL,
-        "training.cpo_alpha = {training[cpo_alpha]!r}: prefopt's SimPO is the paper's loss and sets cpo_alpha = 0; "
-        "TRL's cpo_alpha > 0 adds an NLL term (CPO-SimPO, TRL's default 1.0). There is no loss key for it.",
-        "remove training.cpo_alpha.",
+        "training.cpo_alpha = {training[cpo_alpha]!r}: prefopt sets SimPO's cpo_alpha from loss.sft_weight "
+        "(default 0, the paper's SimPO); cpo_alpha > 0 adds an NLL term on the chosen replies (CPO-SimPO, "
+        "TRL's default 1.0).",
+        "remove training.cpo_alpha; for CPO-SimPO set loss.sft_weight (TRL's default is 1.0).",
         "trl/experimental/cpo/cpo_trainer.py:842-845, 890",
     ),
     _knob_rule(

@@ -182,6 +182,6 @@ class PrefoptORPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, ORPOTrai
 
 
 class PrefoptCPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, CPOTrainer):
-    """``trl.experimental.cpo.CPOTrainer`` (SimPO) on prefopt's tokenisation (TRL's loss with cpo_alpha=0)."""
+    """``trl.experimental.cpo.CPOTrainer`` (SimPO) on prefopt's tokenisation (TRL's loss; cpo_alpha = loss.sft_weight)."""
 
     _prefopt_paired = True
