@@ -382,14 +382,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         cfg = load_generate_config(args.config, args.set)
         check_output_path(Path(cfg.output), "output")
     if args.dry_run:
+        preflight(cfg, where)
         with in_file(where):
             prompts = read_prompts(cfg, DropReport(where=f"prompts ({where})"))
-        preflight(cfg, where)
         print(f"{where}: config is valid; {len(prompts):,} prompts; would write {cfg.output}")
         return 0
     result, report = run_generate(cfg, where)
     n = write_rows_list(result.rows, Path(cfg.output))
     Path(cfg.report).write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    read = next((st for st in report["prompts_report"]["steps"] if st["step"] == "prompts"), None)
+    if read and read["rows_in"] != read["rows_out"]:
+        print(
+            f"prompts: {read['rows_in']:,} read, {read['rows_out']:,} used (repeats dropped)", file=sys.stderr
+        )
     print(result.report.summary(), file=sys.stderr)
     stats = result.stats
     if stats.get("resumed_prompts"):
@@ -399,7 +404,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(format_agreement(table), file=sys.stderr)
     cons = (report.get("figures") or {}).get("pairwise_consistency")
     if cons is not None:
-        print(f"pairwise judge consistency (both orders agree): {cons:.3f}", file=sys.stderr)
+        text = f"{cons:.3f}" if cons == cons else "n/a (no comparison was parsed in both orders)"
+        print(f"pairwise judge consistency (both orders agree): {text}", file=sys.stderr)
     print(f"wrote {n:,} {result.kind} rows to {cfg.output} (report: {cfg.report})", file=sys.stderr)
     return 0
 

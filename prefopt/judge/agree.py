@@ -130,6 +130,12 @@ def judge_blocks(config: str | None, inline: Sequence[str]) -> tuple[list[Block]
         where, base_dir = f"--judge #{i + 1}", None
         p = Path(text).expanduser()
         if p.suffix.lower() in (".yaml", ".yml") or p.is_file():
+            if not p.is_file():
+                raise PrefoptError(
+                    f"the judge file {p} does not exist.",
+                    where=where,
+                    fix="give the path of a YAML file holding a judge block, or the block itself as YAML.",
+                )
             data = read_yaml(p)
             where, base_dir = str(p), str(p.resolve().parent)
             data = data.get("judge", data) if isinstance(data, dict) else data

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from prefopt.config.recipe import ModelSection, SourceSection, apply_overrides, read_yaml
 from prefopt.config.schema import StrictModel, validate
@@ -127,6 +127,9 @@ class GenerateConfig(StrictModel):
         description="More judges to judge the made pairs with: their agreement and κ with the data's "
         "judge, and their length bias, go into the report.",
     )
+    _base: Path = PrivateAttr(default_factory=Path.cwd)  # the config's folder
+    _judge_cfg: Any = PrivateAttr(None)  # the validated judge block
+    _check_cfgs: list = PrivateAttr(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -357,13 +360,14 @@ def load_policy(cfg: GenerateConfig):
 
 
 def run_generate(cfg: GenerateConfig, where: str) -> tuple[GenerationResult, dict[str, Any]]:
-    """Read the prompts, check everything, load the judge and the policy, generate, judge and pair.
+    """Check the judges and the policy's source, read the prompts, load the judge and the policy,
+    generate, judge and pair.
     Returns the result and the report written beside the output."""
     base = str(cfg._base)
+    preflight(cfg, where)
     report = DropReport(where=f"prompts ({where})")
     with in_file(where):
         prompts = read_prompts(cfg, report)
-    preflight(cfg, where)
     with in_file(where):
         judge = build_judge(cfg._judge_cfg, where="judge", base_dir=base)
         checks = [

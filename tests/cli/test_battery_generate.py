@@ -331,6 +331,15 @@ CASES = [
         False,
     ),
     (
+        "agree-judge-file-missing",
+        lambda t, m: _agree(
+            t, str(t / "rm.yaml"), "{type: callable, function: 'prefopt.world:TASKS.arith.reward'}"
+        ),
+        ["judge file", "does not exist"],
+        "rm.yaml",
+        False,
+    ),
+    (
         "agree-pairs-missing",
         lambda t, m: [
             "data",
@@ -547,3 +556,26 @@ def test_agree_config_with_named_judges(tmp_path, capsys):
     assert cli.main(["data", "agree", "--config", str(tmp_path / "judges.yaml")]) == 0
     out = capsys.readouterr().out
     assert "truth vs world" in out and "Cohen's κ" in out
+
+
+def test_generate_reports_length_bias_and_agreement_with_check_judges(tmp_path, monkeypatch, capsys):
+    """A length judge made the data: the longer reply was always chosen, a second copy of it agrees on
+    every pair (κ 1), and both figures are printed and saved in the report."""
+    (tmp_path / "len_judge.py").write_text("def score(prompt, reply):\n    return float(len(reply))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    block = {"type": "callable", "function": "len_judge:score"}
+    argv = _gen(
+        tmp_path,
+        generation={"k": 4},
+        judge={**block, "name": "length"},
+        check_judges=[{**block, "name": "again"}],
+    )
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "pairs.jsonl.report.json").read_text())
+    table = report["figures"]["agreement"]
+    n = len(_rows(tmp_path / "out" / "pairs.jsonl"))
+    assert n > 0 and table["n_pairs"] == n
+    assert table["judges"]["length"]["length_bias"]["longer_win_rate"] == 1.0
+    assert table["pairs"]["length vs again"]["agreement"] == 1.0
+    assert "length vs again: agreement 1.000" in err
