@@ -126,3 +126,43 @@ def test_report_and_compare_table_show_the_win_rate():
     assert report_lines({}) == []
     assert win_rate_cell({"win_rate": 0.65, "lc_win_rate": 0.61}) == "0.650 (LC 0.610)"
     assert win_rate_cell({}) == "—"
+
+
+def test_evaluate_models_hook_writes_judged_section_summary_and_perplexity(tiny, tmp_path):
+    """evaluate_models with a judge and ``against``: the judged section names the other side, the summary
+    carries the win rate, and the preference section the perplexities (policy ≠ reference here)."""
+    import json
+
+    from prefopt.evaluate.metrics import evaluate_models, format_summary
+    from prefopt.model.loading import build_builtin
+
+    model, tok = tiny
+    rows = [{"prompt": f"{i}+2=", "chosen": str(i + 2), "rejected": str(i + 3)} for i in range(4)]
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = load_recipe(
+        data={
+            "algorithm": "dpo",
+            "model": {"name": "builtin:tiny-arith"},
+            "data": {"train": [{"source": "jsonl", "path": str(f)}]},
+            "evaluation": {"max_new_tokens": 4, "max_prompts": 4},
+        }
+    )
+    other = build_builtin("tiny-arith", 1).eval()
+    judge = build_judge({"type": "callable", "function": "judge_len:score"})
+    res = evaluate_models(
+        model,
+        build_builtin("tiny-arith", 2).eval(),
+        tok,
+        recipe,
+        Dataset.from_list(rows),
+        judge=judge,
+        against=("runs/x", other),
+    )
+    assert res["judged"]["against"] == "runs/x" and res["judged"]["num_prompts"] == 4
+    assert res["summary"]["win_rate"] == res["judged"]["win_rate"]["win_rate"]
+    pref = res["preference"]
+    assert pref["perplexity_chosen"] > 1 and pref["reference_perplexity_chosen"] > 1
+    assert pref["perplexity_chosen"] != pref["reference_perplexity_chosen"]
+    assert "win_rate" in format_summary(res) and "perplexity_chosen" in format_summary(res)
+    assert "judged" not in evaluate_models(model, model, tok, recipe, Dataset.from_list(rows))
