@@ -398,6 +398,21 @@ CASES = [
         False,
     ),
     (
+        "eval-judge-reward-model-bad-head",
+        lambda t, m: _eval(
+            t,
+            "--judge",
+            str(
+                _judge_file(
+                    t, {"type": "reward_model", "path": str(_model_dir(t, "model.safetensors", name="lm"))}
+                )
+            ),
+        ),
+        ["judge.path", "LlamaForCausalLM"],
+        "judge.yaml",
+        False,
+    ),
+    (
         "eval-against-not-a-run",
         lambda t, m: _eval(
             t,
