@@ -594,3 +594,20 @@ def test_generate_reports_length_bias_and_agreement_with_check_judges(tmp_path, 
     assert table["judges"]["length"]["length_bias"]["longer_win_rate"] == 1.0
     assert table["pairs"]["length vs again"]["agreement"] == 1.0
     assert "length vs again: agreement 1.000" in err
+
+
+def test_the_policy_can_be_a_run_directory_relative_to_the_config(tmp_path, capsys):
+    """model.name: a folder holding model/ as `prefopt train` saves it, written relative to the config."""
+    from prefopt.model.loading import build_builtin, load_tokenizer
+
+    d = tmp_path / "runs" / "r1" / "model"
+    build_builtin("tiny-arith", 3).save_pretrained(d)
+    load_tokenizer("builtin:tiny-arith").save_pretrained(d)
+    argv = _gen(
+        tmp_path,
+        model={"name": "runs/r1"},
+        judge={"type": "callable", "function": "prefopt.world:world_reward"},
+    )
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "out" / "pairs.jsonl.report.json").read_text())
+    assert report["stats"]["prompts"] == len(PROMPTS)
