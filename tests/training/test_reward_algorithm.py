@@ -324,3 +324,54 @@ def test_quickstart_reward_model_ranks_heldout_world_pairs(tmp_path):
     assert s["preference_accuracy"] >= 0.95, s
     assert s["kappa_true_reward"] > 0.5, s
     assert summary["eval"]["preference"]["pairs"] >= 500
+
+
+def test_a_lora_run_loads_as_a_judge_on_its_base(tmp_path):
+    """A LoRA reward model (world:arith trunk) is saved as a SEQ_CLS adapter with its head, and the judge
+    loads it on its base: its scores are those of the trained model (eval.json's mean rewards)."""
+    eval_rows = [{"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": str(i + 2)} for i in range(6)]
+    _write_jsonl(tmp_path / "eval.jsonl", eval_rows)
+    path = _recipe(
+        tmp_path,
+        model={"name": "world:arith", "lora": {"r": 4, "lora_alpha": 8}},
+        data={
+            "train": [{"source": "jsonl", "path": "data.jsonl"}],
+            "eval": [{"source": "jsonl", "path": "eval.jsonl"}],
+        },
+        training={"learning_rate": 1e-2},
+        evaluation={"enabled": True},
+    )
+    _write_jsonl(tmp_path / "data.jsonl", PAIRS)
+    run = tmp_path / "run"
+    assert cli.main(["train", "--config", str(path), "--output-dir", str(run)]) == 0
+    adapter = json.loads((run / "model" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
+    pref = json.loads((run / "eval.json").read_text())["preference"]
+
+    from prefopt.judge.base import build_judge
+
+    judge = build_judge({"type": "reward_model", "path": str(run)})
+    prompts = [r["prompt"] for r in eval_rows]
+    rc = judge.score(prompts, [r["chosen"] for r in eval_rows])
+    assert sum(rc) / 6 == pytest.approx(pref["reward_chosen"], abs=1e-5)
+
+
+def test_no_pair_is_dropped_silently_by_trls_max_length(tmp_path):
+    """TRL's RewardTrainer drops pairs longer than its max_length (default 1024) without a word; prefopt's
+    tokenisation already applied training.max_length (here: none), so every pair reaches the trainer."""
+    from prefopt.data.tokenized import prepare_data
+    from prefopt.model.loading import load_model, tokenizer_for
+    from prefopt.training.build import build_trainer
+
+    long = {"prompt": "1" * 1100 + "+1=", "chosen": "2", "rejected": "3"}
+    path = _recipe(tmp_path, PAIRS[:3] + [long])
+    data = yaml.safe_load(path.read_text())
+    del data["training"]["max_length"]  # no training.max_length: TRL's default 1024 would apply
+    path.write_text(yaml.safe_dump(data))
+    recipe = load_recipe(path)
+    tok = tokenizer_for(recipe.model)
+    train_tok, *_ = prepare_data(recipe, tok)
+    model, tok = load_model(recipe.model, seed=0, tokenizer=tok, num_labels=1)
+    trainer = build_trainer(recipe, model, tok, train_tok, None, output_dir=str(tmp_path / "ck"))
+    assert len(trainer.train_dataset) == 4
+    assert max(len(x) for x in trainer.train_dataset["chosen_ids"]) > 1024
