@@ -375,3 +375,12 @@ def test_no_pair_is_dropped_silently_by_trls_max_length(tmp_path):
     trainer = build_trainer(recipe, model, tok, train_tok, None, output_dir=str(tmp_path / "ck"))
     assert len(trainer.train_dataset) == 4
     assert max(len(x) for x in trainer.train_dataset["chosen_ids"]) > 1024
+
+
+def test_a_compare_grid_refuses_a_reward_model():
+    """A reward model is no policy: a sweep's grid entry with algorithm: reward is an error naming it."""
+    from prefopt.studies import compare
+
+    base = str(ROOT / "configs" / "recipes" / "quickstart" / "dpo.yaml")
+    with pytest.raises(PrefoptError, match=r'"grid.0".*trains a reward model, not a policy'):
+        compare.load_sweep(data={"base": base, "grid": [{"algorithm": REWARD}]})
