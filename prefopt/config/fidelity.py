@@ -222,7 +222,7 @@ RULES: list[Rule] = [
     # ---- TRL loss knobs that prefopt owns (the adapter overwrites them from `loss:`)
     _knob_rule(
         "beta",
-        ALL,
+        names_where(lambda s: s.scale_param is not None),  # a reward model's config has no beta
         _beta_message,
         lambda a, loss, t: f"set {_beta_owner(a)} instead and remove training.beta.",
     ),
@@ -263,6 +263,13 @@ RULES: list[Rule] = [
         "average log-prob reward: not algorithm: simpo.",
         "remove training.alpha.",
         "trl/experimental/cpo/cpo_trainer.py:696-709",
+    ),
+    _knob_rule(
+        "center_rewards_coefficient",
+        names_where(lambda s: s.takes("center_rewards_coefficient")),
+        "training.center_rewards_coefficient = {training[center_rewards_coefficient]!r} is the reward model's η, "
+        "which prefopt sets from `loss:`.",
+        "set loss.center_rewards_coefficient instead and remove training.center_rewards_coefficient.",
     ),
     _knob_rule(
         "desirable_weight",

@@ -64,6 +64,7 @@ from prefopt.data.tokenization import tokenize_dataset
 from prefopt.data.transforms import load_source, pair, prepare
 from prefopt.evaluate.judged import judged_section, judged_summary, perplexity
 from prefopt.evaluate.kl import kl_figures
+from prefopt.evaluate.reward_model import evaluate_reward_run
 from prefopt.model.generation import sampled_kl_and_length
 from prefopt.model.loading import load_reference, load_trained
 from prefopt.model.logprobs import DEFAULT_BATCH_SIZE, completion_logps, device_of
@@ -382,6 +383,10 @@ def evaluate_run(
     else:
         eval_ds = run_eval_split(run_dir, recipe)
         source = "recipe eval split" if eval_ds is not None else None
+    if get_spec(recipe.algorithm).num_labels is not None:  # a reward model: its own evaluation
+        return evaluate_reward_run(
+            run_dir, recipe, eval_ds, data_source=source, world_prompts=world_prompts, write=write
+        )
     policy, tokenizer = load_trained(run_dir)
     reference = load_reference(recipe.model, seed=recipe.seed)
     other = (str(against), load_trained(against)[0].eval()) if against is not None else None

@@ -25,7 +25,7 @@ PLOTS: list[tuple[str, str, str, list[tuple[str, str]]]] = [
     (
         "rewards.png",
         "Implicit rewards and margin",
-        "reward",
+        "implicit reward",
         [
             ("rewards/chosen", "chosen"),
             ("rewards/rejected", "rejected"),
@@ -174,7 +174,7 @@ def _plot(
         if len(pts) <= 30:
             style.update(marker="o", markersize=3.5)
         ax.plot(xs, ys, **style)
-    if "margin" in " ".join(label for label, _ in lines) or "reward" in ylabel:
+    if "margin" in " ".join(label for label, _ in lines) or ylabel.endswith(" reward"):
         ax.axhline(0.0, color="#888888", linewidth=0.8, linestyle=":")
     shown = set()
     for w in warnings:
