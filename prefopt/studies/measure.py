@@ -1,6 +1,8 @@
 """How every study measures what it trained: :class:`Measure` (wall time, CPU time, peak memory of a
 block) and :class:`WorldEvaluator` (true reward, KL to the reference and held-out preference accuracy on
-the ground-truth world, the same for every point, with :class:`CompareEvaluation` its settings).
+the ground-truth world, the same for every point, with :class:`CompareEvaluation` its settings; with
+``evaluation.judge:`` also each point's win rate against the reference, judged by that judge, and its
+length-controlled figure).
 
 Shared by the algorithm comparison (:mod:`prefopt.studies.compare`) and the studies it runs beside its
 grid (:mod:`prefopt.studies.rlhf`, :mod:`prefopt.studies.iterative`).
@@ -12,15 +14,19 @@ import os
 import resource
 import threading
 import time
+from typing import Any
 
 import torch
 from pydantic import Field
 
 from prefopt.config.schema import StrictModel
 from prefopt.core.errors import PrefoptError
+from prefopt.judge import build_judge
+from prefopt.judge.winrate import win_rate
+from prefopt.model.engines import build_engine
 from prefopt.model.loading import load_trained
 from prefopt.model.logprobs import sequence_logps
-from prefopt.world import evaluate_policy, preference_rows, reference_checkpoint, task_of
+from prefopt.world import evaluate_policy, heldout_prompts, preference_rows, reference_checkpoint, task_of
 
 
 class CompareEvaluation(StrictModel):
@@ -35,6 +41,12 @@ class CompareEvaluation(StrictModel):
         ge=0,
         description="Held-out prompts the preference pairs are drawn from "
         "(world test split, up to 2 pairs each); 0 = skip.",
+    )
+    judge: dict[str, Any] | None = Field(
+        None,
+        description="A judge: block (docs/judges.md). Each point's samples on the held-out prompts are judged "
+        "against the reference's (same seed, sample i against sample i): win rate and length-controlled win "
+        "rate in the table. None: no win rate.",
     )
 
 
@@ -119,6 +131,10 @@ class WorldEvaluator:
         self._ref_lp = self._logps(reference) if self.pairs else None
         self.reference_result = self._sampling(reference, with_kl=False)
         self.reference_result["kl_to_reference"] = 0.0
+        self.judge = build_judge(s.judge, where="evaluation.judge") if s.judge else None
+        if self.judge is not None:
+            self._judged_prompts = heldout_prompts(task, s.num_prompts, s.seed)
+            self._ref_replies = self._replies(reference)
         if self._ref_lp is not None:
             lc, lr = self._ref_lp
             self.reference_result["logp_accuracy"] = float((lc > lr).double().mean())
@@ -148,6 +164,34 @@ class WorldEvaluator:
             max_new_tokens=s.max_new_tokens,
         )
 
+    def _replies(self, model) -> list:
+        s = self.settings
+        engine = build_engine("transformers", model=model, tokenizer=self.tokenizer)
+        rows = engine.generate(
+            self._judged_prompts,
+            k=s.samples_per_prompt,
+            temperature=1.0,
+            max_new_tokens=s.max_new_tokens,
+            seed=s.seed,
+        )
+        return [c for row in rows for c in row]
+
+    def _win_rate(self, model) -> dict[str, Any]:
+        """The model (position a) against the reference, sample i against sample i."""
+        pol, ref = self._replies(model), self._ref_replies
+        k = self.settings.samples_per_prompt
+        prompts = [p for p in self._judged_prompts for _ in range(k)]
+        res, _ = win_rate(
+            self.judge,
+            prompts,
+            [c.text for c in pol],
+            [c.text for c in ref],
+            lengths=([c.length for c in pol], [c.length for c in ref]),
+            seed=self.settings.seed,
+        )
+        d = res.as_dict()
+        return {"win_rate": d["win_rate"], "lc_win_rate": d["lc_win_rate"], "win_rate_detail": d}
+
     def __call__(self, model) -> dict:
         t0 = time.perf_counter()
         was_training = model.training
@@ -160,6 +204,8 @@ class WorldEvaluator:
                 out["pref_accuracy"] = float(((lc - rc) > (lr - rr)).double().mean())
                 out["logp_accuracy"] = float((lc > lr).double().mean())
                 out["pref_pairs"] = len(self.pairs)
+            if self.judge is not None:
+                out.update(self._win_rate(model))
         if was_training:
             model.train()
         out["eval_s"] = round(time.perf_counter() - t0, 2)
