@@ -234,6 +234,12 @@ class EvaluationSection(_Section):
     world_prompts: int = Field(
         300, gt=0, description="Held-out world prompts for the true reward (4 samples + greedy each)."
     )
+    judge: dict[str, Any] | None = Field(
+        None,
+        description="A judge: block (docs/judges.md): at the end of training the policy's win rate against its "
+        "reference on the held-out prompts, with the length-controlled figure (eval.json `judged`, report.md). "
+        "Checked before any model loads; paths relative to the recipe's folder.",
+    )
 
 
 class ReferenceCacheSection(_Section):

@@ -24,6 +24,8 @@ from prefopt.data.tokenized import prepare_data
 from prefopt.evaluate.metrics import evaluate_models
 from prefopt.evaluate.report import write_report
 from prefopt.evaluate.reward_model import evaluate_reward_model
+from prefopt.judge import build_judge, parse_judge_config
+from prefopt.judge.generate_config import preflight_judge
 from prefopt.model.loading import load_model, load_reference, tokenizer_for
 from prefopt.pipeline import manifest, rundir
 from prefopt.training import distinfo, refcache
@@ -87,6 +89,7 @@ def _train(recipe: Recipe, path: Path, *, overwrite: bool, resume: bool) -> dict
     adapter = get_adapter(recipe.algorithm)
     distinfo.check_launch(recipe)  # exit 2 when the process state lacks the launcher's mode (FSDP on CPU)
     run = open_run_dir(recipe, path, overwrite=overwrite, resume=resume)
+    check_evaluation_judge(recipe)  # a judge that cannot work fails now, not after training
     training = resolve_batch(recipe)
     # data before weights: a malformed dataset fails in seconds, not after loading a 7B model
     tokenizer = tokenizer_for(recipe.model)
@@ -266,6 +269,20 @@ def _resume_point(ckpt_dir: Path, resume: bool, identity: dict | None = None) ->
     return last
 
 
+def _judge_base(recipe: Recipe) -> str | None:
+    return str(recipe.source_path.parent) if recipe.source_path else None
+
+
+def check_evaluation_judge(recipe: Recipe) -> None:
+    """``evaluation.judge``: validated and checked as far as it can be without loading weights (a
+    callable's function imports, a reward model's checkpoint has a one-logit head)."""
+    block = recipe.evaluation.judge
+    if not block or not recipe.evaluation.enabled:
+        return
+    where = f"{recipe.source_path}: evaluation.judge" if recipe.source_path else "evaluation.judge"
+    preflight_judge(parse_judge_config(block, where), where, _judge_base(recipe))
+
+
 def run_evaluation(recipe: Recipe, model, tokenizer, eval_ds) -> dict | None:
     """End-of-training evaluation (:func:`prefopt.evaluate.metrics.evaluate_models`): held-out preference
     accuracy and margins, log-prob shifts, KL to the starting model on samples, lengths, and the
@@ -276,6 +293,9 @@ def run_evaluation(recipe: Recipe, model, tokenizer, eval_ds) -> dict | None:
     model.eval()
     if get_adapter(recipe.algorithm).spec.num_labels is not None:  # a reward model: pairs ranked, κ
         return evaluate_reward_model(model, tokenizer, recipe, eval_ds)
+    judge = None
+    if recipe.evaluation.judge:
+        judge = build_judge(recipe.evaluation.judge, where="evaluation.judge", base_dir=_judge_base(recipe))
     with torch.no_grad():
         reference = load_reference(recipe.model, seed=recipe.seed)
-        return evaluate_models(model, reference, tokenizer, recipe, eval_ds)
+        return evaluate_models(model, reference, tokenizer, recipe, eval_ds, judge=judge)
