@@ -1,6 +1,7 @@
 """Two real processes over gloo on CPU reproduce a one-process run with the same global batch:
-the loss trajectory and the final weights match within 1e-4 (DPO, and KTO whose KL reference point
-is averaged across processes)."""
+the loss trajectory and the final weights match within 1e-4 (DPO, KTO whose KL reference point
+is averaged across processes, and online DPO, whose replies are sampled in each process and whose loss is
+averaged over the global batch's pairs)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def _losses(out: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("algorithm", ["dpo", "kto"])
+@pytest.mark.parametrize("algorithm", ["dpo", "kto", "online_dpo"])
 def test_two_processes_match_one(algorithm, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _launch(algorithm, one, 1)

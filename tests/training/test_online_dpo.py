@@ -233,3 +233,66 @@ def test_loss_type_ipo_takes_ipos_loss_with_beta_as_tau():
     per = adapter.trainer_kwargs(r)["prefopt_loss"](z, z, z, z, torch.ones(3), torch.ones(3), 0.5)
     assert per.tolist() == pytest.approx([1.0] * 3)  # (h − 1/(2τ))² at h = 0, τ = 0.5
     assert "prefopt_loss" not in adapter.trainer_kwargs(load_recipe(QUICKSTART))  # sigmoid: DPO's loss
+
+
+# ------------------------------------------------------------------ resume (slow)
+def _cli(out: Path) -> list[str]:
+    args = [*SMALL, "training.max_steps=6", "training.save_steps=2", "training.learning_rate=1e-3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefopt.cli",
+        "train",
+        "--config",
+        str(QUICKSTART),
+        "--output-dir",
+        str(out),
+    ]
+    return cmd + [x for a in args for x in ("--set", a)]
+
+
+def _env() -> dict:
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def _weights(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+def _online_log(out: Path) -> list[tuple]:
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["online/score"], r["online/length"]) for r in recs if "loss" in r]
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_to_the_same_samples_and_weights(tmp_path):
+    import signal
+    import time
+
+    from prefopt.training.resilience import MARKER
+
+    straight = tmp_path / "straight"
+    proc = subprocess.run(_cli(straight), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    run = subprocess.Popen(_cli(out), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    target, deadline = out / "checkpoints" / "checkpoint-2" / MARKER, time.time() + 300
+    while not target.exists():
+        assert run.poll() is None and time.time() < deadline, "the run ended before checkpoint-2"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=300)
+    assert run.returncode == -signal.SIGKILL and not (out / "model").exists()
+
+    proc = subprocess.run(_cli(out), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stderr
+    a, b = _weights(straight), _weights(out)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    # the steps after the checkpoint sampled and judged the same replies
+    resumed = {s: rec for s, *rec in _online_log(out)}
+    for step, *rec in _online_log(straight):
+        assert resumed[step] == pytest.approx(rec, abs=1e-6), step
