@@ -296,3 +296,51 @@ def test_sigkill_then_rerun_resumes_to_the_same_samples_and_weights(tmp_path):
     resumed = {s: rec for s, *rec in _online_log(out)}
     for step, *rec in _online_log(straight):
         assert resumed[step] == pytest.approx(rec, abs=1e-6), step
+
+
+def test_a_pessimistic_ensemble_is_an_online_judge():
+    members = [
+        {"type": "callable", "function": "prefopt.world:TASKS.arith.reward"},
+        {
+            "type": "callable",
+            "function": "prefopt.judge.length:length_biased_reward",
+            "kwargs": {"function": "prefopt.world:TASKS.arith.reward", "bonus": 0.5},
+        },
+    ]
+    r = load_recipe(
+        QUICKSTART, [f"online.judge={{type: ensemble, combine: mean_minus_std, judges: {members}}}"]
+    )
+    judge = recipe_judge(r)
+    # "3": both 1 and 1.5 → 1.25 − 0.25; "33": 0 and 1 → 0.5 − 0.5: disagreement is penalised
+    assert judge.score(["1+2=", "1+2="], ["3", "33"]) == pytest.approx([1.0, 0.0])
+    r = load_recipe(QUICKSTART, [f"online.judge={{type: ensemble, combine: min, judges: {members}}}"])
+    assert recipe_judge(r).score(["1+2=", "1+2="], ["3", "33"]) == pytest.approx([1.0, 0.0])
+
+
+# ------------------------------------------------------------------ the length defence (slow)
+COUNT = [
+    "model.name=world:count",
+    "data.train.0.task=count",
+    "online.max_new_tokens=24",
+    "training.max_length=48",
+    "training.num_train_epochs=2",
+    'online.judge={type: callable, function: "prefopt.judge.length:length_biased_reward", '
+    'kwargs: {function: "prefopt.world:TASKS.count.reward", bonus: 1.0}}',
+]
+
+
+@pytest.mark.slow
+def test_the_length_penalty_holds_length_where_a_length_biased_judge_inflates_it(tmp_path):
+    """docs/compare.md: on the count world a judge paying 1 per character drives replies to the token
+    budget and the true reward to 0 (3 epochs: 5.7 → 15.9 tokens); the penalty keeps them within 10 %."""
+    from prefopt.pipeline.run import train
+
+    out = {}
+    for name, extra in (("biased", []), ("penalised", ["online.length_penalty=1.0"])):
+        recipe = load_recipe(QUICKSTART, [*COUNT, *extra])
+        out[name] = train(recipe, output_dir=str(tmp_path / name))["eval"]["world"]
+    ref_len = out["biased"]["reference"]["mean_length"]
+    assert out["biased"]["policy"]["mean_length"] >= 1.5 * ref_len, out["biased"]
+    assert out["biased"]["lift_sampled"] < 0, out["biased"]
+    assert abs(out["penalised"]["policy"]["mean_length"] / ref_len - 1) <= 0.10, out["penalised"]
+    assert out["penalised"]["lift_sampled"] > 0.05, out["penalised"]
