@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from prefopt.core.errors import PrefoptError
 from prefopt.model.engines.hf import TransformersEngine
 from prefopt.model.logprobs import completion_logps
 from prefopt.training import losses
@@ -154,7 +155,13 @@ class OnlineDPOTrainer(PrefoptDPOTrainer):
         """Sample, judge and pair one micro-batch: the pair rows, their weights (1, or 0 for a tie) and
         the local sums behind the logged statistics."""
         if self.judge is None or self.online is None:
-            raise RuntimeError("OnlineDPOTrainer needs online= (the recipe's online block) and judge=")
+            raise PrefoptError(
+                "the online trainer has no judge to rank its samples: `prefopt train` builds it from the "
+                "recipe's online.judge, but this run was assembled without one (prefopt compare and the "
+                "studies cannot run online points yet).",
+                where="online.judge",
+                fix="train the recipe with `prefopt train`, or pass judge= (prefopt.judge.length.recipe_judge).",
+            )
         policy = self.accelerator.unwrap_model(model)
         completions = self.sample(policy, prompt_ids, self._seed_now())
         self.last_samples = completions

@@ -344,3 +344,10 @@ def test_the_length_penalty_holds_length_where_a_length_biased_judge_inflates_it
     assert out["biased"]["lift_sampled"] < 0, out["biased"]
     assert abs(out["penalised"]["policy"]["mean_length"] / ref_len - 1) <= 0.10, out["penalised"]
     assert out["penalised"]["lift_sampled"] > 0.05, out["penalised"]
+
+
+def test_a_trainer_without_a_judge_says_so(tmp_path):
+    recipe, trainer = _trainer(tmp_path, ["training.max_steps=1"])
+    trainer.judge = None
+    with pytest.raises(PrefoptError, match="no judge"):
+        trainer.train()
