@@ -41,6 +41,8 @@ def _common(algorithm: str, out: Path, per_device: int) -> list[str]:
         "data.train.0.size=48",
         "--set",
         "evaluation.enabled=false",
+        # online DPO: k = 2 makes ties frequent, so the processes' pair counts differ (the global mean is tested)
+        *(["--set", "online.k=2"] if algorithm == "online_dpo" else []),
     ]
 
 
