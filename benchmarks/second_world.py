@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=list(study.KINDS),
         choices=study.ALL_KINDS,
-        help="prefopt, trl, and the plain-TRL variants used to explain gaps (trl-shuffled, trl-cpo_alpha0)",
+        help="prefopt, trl, and the variants used to explain gaps: trl-shuffled, trl-cpo_alpha0, "
+        "prefopt-noshuffle, prefopt-sft_weight1[-noshuffle] (SimPO with TRL's NLL term)",
     )
     ap.add_argument("--jobs", type=int, default=2, help="training subprocesses at a time (one thread each)")
     ap.add_argument("--markdown", default=None, help="write the table here (default: <workdir>/table.md)")

@@ -1,8 +1,10 @@
-"""``prefopt data convert | inspect | sources``.
+"""``prefopt data convert | inspect | sources | generate | agree``.
 
 ``convert`` runs exactly what a recipe's ``data:`` block runs (same source, same checks, same
 transforms) and writes canonical JSONL; ``inspect`` summarises a file; ``sources`` lists the
-readers and their options. Handlers return an exit code; user errors are raised as
+readers and their options; ``generate`` makes preference data with a policy and a judge
+(:mod:`prefopt.judge.generate_config`); ``agree`` checks judges against each other and against labels
+(:mod:`prefopt.judge.agree`). Handlers return an exit code; user errors are raised as
 :class:`~prefopt.core.errors.PrefoptError` for the top-level CLI to print (exit status 2).
 """
 
@@ -101,6 +103,50 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("sources", help="list the data sources and their options")
     p.add_argument("name", nargs="?", default=None, help="show one source in full")
     p.set_defaults(func=cmd_sources)
+
+    p = sub.add_parser(
+        "generate",
+        help="sample replies from a policy, judge them, write preference pairs (or unpaired rows)",
+        description="Prompts (a data source or a prompts file) → k replies per prompt from the config's policy → "
+        "the judge → pairs (best_vs_worst, best_vs_random, all_above_margin) or unpaired rows, written as "
+        "canonical JSONL with provenance; the report (drops, judge figures) and the resumable state file go "
+        "beside the output. See docs/judges.md.",
+    )
+    p.add_argument("--config", required=True, help="the generation config (YAML; see configs/generate/)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (typed)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the config and read the prompts; load no model"
+    )
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "agree",
+        help="judge labelled pairs with several judges: agreement, Cohen's kappa, accuracy, length/position bias",
+        description="Each pair is shown with its chosen reply in position a or b (a seeded coin). Reports each "
+        "judge's counts, accuracy against the pairs' labels (--human: people's labels), how often the longer "
+        "reply wins, an LLM judge's position bias, and agreement + Cohen's kappa for every two judges.",
+    )
+    p.add_argument(
+        "--pairs", default=None, help="JSONL/JSON of {prompt, chosen, rejected} rows (or pairs: in --config)"
+    )
+    p.add_argument(
+        "--config", default=None, help="YAML with judges: [judge blocks] (and optionally pairs, human)"
+    )
+    p.add_argument(
+        "--judge",
+        action="append",
+        default=[],
+        metavar="BLOCK",
+        help="a judge block as YAML ('{type: callable, function: \"m:f\"}') or a YAML file; repeatable",
+    )
+    p.add_argument("--human", action="store_true", default=None, help="the chosen side is a human label")
+    p.add_argument("--max-pairs", type=int, default=None, help="judge only the first N pairs")
+    p.add_argument("--seed", type=int, default=None, help="seed of the position coin (default 0)")
+    p.add_argument("--output", default=None, help="write the table as JSON here")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_agree)
     return data
 
 
@@ -317,4 +363,106 @@ def cmd_sources(args: argparse.Namespace) -> int:
             for key, opt in info.options.items():
                 default = "" if opt.default is None else f" (default {opt.default!r})"
                 print(f"    {key}: {opt.help}{default}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from prefopt.data.report import DropReport
+    from prefopt.judge.agree import format_agreement
+    from prefopt.judge.generate_config import (
+        in_file,
+        load_generate_config,
+        preflight,
+        read_prompts,
+        run_generate,
+    )
+
+    where = args.config
+    with in_file(where):
+        cfg = load_generate_config(args.config, args.set)
+        check_output_path(Path(cfg.output), "output")
+    if args.dry_run:
+        preflight(cfg, where)
+        with in_file(where):
+            prompts = read_prompts(cfg, DropReport(where=f"prompts ({where})"))
+        print(f"{where}: config is valid; {len(prompts):,} prompts; would write {cfg.output}")
+        return 0
+    result, report = run_generate(cfg, where)
+    n = write_rows_list(result.rows, Path(cfg.output))
+    Path(cfg.report).write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    read = next((st for st in report["prompts_report"]["steps"] if st["step"] == "prompts"), None)
+    if read and read["rows_in"] != read["rows_out"]:
+        print(
+            f"prompts: {read['rows_in']:,} read, {read['rows_out']:,} used (repeats dropped)", file=sys.stderr
+        )
+    print(result.report.summary(), file=sys.stderr)
+    stats = result.stats
+    if stats.get("resumed_prompts"):
+        print(f"resumed: {stats['resumed_prompts']:,} prompts were finished in {cfg.state}", file=sys.stderr)
+    table = (report.get("figures") or {}).get("agreement")
+    if table:
+        print(format_agreement(table), file=sys.stderr)
+    cons = (report.get("figures") or {}).get("pairwise_consistency")
+    if cons is not None:
+        text = f"{cons:.3f}" if cons == cons else "n/a (no comparison was parsed in both orders)"
+        print(f"pairwise judge consistency (both orders agree): {text}", file=sys.stderr)
+    print(f"wrote {n:,} {result.kind} rows to {cfg.output} (report: {cfg.report})", file=sys.stderr)
+    return 0
+
+
+def write_rows_list(rows: list[dict[str, Any]], path: Path) -> int:
+    """Rows as JSONL (written to a temporary file, then moved into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        raise PrefoptError(
+            f"cannot write output {path}: {e.strerror or e}.",
+            fix="check that its folder is writable and the disk has room.",
+        ) from None
+    return len(rows)
+
+
+def cmd_agree(args: argparse.Namespace) -> int:
+    from prefopt.judge.agree import (
+        agreement_report,
+        build_judges,
+        check_blocks,
+        format_agreement,
+        judge_blocks,
+        read_pairs,
+    )
+
+    blocks, rest = judge_blocks(args.config, args.judge)
+    pairs_path = args.pairs or rest.get("pairs")
+    if pairs_path is None:
+        raise PrefoptError(
+            "no pairs to judge.", where="prefopt data agree", fix="give --pairs FILE (or pairs: in --config)."
+        )
+    if args.pairs is None and args.config:
+        base = Path(args.config).resolve().parent
+        pairs_path = str(pairs_path if Path(pairs_path).is_absolute() else base / pairs_path)
+    human = bool(args.human if args.human is not None else rest.get("human", False))
+    seed = int(args.seed if args.seed is not None else rest.get("seed", 0))
+    max_pairs = args.max_pairs or rest.get("max_pairs")
+    if args.output:
+        check_output_path(Path(args.output), "--output")
+    cfgs = check_blocks(blocks, need=1 if human else 2)
+    prompts, chosen, rejected = read_pairs(pairs_path, max_pairs=max_pairs)
+    judges = build_judges(blocks, cfgs)
+    try:
+        table = agreement_report(judges, prompts, chosen, rejected, human=human, seed=seed)
+    except PrefoptError as err:
+        raise PrefoptError(str(err), where=f"prefopt data agree ({pairs_path})") from None
+    table["pairs_file"] = str(pairs_path)
+    if args.output:
+        Path(args.output).write_text(json.dumps(table, indent=2, ensure_ascii=False, default=str) + "\n")
+    if args.json:
+        print(json.dumps(table, indent=2, ensure_ascii=False, default=str))
+    else:
+        print(format_agreement(table))
     return 0

@@ -27,6 +27,18 @@ def add_eval_commands(subparsers) -> None:
         "(text or messages; unpaired {prompt, completion, label} rows are paired by prompt). "
         "Default: the recipe's eval split.",
     )
+    p.add_argument(
+        "--judge",
+        metavar="JUDGE",
+        help="also judge the policy against its reference on held-out prompts: win rate, ties and the "
+        "length-controlled win rate with 95%% intervals. A YAML file holding a judge block (or judge: block), "
+        "or the block inline, e.g. '{type: callable, function: \"prefopt.world:TASKS.arith.reward\"}'",
+    )
+    p.add_argument(
+        "--against",
+        metavar="RUN_DIR",
+        help="with --judge: judge against this run's model instead of the reference",
+    )
     p.add_argument("--json", action="store_true", help="print the whole eval.json instead of the summary")
     p.set_defaults(func=cmd_eval)
 
@@ -36,9 +48,22 @@ def add_eval_commands(subparsers) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from prefopt.core.errors import PrefoptError
     from prefopt.evaluate.metrics import evaluate_run, format_summary
 
-    result = evaluate_run(args.run, data=args.data)
+    judge = None
+    if args.against and not args.judge:
+        raise PrefoptError(
+            "--against names the model to judge the policy against, so it needs --judge.",
+            where="command line",
+            fix="add --judge JUDGE.yaml (e.g. the world's true reward: configs/generate/judge-true-reward.yaml).",
+        )
+    if args.judge:
+        from prefopt.judge.agree import build_judges, check_blocks, judge_blocks
+
+        blocks, _ = judge_blocks(None, [args.judge])
+        judge = next(iter(build_judges(blocks, check_blocks(blocks)).values()))
+    result = evaluate_run(args.run, data=args.data, judge=judge, against=args.against)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

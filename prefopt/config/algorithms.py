@@ -84,6 +84,29 @@ class SimPOLoss(LossParams):
     beta: float = Field(2.0, gt=0, description="β: reward scale.")
     gamma_beta_ratio: float = Field(0.5, ge=0, description="γ/β: target margin relative to β (paper: 0–1).")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="ε (0 in every published config).")
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of an NLL term on the chosen replies (the SimPO code's sft_weight, TRL's cpo_alpha). "
+        "0 (default, every published config) is the paper's SimPO; TRL's default 1.0 is CPO-SimPO.",
+    )
+
+
+class RewardLoss(LossParams):
+    """Bradley-Terry reward model (Ouyang et al. 2022, Eq. 1): −log σ(r(x, y_w) − r(x, y_l) − m).
+
+    ``margin`` (Touvron et al. 2023, Llama 2, Eq. 2) sets m = score_chosen − score_rejected of each pair
+    (TRL's ``margin`` column); ``center_rewards_coefficient`` adds η·E[(r_w + r_l)²] (Eisenstein et al.
+    2023), which keeps the scalar near zero."""
+
+    margin: bool = Field(
+        False,
+        description="m = score_chosen − score_rejected per pair (every training pair needs both scores); "
+        "false: m = 0, plain Bradley-Terry.",
+    )
+    center_rewards_coefficient: float | None = Field(
+        None, ge=0, description="η: weight of the reward-centering term (TRL's name); omitted: off."
+    )
 
 
 class OnlineDPOLoss(LossParams):
@@ -123,11 +146,15 @@ def _gamma_hint(algorithm, key, value, loss) -> str:
 
 _ORPO_LAM = " ORPO's λ is loss.lam (TRL beta, reference code --alpha)."
 _NO_NLL = (
-    " prefopt's SimPO is the paper's loss without an NLL term (sft_weight is 0 in every published config; "
-    "prefopt sets TRL's cpo_alpha = 0). CPO-SimPO is not a prefopt algorithm."
+    " SimPO's NLL term is loss.sft_weight (the SimPO code's name for TRL's cpo_alpha): the default 0 is the "
+    "paper's SimPO, without an NLL term (0 in every published config); TRL's default 1.0 is CPO-SimPO."
 )
 _KTO_D = " KTO's λ_D is loss.desirable_weight."
 _KTO_U = " KTO's λ_U is loss.undesirable_weight."
+_RM_BETA = (
+    " a Bradley-Terry reward model has no β or reference: its loss is −log σ(r_w − r_l − m); "
+    "loss.margin and loss.center_rewards_coefficient are its options."
+)
 
 
 # --------------------------------------------------------------------------------------------- the table
@@ -157,8 +184,8 @@ class AlgorithmSpec:
     uses_reference: bool  # a reference model enters the loss
     loss: type[LossParams]  # the `loss:` schema
     scale_param: (
-        str  # the loss: key TRL's `beta` is set from (β, τ, λ): the reward scale, the swept parameter
-    )
+        str | None  # the loss: key TRL's `beta` is set from (β, τ, λ): the reward scale, the swept parameter
+    )  # None: the algorithm has no β (a reward model)
     trl_config: str  # dotted path of the TRL config class
     trl_trainer: str  # dotted path of the TRL trainer class prefopt's trainer derives from
     averaged_logps: bool  # TRL logs (and the implicit reward uses) per-token average log-probs
@@ -170,6 +197,14 @@ class AlgorithmSpec:
     TRL's (its trainer subclass swaps the loss in), or None when TRL's loss is used."""
     loss_key_hints: Mapping[str, HintText] = field(default_factory=dict, repr=False)
     """Lower-case ``loss:`` key this algorithm does not take → the sentence explaining where it belongs."""
+    trains: Literal["policy", "reward_model"] = "policy"
+    """What a run produces: a policy (a causal LM, evaluated by sampling against its starting model) or a
+    reward model (a sequence classifier with one logit, evaluated by ranking held-out pairs)."""
+
+    @property
+    def num_labels(self) -> int | None:
+        """The classification head's size for a reward model (1), None for a causal-LM policy."""
+        return 1 if self.trains == "reward_model" else None
 
     def config_class(self) -> type:
         """The TRL config class (imports TRL)."""
@@ -206,6 +241,7 @@ DPO_TRAINER = "trl.DPOTrainer"
 KTO_TRAINER = "trl.KTOTrainer"
 ORPO_TRAINER = "trl.experimental.orpo.ORPOTrainer"
 CPO_TRAINER = "trl.experimental.cpo.CPOTrainer"
+REWARD_TRAINER = "trl.RewardTrainer"
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     spec.name: spec
@@ -315,17 +351,41 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
                 "gamma": _gamma_hint,
                 "simpo_gamma": _gamma_hint,
                 "cpo_alpha": _NO_NLL,
-                "sft_weight": _NO_NLL,
                 "alpha": " CPOTrainer's alpha is AlphaPO's reward transform, not part of SimPO.",
                 "epsilon": " SimPO's ε is loss.label_smoothing.",
             },
+        ),
+        AlgorithmSpec(
+            name="reward",
+            display="reward model",
+            paper="Bradley-Terry reward model: Ouyang et al. 2022, arXiv:2203.02155 (margin: Touvron et al. "
+            "2023, arXiv:2307.09288)",
+            data_kind="paired",
+            uses_reference=False,
+            loss=RewardLoss,
+            scale_param=None,
+            trl_config="trl.RewardConfig",
+            trl_trainer=REWARD_TRAINER,
+            averaged_logps=False,
+            loss_key_hints={
+                **dict.fromkeys(("beta", "tau", "lam", "gamma_beta_ratio"), _RM_BETA),
+                "margins": " the margin is loss.margin: true (m = score_chosen − score_rejected per pair).",
+                "center_rewards": " reward centering is loss.center_rewards_coefficient (η).",
+            },
+            trains="reward_model",
         ),
     )
 }
 """Algorithm name → its row, in the order prefopt lists them."""
 
+PREFERENCE_ALGORITHMS = tuple(name for name, spec in ALGORITHMS.items() if spec.trains == "policy")
+"""The algorithms that train a policy on preferences (every row but the reward model)."""
+
 DPO = ALGORITHMS["dpo"].name
 """The algorithm of iterative (online) DPO's rounds and the base of the RLHF baseline's data."""
+
+REWARD = ALGORITHMS["reward"].name
+"""The algorithm that trains a reward model (the RLHF baseline's, and a judge's)."""
 
 AlgorithmName = Literal[tuple(ALGORITHMS)]  # type: ignore[valid-type]
 """The type of ``algorithm:`` in a recipe or a sweep: one of the names of :data:`ALGORITHMS`."""

@@ -222,7 +222,7 @@ RULES: list[Rule] = [
     # ---- TRL loss knobs that prefopt owns (the adapter overwrites them from `loss:`)
     _knob_rule(
         "beta",
-        ALL,
+        names_where(lambda s: s.scale_param is not None),  # a reward model's config has no beta
         _beta_message,
         lambda a, loss, t: f"set {_beta_owner(a)} instead and remove training.beta.",
     ),
@@ -250,9 +250,10 @@ RULES: list[Rule] = [
     _knob_rule(
         "cpo_alpha",
         ALL,
-        "training.cpo_alpha = {training[cpo_alpha]!r}: prefopt's SimPO is the paper's loss and sets cpo_alpha = 0; "
-        "TRL's cpo_alpha > 0 adds an NLL term (CPO-SimPO, TRL's default 1.0). There is no loss key for it.",
-        "remove training.cpo_alpha.",
+        "training.cpo_alpha = {training[cpo_alpha]!r}: prefopt sets SimPO's cpo_alpha from loss.sft_weight "
+        "(default 0, the paper's SimPO); cpo_alpha > 0 adds an NLL term on the chosen replies (CPO-SimPO, "
+        "TRL's default 1.0).",
+        "remove training.cpo_alpha; for CPO-SimPO set loss.sft_weight (TRL's default is 1.0).",
         "trl/experimental/cpo/cpo_trainer.py:842-845, 890",
     ),
     _knob_rule(
@@ -262,6 +263,13 @@ RULES: list[Rule] = [
         "average log-prob reward: not algorithm: simpo.",
         "remove training.alpha.",
         "trl/experimental/cpo/cpo_trainer.py:696-709",
+    ),
+    _knob_rule(
+        "center_rewards_coefficient",
+        names_where(lambda s: s.takes("center_rewards_coefficient")),
+        "training.center_rewards_coefficient = {training[center_rewards_coefficient]!r} is the reward model's η, "
+        "which prefopt sets from `loss:`.",
+        "set loss.center_rewards_coefficient instead and remove training.center_rewards_coefficient.",
     ),
     _knob_rule(
         "desirable_weight",

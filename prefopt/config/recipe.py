@@ -180,6 +180,11 @@ class HealthSection(_Section):
         None,
         description="Optional second bound in nats per sequence (both shifts below it = collapse); off by default.",
     )
+    desirable_falling_per_token: float | None = Field(
+        -0.1,
+        description="KTO: the desirable replies' log-ratio against the reference, nats per token averaged over "
+        "the last 10 logs, below this warns (desirable_falling); null turns it off.",
+    )
     overfit_eval_rise: float = Field(
         0.1,
         gt=0,
@@ -200,7 +205,15 @@ class HealthSection(_Section):
     probe_prompts: int = Field(8, gt=0)
     probe_max_new_tokens: int = Field(64, gt=0)
     stop_on: list[
-        Literal["margin_stuck", "logp_collapse", "overfit", "kl_high", "length_drift", "nonfinite"]
+        Literal[
+            "margin_stuck",
+            "logp_collapse",
+            "desirable_falling",
+            "overfit",
+            "kl_high",
+            "length_drift",
+            "nonfinite",
+        ]
     ] = Field(default_factory=lambda: ["nonfinite"], description="Warnings that stop training.")
 
 

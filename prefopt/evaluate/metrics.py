@@ -62,7 +62,9 @@ from prefopt.data.report import DropReport
 from prefopt.data.schema import data_kind
 from prefopt.data.tokenization import tokenize_dataset
 from prefopt.data.transforms import load_source, pair, prepare
+from prefopt.evaluate.judged import judged_section, judged_summary, perplexity
 from prefopt.evaluate.kl import kl_figures
+from prefopt.evaluate.reward_model import evaluate_reward_run
 from prefopt.model.generation import sampled_kl_and_length
 from prefopt.model.loading import load_reference, load_trained
 from prefopt.model.logprobs import DEFAULT_BATCH_SIZE, completion_logps, device_of
@@ -129,6 +131,8 @@ def preference_metrics(
         "reference_accuracy_definition": ref_text,
         "mean_length_chosen": float(lengths[:n].mean()),
         "mean_length_rejected": float(lengths[n:].mean()),
+        "perplexity_chosen": perplexity(lp_c, lengths[:n]),
+        "reference_perplexity_chosen": perplexity(lr_c, lengths[:n]),
     }
 
 
@@ -200,6 +204,8 @@ def evaluate_models(
     *,
     data_source: str | None = None,
     world_prompts: int | None = None,
+    judge=None,
+    against=None,
 ) -> dict:
     """Every evaluation metric for ``policy`` against ``reference`` (the starting model).
 
@@ -207,7 +213,8 @@ def evaluate_models(
     ground-truth-world recipe evaluates on pairs drawn from the world's held-out prompts. Caps come
     from ``recipe.evaluation``. Returns the dict written to ``eval.json``: ``preference``
     (:func:`_preference_section`), ``sampling`` (:func:`_sampling_section`), ``world``
-    (:func:`_world_section`), ``summary``."""
+    (:func:`_world_section`), ``summary``; with a ``judge``, ``judged``: the policy's win rate against
+    the reference, or against ``against`` = ``(name, model)`` (:mod:`prefopt.evaluate.judged`)."""
     task = task_of(recipe)
     _, _, text = reward_definition(recipe)
     result: dict[str, Any] = {"algorithm": recipe.algorithm, "reward_definition": text, "notes": []}
@@ -220,6 +227,9 @@ def evaluate_models(
         policy, reference, tokenizer, recipe, eval_ds, data_source, task, result["notes"]
     )
     result["sampling"] = _sampling_section(policy, reference, tokenizer, recipe, pairs, task)
+    if judge is not None:
+        name, other = against or ("reference", reference)
+        result["judged"] = judged_section(policy, other, tokenizer, recipe, judge, pairs, task, against=name)
     if task is not None:
         result["world"] = _world_section(policy, reference, tokenizer, recipe, task, world_prompts)
     for fig in kl_figures(result):  # each KL estimate names the samples it was computed on
@@ -321,8 +331,10 @@ def summary_of(result: dict) -> dict[str, Any]:
         "reference_true_reward_sampled": (world.get("reference") or {}).get("reward_sampled"),
         "true_reward_lift_sampled": world.get("lift_sampled"),
         "true_reward_lift_greedy": world.get("lift_greedy"),
+        "perplexity_chosen": pref.get("perplexity_chosen"),
+        "reference_perplexity_chosen": pref.get("reference_perplexity_chosen"),
     }
-    return out
+    return out | judged_summary(result)
 
 
 def load_run_recipe(run_dir: Path):
@@ -345,11 +357,14 @@ def evaluate_run(
     *,
     write: bool = True,
     world_prompts: int | None = None,
+    judge=None,
+    against: str | Path | None = None,
 ) -> dict:
     """Evaluate a finished run: reload ``run_dir/model``, rebuild the starting model as the reference,
     evaluate on ``data`` (a canonical file) or the recipe's eval split, write ``run_dir/eval.json``.
     ``world_prompts`` overrides the number of held-out world prompts for the true reward (default 300,
-    ``evaluation.world_prompts`` when the recipe has it)."""
+    ``evaluation.world_prompts`` when the recipe has it). With a ``judge``: the win rate against the
+    reference, or against the model of the run ``against``."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PrefoptError(f"run directory {run_dir} does not exist.", where="--run")
@@ -361,20 +376,48 @@ def evaluate_run(
             fix="train with output.save_model: true (the default), or wait for the run to finish.",
         )
     check_saved_model(run_dir / "model")  # a damaged weight file: exit 2 naming it, not a traceback
+    if against is not None:
+        against = _checked_run(Path(against), "--against")
     if data is not None:
         eval_ds, source = load_eval_file(data, recipe.seed), f"--data {data}"
     else:
         eval_ds = run_eval_split(run_dir, recipe)
         source = "recipe eval split" if eval_ds is not None else None
+    if get_spec(recipe.algorithm).num_labels is not None:  # a reward model: its own evaluation
+        return evaluate_reward_run(
+            run_dir, recipe, eval_ds, data_source=source, world_prompts=world_prompts, write=write
+        )
     policy, tokenizer = load_trained(run_dir)
     reference = load_reference(recipe.model, seed=recipe.seed)
+    other = (str(against), load_trained(against)[0].eval()) if against is not None else None
     result = evaluate_models(
-        policy, reference, tokenizer, recipe, eval_ds, data_source=source, world_prompts=world_prompts
+        policy,
+        reference,
+        tokenizer,
+        recipe,
+        eval_ds,
+        data_source=source,
+        world_prompts=world_prompts,
+        judge=judge,
+        against=other,
     )
     result["run_dir"] = str(run_dir)
     if write:
         write_json(run_dir / "eval.json", result)
     return result
+
+
+def _checked_run(run_dir: Path, flag: str) -> Path:
+    """A finished run directory with a saved model (checked before any model loads)."""
+    model = run_dir / "model"
+    if not model.is_dir():
+        raise PrefoptError(
+            f"{run_dir} holds no saved model ({model} is missing).",
+            where=flag,
+            fix="pass the directory `prefopt train` wrote for a finished run.",
+        )
+    check_saved_model(model)
+    return run_dir
 
 
 def run_eval_split(run_dir: Path, recipe):

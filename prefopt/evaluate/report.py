@@ -15,6 +15,7 @@ from typing import Any
 
 from prefopt.config.algorithms import spec_or_none
 from prefopt.core.errors import PrefoptError
+from prefopt.evaluate.judged_report import report_lines as judged_report_lines
 from prefopt.evaluate.kl import kl_figures
 
 # (file, title, y label, [(metric key, legend label)]). Keys are TRL's names, plus kl_proxy (derived
@@ -24,7 +25,7 @@ PLOTS: list[tuple[str, str, str, list[tuple[str, str]]]] = [
     (
         "rewards.png",
         "Implicit rewards and margin",
-        "reward",
+        "implicit reward",
         [
             ("rewards/chosen", "chosen"),
             ("rewards/rejected", "rejected"),
@@ -173,7 +174,7 @@ def _plot(
         if len(pts) <= 30:
             style.update(marker="o", markersize=3.5)
         ax.plot(xs, ys, **style)
-    if "margin" in " ".join(label for label, _ in lines) or "reward" in ylabel:
+    if "margin" in " ".join(label for label, _ in lines) or ylabel.endswith(" reward"):
         ax.axhline(0.0, color="#888888", linewidth=0.8, linestyle=":")
     shown = set()
     for w in warnings:
@@ -251,6 +252,14 @@ def _eval_section(ev: dict) -> list[str]:
             ),
             ("true reward, greedy", pol.get("reward_greedy"), ref.get("reward_greedy")),
         ]
+    if pref.get("perplexity_chosen") is not None:
+        rows.append(
+            (
+                "perplexity of held-out chosen replies",
+                pref["perplexity_chosen"],
+                pref.get("reference_perplexity_chosen"),
+            )
+        )
     rows += [(f"KL(policy ‖ reference), nats, on {f['samples']}", f["value"], None) for f in kl_figures(ev)]
     if not rows:
         return lines + ["eval.json holds no metrics.", ""]
@@ -275,7 +284,7 @@ def _eval_section(ev: dict) -> list[str]:
     for note in ev.get("notes") or []:
         lines.append(f"- Note: {note}.")
     lines.append("")
-    return lines
+    return lines + judged_report_lines(ev)
 
 
 def _health_section(warnings: list[dict]) -> list[str]:

@@ -1,6 +1,7 @@
 """The ``reward_model`` judge: an ``AutoModelForSequenceClassification`` checkpoint with one logit.
 
-``path`` is a local directory (relative paths against the config's folder) or a hub id present in
+``path`` is a local directory (relative paths against the config's folder) — a checkpoint, or the run
+directory of ``prefopt train`` with ``algorithm: reward`` (its ``model/``) — or a hub id present in
 the local Hugging Face cache; a PEFT adapter directory (task type ``SEQ_CLS``) is loaded on its base.
 Before any weights are read the checkpoint's config is checked: an architecture that is not
 ``…ForSequenceClassification`` (a causal LM, say) or a head with more than one label is refused with
@@ -51,6 +52,8 @@ def resolve_path(path: str, *, where: str, base_dir: str | None = None, revision
     if p.exists():
         if not p.is_dir():
             raise PrefoptError(f"{p} is a file, not a checkpoint directory.", where=where, fix=HEAD_FIX)
+        if (p / "model").is_dir() and not (p / "config.json").exists():
+            p = p / "model"  # a `prefopt train` run directory (algorithm: reward): its saved model
         return str(p)
     if path.startswith((".", "/", "~")):
         raise PrefoptError(f"reward model path {path} does not exist.", where=where, fix="check the path.")

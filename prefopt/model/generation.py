@@ -1,5 +1,6 @@
-"""Generation: a seeded sampling loop with a KV cache, sampled completions with their exact token ids,
-and the KL to a reference and the completion lengths measured on such samples.
+"""Generation for evaluation and the world: sampled completions with their exact token ids, and the KL to
+a reference and the completion lengths measured on such samples. Every sample comes from the generation
+engine interface (:mod:`prefopt.model.engines`), the same one ``prefopt data generate`` and online DPO use.
 
 Generation starts from :func:`prefopt.data.tokenization.encode_prompt` — the ids training and
 evaluation use — so a sample can be scored exactly as it was generated.
@@ -12,42 +13,23 @@ from typing import Any
 
 import torch
 
-from prefopt.data.tokenization import encode_prompt
-from prefopt.model.logprobs import DEFAULT_BATCH_SIZE, completion_logps, device_of
+from prefopt.model.engines.hf import TransformersEngine, decode
+from prefopt.model.logprobs import DEFAULT_BATCH_SIZE, completion_logps
 
 
 def generate(model, ids, mask, max_new_tokens, temperature, gen, eos, pad):
-    """Plain sampling loop with a KV cache (deterministic under a torch.Generator)."""
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache_kw = "cache" if hasattr(out, "cache") else "past_key_values"  # transformers ≥ 5.2x: `cache`
-    past = getattr(out, cache_kw)
-    logits = out.logits[:, -1].float()
-    done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
-    tokens = []
-    for _ in range(max_new_tokens):
-        if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(ids.device)
-        else:
-            nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        tokens.append(nxt)
-        done = done | (nxt == eos)
-        if bool(done.all()):
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = positions[:, -1:] + 1
-        out = model(
-            input_ids=nxt[:, None],
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_kw: past},
-        )
-        past = getattr(out, cache_kw)
-        logits = out.logits[:, -1].float()
-    return torch.stack(tokens, dim=1)
+    """The seeded sampling loop on a left-padded batch, with a KV cache (deterministic under a
+    ``torch.Generator``): :func:`prefopt.model.engines.hf.decode` with one shared generator."""
+    return decode(
+        model,
+        ids,
+        mask,
+        max_new_tokens=max_new_tokens,
+        temperatures=[temperature] * ids.size(0),
+        generators=gen,
+        eos_ids={eos} if eos is not None else set(),
+        pad_id=pad,
+    )
 
 
 @torch.no_grad()
@@ -66,37 +48,24 @@ def generate_completions(
 
     Returns one dict per sample: ``prompt`` (index into ``prompts``), ``prompt_ids``, ``completion_ids``
     (the sampled tokens up to and including EOS when EOS was sampled; truncated at ``max_new_tokens``
-    otherwise) and ``length`` (new tokens before EOS). Generation uses
-    :func:`prefopt.data.tokenization.encode_prompt` and the seeded sampling loop :func:`generate`, so the
-    same seed gives the same samples as :func:`sample`."""
-    was_training = model.training
-    model.eval()
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    device = device_of(model)
-    gen = torch.Generator().manual_seed(seed)
-    flat = [i for i in range(len(prompts)) for _ in range(num_samples)]
-    encoded_prompts = [encode_prompt(tokenizer, p) for p in prompts]
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(flat), batch_size):
-        chunk = flat[start : start + batch_size]
-        encoded = [encoded_prompts[i] for i in chunk]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, e in enumerate(encoded):  # left padding for generation
-            ids[j, width - len(e) :] = torch.tensor(e, dtype=torch.long)
-            mask[j, width - len(e) :] = 1
-        new = generate(model, ids.to(device), mask.to(device), max_new_tokens, temperature, gen, eos, pad)
-        for i, e, row in zip(chunk, encoded, new.tolist()):
-            if eos is not None and eos in row:
-                k = row.index(eos)
-                completion, length = row[: k + 1], k
-            else:
-                completion, length = row, len(row)
-            out.append({"prompt": i, "prompt_ids": e, "completion_ids": completion, "length": length})
-    if was_training:
-        model.train()
-    return out
+    otherwise) and ``length`` (new tokens before EOS). The samples come from the generation engine
+    (:class:`~prefopt.model.engines.hf.TransformersEngine` with one seeded stream per call, prompts in
+    order: ``rng="batch"``, ``length_grouped=False``), which starts from
+    :func:`prefopt.data.tokenization.encode_prompt`; the same seed gives the same samples as :func:`sample`."""
+    engine = TransformersEngine(model, tokenizer, batch_size=batch_size, length_grouped=False, rng="batch")
+    rows = engine.generate(
+        prompts, k=num_samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
+    )
+    return [
+        {
+            "prompt": i,
+            "prompt_ids": engine.encode(prompts[i]),
+            "completion_ids": list(c.token_ids),
+            "length": c.length,
+        }
+        for i, row in enumerate(rows)
+        for c in row
+    ]
 
 
 def sampled_kl_and_length(

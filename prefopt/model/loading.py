@@ -129,14 +129,18 @@ def builtin_config(key: str):
     )
 
 
-def build_builtin(key: str, seed: int, dtype: torch.dtype = torch.float32):
-    """A builtin model with deterministic initialisation: the same (key, seed) gives the same weights."""
-    from transformers import LlamaForCausalLM
+def build_builtin(key: str, seed: int, dtype: torch.dtype = torch.float32, num_labels: int | None = None):
+    """A builtin model with deterministic initialisation: the same (key, seed) gives the same weights.
+    With ``num_labels`` a sequence classifier (a reward model's trunk and head) instead of a causal LM."""
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
     config = builtin_config(key)
     devices = []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
+        if num_labels is not None:
+            config.num_labels = num_labels
+            return LlamaForSequenceClassification(config).to(dtype)
         model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = config.pad_token_id
     model.generation_config.eos_token_id = config.eos_token_id
@@ -331,8 +335,14 @@ def tokenizer_for(model_cfg):
     )
 
 
-def load_model(model_cfg, *, seed: int, for_training: bool = True, tokenizer=None):
+def load_model(
+    model_cfg, *, seed: int, for_training: bool = True, tokenizer=None, num_labels: int | None = None
+):
     """Load the policy described by a recipe's ``model:`` section. Returns ``(model, tokenizer)``.
+
+    With ``num_labels`` (a reward model: 1) the checkpoint is loaded as an
+    ``AutoModelForSequenceClassification``: its trunk plus a new head, initialised from ``seed``; LoRA
+    then uses PEFT's ``SEQ_CLS`` task type, which trains and saves the head in full (``modules_to_save``).
 
     LoRA wraps the model with PEFT; the TRL trainers then use the adapter-disabled base as the
     reference, so no second copy of the weights exists. With ``quantization:`` the base is loaded in
@@ -350,20 +360,31 @@ def load_model(model_cfg, *, seed: int, for_training: bool = True, tokenizer=Non
             name,
         )
     if name.startswith("builtin:"):
-        model = build_builtin(name.split(":", 1)[1], seed, dtype if dtype != "auto" else torch.float32)
+        model = build_builtin(
+            name.split(":", 1)[1], seed, dtype if dtype != "auto" else torch.float32, num_labels=num_labels
+        )
         if model_cfg.quantization is not None:
-            model = _quantize_in_memory(model, model_cfg)
-    elif model_source(name) is not None:
-        model = _from_pretrained(str(registered_checkpoint(name)), model_cfg, dtype)
+            model = _quantize_in_memory(model, model_cfg, num_labels)
     else:
-        path = _resolve_pretrained(name, revision=model_cfg.revision, what="model")
-        model = _from_pretrained(path, model_cfg, dtype)
+        path = (
+            str(registered_checkpoint(name))
+            if model_source(name) is not None
+            else _resolve_pretrained(name, revision=model_cfg.revision, what="model")
+        )
+        if num_labels is None:
+            model = _from_pretrained(path, model_cfg, dtype)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # a reward model's new head
+                model = _from_pretrained(path, model_cfg, dtype, num_labels)
     if model_cfg.quantization is not None:
         guard_bnb_cpu_packing(model)
-    if model.generation_config.pad_token_id is None:
+    if num_labels is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # the classifier pools the last non-pad token
+    elif model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if model_cfg.lora is not None and for_training:
-        model = apply_lora(model, model_cfg)
+        model = apply_lora(model, model_cfg, task_type="CAUSAL_LM" if num_labels is None else "SEQ_CLS")
     return model, tokenizer
 
 
@@ -405,9 +426,13 @@ def guard_bnb_cpu_packing(model) -> int:
     return n
 
 
-def _from_pretrained(path: str, model_cfg, dtype):
-    from transformers import AutoModelForCausalLM
+def _auto_class(num_labels: int | None):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    return AutoModelForCausalLM if num_labels is None else AutoModelForSequenceClassification
+
+
+def _from_pretrained(path: str, model_cfg, dtype, num_labels: int | None = None):
     kwargs: dict[str, Any] = {
         "revision": model_cfg.revision,
         "trust_remote_code": model_cfg.trust_remote_code,
@@ -419,21 +444,21 @@ def _from_pretrained(path: str, model_cfg, dtype):
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if model_cfg.quantization is not None:
         kwargs["quantization_config"] = _bnb_config(model_cfg)
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    return _auto_class(num_labels).from_pretrained(path, **kwargs)
 
 
-def _quantize_in_memory(model, model_cfg):
+def _quantize_in_memory(model, model_cfg, num_labels: int | None = None):
     """Builtin models have no checkpoint on disk: save to a temp dir and reload in 4-bit."""
     import tempfile
 
-    from transformers import AutoModelForCausalLM
-
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=_bnb_config(model_cfg))
+        return _auto_class(num_labels).from_pretrained(tmp, quantization_config=_bnb_config(model_cfg))
 
 
-def apply_lora(model, model_cfg):
+def apply_lora(model, model_cfg, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     lora = model_cfg.lora
@@ -448,7 +473,7 @@ def apply_lora(model, model_cfg):
         target_modules=lora.target_modules,
         bias=lora.bias,
         use_rslora=lora.use_rslora,
-        task_type="CAUSAL_LM",
+        task_type=task_type,  # SEQ_CLS: PEFT adds the classifier head ("score") to modules_to_save
     )
     return get_peft_model(model, cfg)
 

@@ -23,6 +23,7 @@ from prefopt.core.runtime import is_main_process, wait_for_everyone, world_size
 from prefopt.data.tokenized import prepare_data
 from prefopt.evaluate.metrics import evaluate_models
 from prefopt.evaluate.report import write_report
+from prefopt.evaluate.reward_model import evaluate_reward_model
 from prefopt.judge.length import recipe_judge
 from prefopt.model.loading import load_model, load_reference, tokenizer_for
 from prefopt.pipeline import manifest, rundir
@@ -97,7 +98,9 @@ def _train(recipe: Recipe, path: Path, *, overwrite: bool, resume: bool) -> dict
     # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
     # zero3.yaml) can shard the weights while they load.
     config = adapter.trl_config(recipe, output_dir=str(run.checkpoints), training=training)
-    model, tokenizer = load_model(recipe.model, seed=recipe.seed, tokenizer=tokenizer)
+    model, tokenizer = load_model(
+        recipe.model, seed=recipe.seed, tokenizer=tokenizer, num_labels=adapter.spec.num_labels
+    )
     result = fit_recipe(recipe, run, data, model, tokenizer, config, resume_from=resume_from, judge=judge)
     if not result.finished:
         record_unfinished(run, result)
@@ -283,6 +286,8 @@ def run_evaluation(recipe: Recipe, model, tokenizer, eval_ds) -> dict | None:
         return None
 
     model.eval()
+    if get_adapter(recipe.algorithm).spec.num_labels is not None:  # a reward model: pairs ranked, κ
+        return evaluate_reward_model(model, tokenizer, recipe, eval_ds)
     with torch.no_grad():
         reference = load_reference(recipe.model, seed=recipe.seed)
         return evaluate_models(model, reference, tokenizer, recipe, eval_ds)

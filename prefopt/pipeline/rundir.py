@@ -233,16 +233,32 @@ def clear_for_overwrite(run_dir: Path) -> list[str]:
 def identity_parts(resolved: dict[str, Any], loss_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The training-relevant parts of a resolved recipe (``Recipe.to_dict()``): algorithm, seed, model,
     data, the loss parameters (defaults filled in) and ``training:`` without bookkeeping keys (logging,
-    saving, reporting). Output, evaluation, health and cache settings do not change the weights."""
+    saving, reporting). Output, evaluation, health and cache settings do not change the weights.
+
+    Where a data file lives (``path``) is not part of it: the same recipe in a moved or copied project
+    folder is the same run, and what the rows hold is the data fingerprint's job (:func:`check_data`
+    names a change of content as such)."""
     training = {k: v for k, v in (resolved.get("training") or {}).items() if k not in BOOKKEEPING_KEYS}
     return {
         "algorithm": resolved.get("algorithm"),
         "seed": resolved.get("seed"),
         "model": resolved.get("model"),
-        "data": resolved.get("data"),
+        "data": _without_paths(resolved.get("data")),
         "loss": loss_params if loss_params is not None else resolved.get("loss"),
         "training": training,
     }
+
+
+def _without_paths(data: Any) -> Any:
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for split in ("train", "eval"):
+        if isinstance(out.get(split), list):
+            out[split] = [
+                {k: v for k, v in s.items() if k != "path"} if isinstance(s, dict) else s for s in out[split]
+            ]
+    return out
 
 
 def digest(parts: dict[str, Any]) -> str:

@@ -1,13 +1,14 @@
 """The RLHF baseline: a Bradley-Terry reward model trained on the same preference pairs, then the policy
 trained against it on-policy with a KL penalty to the same reference (the classic "DPO vs PPO" study).
 
-1. **Reward model** — ``trl.RewardTrainer`` (loss −log σ(r(x, y_w) − r(x, y_l))) on the base recipe's
-   world pairs, tokenised once by prefopt (:func:`prefopt.data.tokenized.prepare_data`; the same rows, ids and
-   dedupe as the DPO points). Each sequence is ``prompt_ids + completion_ids`` exactly as the policy
-   sees it, EOS included; the scalar is read at the last non-pad token (the EOS). The model is a Llama
-   sequence classifier (``num_labels=1``, ``pad_token_id`` from the tokenizer): with
-   ``reward_model.init: reference`` (default) the world reference's trunk plus a fresh linear head,
-   with ``init: builtin`` a freshly initialised builtin model (``prefopt.model.loading.builtin_config``).
+1. **Reward model** — trained as ``algorithm: reward`` (:mod:`prefopt.training.algorithms.reward`:
+   ``trl.RewardTrainer``, loss −log σ(r(x, y_w) − r(x, y_l))) on the base recipe's world pairs, tokenised
+   once by prefopt (:func:`prefopt.data.tokenized.prepare_data`; the same rows, ids and dedupe as the DPO
+   points), through :func:`prefopt.training.fit.fit` like every run. Each sequence is
+   ``prompt_ids + completion_ids`` exactly as the policy sees it, EOS included; the scalar is read at the
+   last non-pad token (the EOS). The model is a sequence classifier (``num_labels=1``, ``pad_token_id``
+   from the tokenizer): with ``reward_model.init: reference`` (default) the world reference's trunk plus
+   a fresh linear head, with ``init: builtin`` a freshly initialised builtin model.
 2. **Policy** — ``trl.RLOOTrainer`` (REINFORCE leave-one-out, Ahmadian et al. 2024; ``policy.trainer:
    grpo`` picks ``trl.GRPOTrainer``) with generation by ``transformers.generate`` (``use_vllm=False``),
    ``num_generations`` samples per prompt, at most ``max_completion_length`` new tokens, temperature 1.
@@ -39,15 +40,16 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from prefopt.config.algorithms import DPO
+from prefopt.config.algorithms import DPO, REWARD, get_spec
 from prefopt.config.recipe import load_recipe
 from prefopt.config.schema import StrictModel, validate
 from prefopt.data.tokenization import encode_prompt
 from prefopt.data.tokenized import TokenizedCache
 from prefopt.judge.scorers import RewardModelScorer
-from prefopt.model.loading import builtin_config, load_model, load_tokenizer, resolve_model_path
+from prefopt.model.loading import load_model, load_tokenizer
 from prefopt.studies.measure import Measure, WorldEvaluator, world_task
-from prefopt.training.build import starting_checkpoint
+from prefopt.training.algorithms import get_adapter
+from prefopt.training.build import build_trainer, save_model, starting_checkpoint
 from prefopt.training.callbacks import MetricsJsonlCallback
 from prefopt.training.fit import fit
 from prefopt.world import TrueReward
@@ -111,77 +113,64 @@ class RLHFSection(_Strict):
 # --------------------------------------------------------------------------------------------- stages
 
 
-def build_reward_model(section: RewardModelSection, recipe, tokenizer, seed: int):
-    from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
-
-    name = recipe.model.name
-    if section.init == "builtin" or name.startswith("builtin:"):
-        key = name.split(":", 1)[1] if name.startswith("builtin:") else "tiny-arith"
-        config = builtin_config(key)
-        config.num_labels = 1
-        config.pad_token_id = tokenizer.pad_token_id
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LlamaForSequenceClassification(config)
-        return model
-    path = resolve_model_path(name, revision=recipe.model.revision)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the new head's initialisation
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model
-
-
-def reward_pairs(paired_tok):
-    """Tokenised DPO pairs → RewardTrainer rows: full sequences ``prompt + chosen`` / ``prompt + rejected``."""
-    from datasets import Dataset
-
-    return Dataset.from_dict(
-        {
-            "chosen_ids": [p + c for p, c in zip(paired_tok["prompt_ids"], paired_tok["chosen_ids"])],
-            "rejected_ids": [p + r for p, r in zip(paired_tok["prompt_ids"], paired_tok["rejected_ids"])],
-        }
+def reward_recipe(section: RewardModelSection, recipe, seed: int):
+    """The base recipe as ``algorithm: reward``: the same model (``init: builtin``: a fresh builtin model),
+    data, seed and ``max_length``, the reward model's settings from ``section``, no LoRA, no evaluation —
+    trained by the same adapter, trainer and lifecycle as ``prefopt train`` with that recipe."""
+    data = recipe.to_dict()
+    model = dict(data["model"], lora=None, quantization=None)
+    name = model["name"]
+    if section.init == "builtin" and not name.startswith("builtin:"):
+        model.update(name="builtin:tiny-arith", tokenizer=None)
+    training = {
+        "learning_rate": section.learning_rate,
+        "num_train_epochs": section.num_train_epochs,
+        "max_steps": section.max_steps,
+        "per_device_train_batch_size": section.per_device_train_batch_size,
+        "save_strategy": "no",
+        "logging_steps": 10,
+        **{k: recipe.training[k] for k in ("max_length", "max_prompt_length") if k in recipe.training},
+        **section.extra,
+    }
+    data.update(
+        algorithm=REWARD,
+        model=model,
+        loss={"center_rewards_coefficient": section.center_rewards_coefficient},
+        training=training,
+        seed=seed,
+        evaluation={"enabled": False},
     )
+    out = load_recipe(data=data)
+    out._source_path = recipe.source_path
+    return out
 
 
 def train_reward_model(section: RewardModelSection, recipe, tokenizer, paired_tok, run_dir: Path, seed: int):
-    from trl import RewardConfig, RewardTrainer
-
-    model = build_reward_model(section, recipe, tokenizer, seed)
-    cfg = RewardConfig(
-        output_dir=str(run_dir / "rm-checkpoints"),
-        learning_rate=section.learning_rate,
-        num_train_epochs=section.num_train_epochs,
-        max_steps=section.max_steps,
-        per_device_train_batch_size=section.per_device_train_batch_size,
-        center_rewards_coefficient=section.center_rewards_coefficient,
-        seed=seed,
-        data_seed=seed,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=10,
-        activation_checkpointing=False,
-        bf16=False,
-        max_length=None,
-        dataloader_num_workers=0,
-        **section.extra,
+    """The reward model on the base recipe's tokenised pairs, through ``algorithm: reward``
+    (:func:`reward_recipe`; :class:`prefopt.training.trainers.PrefoptRewardTrainer`, :func:`fit`), saved
+    to ``<run>/reward_model`` (loadable as a ``type: reward_model`` judge)."""
+    rm_recipe = reward_recipe(section, recipe, seed)
+    model, _ = load_model(
+        rm_recipe.model, seed=seed, tokenizer=tokenizer, num_labels=get_spec(REWARD).num_labels
     )
+    config = get_adapter(REWARD).trl_config(rm_recipe, output_dir=str(run_dir / "rm-checkpoints"))
     metrics = MetricsJsonlCallback(run_dir / "reward_model_metrics.jsonl")
-    trainer = RewardTrainer(
-        model=model,
-        args=cfg,
-        train_dataset=reward_pairs(paired_tok),
-        processing_class=tokenizer,
+    trainer = build_trainer(
+        rm_recipe,
+        model,
+        tokenizer,
+        paired_tok,
+        None,
+        output_dir=str(run_dir / "rm-checkpoints"),
         callbacks=[metrics],
+        config=config,
     )
     result = fit(trainer, metrics_writer=metrics.write)
     info = {"global_step": result.global_step, "train_loss": result.train_loss}
     if not result.finished:  # a failed reward model is not saved (and no policy is trained on it)
         return None, {**info, "status": result.status, "error": result.error, "nonfinite": result.record()}
-    model = result.model.eval()
-    model.save_pretrained(run_dir / "reward_model", safe_serialization=True)
-    tokenizer.save_pretrained(run_dir / "reward_model")
-    return model, info
+    save_model(trainer, tokenizer, run_dir / "reward_model")
+    return result.model.eval(), info
 
 
 def reward_model_accuracy(scorer: RewardModelScorer, pairs: list[dict]) -> float | None:

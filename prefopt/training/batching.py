@@ -57,7 +57,7 @@ import torch
 from torch.utils.data import Sampler
 
 from prefopt.core.errors import PrefoptError
-from prefopt.training.prefix_sharing import install_prefix_sharing, resolve_setting
+from prefopt.training.prefix_sharing import install_prefix_sharing, resolve_setting, right_padded_lengths
 
 log = logging.getLogger("prefopt")
 
@@ -202,15 +202,6 @@ _SPLITTABLE = {"input_ids", "attention_mask", "labels", "use_cache", "num_items_
 _FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
 
 
-def _right_padded_lengths(attention_mask: torch.Tensor) -> torch.Tensor | None:
-    if attention_mask.dim() != 2:
-        return None
-    lengths = attention_mask.sum(dim=1)
-    if not bool((attention_mask.cumprod(dim=1).sum(dim=1) == lengths).all()):
-        return None  # left padding or holes: not ours to touch
-    return lengths
-
-
 def install_split_forward(model, *, max_groups: int = MAX_GROUPS, penalty: float = GROUP_PENALTY) -> bool:
     """Wrap ``model.forward`` (already patched by TRL's ``add_fused_lm_head``) so that fused-LM-head
     calls on a right-padded batch run per length group. Anything else (no ``fused_lm_head``, extra
@@ -229,7 +220,7 @@ def install_split_forward(model, *, max_groups: int = MAX_GROUPS, penalty: float
         if not set(kwargs) <= _SPLITTABLE or "attention_mask" not in kwargs or kwargs.get("labels") is None:
             return inner(fused_lm_head=True, **kwargs)
         mask = kwargs["attention_mask"]
-        lengths = _right_padded_lengths(mask)
+        lengths = right_padded_lengths(mask)
         if lengths is None or mask.size(1) < 2:
             return inner(fused_lm_head=True, **kwargs)
         groups, _ = plan_row_groups(lengths.cpu().numpy(), max_groups, penalty)
@@ -443,11 +434,13 @@ class LengthGroupingMixin:
         return out
 
     def _log_padding(self, inputs, prefix_stats: dict | None = None) -> None:
-        real, layout, processed = batch_token_slots(inputs, split=self._split_enabled())
+        packed = bool(prefix_stats and prefix_stats.get("calls"))
+        # the split plan only matters when the forward ran split, not packed
+        real, layout, processed = batch_token_slots(inputs, split=self._split_enabled() and not packed)
         if layout == 0:
             return
         shared = 0
-        if prefix_stats and prefix_stats.get("calls"):  # the policy forward ran packed
+        if packed:  # the policy forward ran packed
             # per forward (a PEFT reference pass runs through the same wrapped model on the same batch)
             calls = prefix_stats["calls"]
             shared, processed = prefix_stats["shared_tokens"] / calls, prefix_stats["packed_slots"] / calls

@@ -20,12 +20,12 @@ from prefopt.training.algorithms import get_adapter
 log = logging.getLogger("prefopt")
 
 
-def trainer_columns(ds, kind: str):
+def trainer_columns(ds, kind: str, extra: tuple[str, ...] = ()):
     keep = (
         ["prompt_ids", "chosen_ids", "rejected_ids"]
         if kind == "paired"
         else ["prompt_ids", "completion_ids", "label"]
-    )
+    ) + list(extra)
     return ds.select_columns([c for c in keep if c in ds.column_names])
 
 
@@ -51,8 +51,12 @@ def build_trainer(
     kwargs: dict[str, Any] = {
         "model": model,
         "args": config,
-        "train_dataset": trainer_columns(train_tok, adapter.data_kind),
-        "eval_dataset": trainer_columns(eval_tok, adapter.data_kind) if eval_tok is not None else None,
+        "train_dataset": trainer_columns(train_tok, adapter.data_kind, adapter.extra_columns(recipe)),
+        "eval_dataset": (
+            trainer_columns(eval_tok, adapter.data_kind, adapter.extra_columns(recipe))
+            if eval_tok is not None
+            else None
+        ),
         "processing_class": tokenizer,
         "callbacks": callbacks or [],
         "prefix_sharing": recipe.training.get("prefix_sharing", "auto"),

@@ -18,6 +18,10 @@ Warnings (thresholds from the recipe's ``health:`` section):
                    in tokens, so a 3-token reply that lost 2 nats counts as much as a 300-token reply that
                    lost 200. ORPO/SimPO (no reference; TRL logs per-token averages): against their first
                    logged values. ``logp_collapse`` adds an optional bound in nats per sequence.
+``desirable_falling`` KTO only: the desirable replies' log-ratio against the reference (TRL's
+                   ``rewards/chosen`` / β, per token by the data's mean desirable reply length), averaged over
+                   the last ``DESIRABLE_WINDOW`` logs, below ``desirable_falling_per_token``: the update of
+                   the undesirable term outweighs the desirable term, which asks for the opposite.
 ``overfit``        needs evidence: an eval split evaluated during training. At an evaluation, the eval
                    loss has risen more than ``overfit_eval_rise`` (relative) above its best while the
                    train loss has kept falling since that best evaluation. Without an eval split it never
@@ -55,7 +59,15 @@ from prefopt.world import heldout_prompts, task_of
 
 log = logging.getLogger("prefopt")
 
-WARNINGS = ("margin_stuck", "logp_collapse", "overfit", "kl_high", "length_drift", "nonfinite")
+WARNINGS = (
+    "margin_stuck",
+    "logp_collapse",
+    "desirable_falling",
+    "overfit",
+    "kl_high",
+    "length_drift",
+    "nonfinite",
+)
 
 ADVICE = {
     "margin_stuck": (
@@ -66,7 +78,14 @@ ADVICE = {
     "logp_collapse": (
         "both chosen and rejected log-probs are falling: the policy pushes probability mass away from all "
         "data, the classic DPO failure (outputs degrade even as the margin grows). Lower the learning rate, "
-        "raise β, try IPO, or add an NLL term on chosen (ORPO / cpo_alpha)."
+        "raise β, try IPO, or add an NLL term on chosen (ORPO, or SimPO's loss.sft_weight)."
+    ),
+    "desirable_falling": (
+        "KTO's desirable replies have become less likely than under the reference, while its desirable term "
+        "asks for the opposite: the undesirable term dominates the shared update, and the policy loses mass on "
+        "the answers the data calls good (on the second world of docs/world.md the sampled true reward fell "
+        "below the starting model's). Lower the learning rate, raise loss.desirable_weight (λ_D; the paper's "
+        "rule allows λ_D·n_D : λ_U·n_U up to 4:3), or raise β."
     ),
     "overfit": (
         "the held-out loss is rising while the training loss keeps falling: the policy is fitting the training "
@@ -94,6 +113,7 @@ FIELD_DEFAULTS: dict[str, Any] = {
     "margin_stuck_steps": 10,
     "logp_collapse_per_token": -0.5,
     "logp_collapse": None,
+    "desirable_falling_per_token": -0.1,
     "overfit_eval_rise": 0.1,
     "kl_max": None,
     "length_drift": 0.5,
@@ -104,6 +124,7 @@ FIELD_DEFAULTS: dict[str, Any] = {
 }
 
 AVERAGED_LOGPS = tuple(sorted(names_where(lambda s: s.averaged_logps)))  # TRL logs per-token averages
+DESIRABLE_WINDOW = 10  # logs averaged by desirable_falling (one batch's desirable rows are noisy)
 
 
 def check_stop_on(ids, where: str = "health.stop_on") -> list[str]:
@@ -247,6 +268,7 @@ class HealthCallback(TrainerCallback):
         self._active: dict[str, bool] = {}
         self._margin_streak: list[tuple[float, float | None]] = []
         self._first_logps: tuple[float, float] | None = None
+        self._desirable: list[float] = []  # recent desirable log-ratios per token (KTO)
         self._train_losses: list[float] = []  # recent train losses (for the overfit check)
         self._best_eval: tuple[float, float | None] | None = None  # (eval loss, train loss then)
         self._last_probe_step: int | None = None
@@ -337,6 +359,7 @@ class HealthCallback(TrainerCallback):
             return  # the other checks are meaningless on NaN numbers
         self._check_margin(margin, loss, state, control)
         self._check_logps(lc, lr, rc, rr, state, control)
+        self._check_desirable(rc, rr, state, control)
         if loss is not None:
             self._train_losses = [*self._train_losses[-4:], loss]
         if self.cfg["kl_max"] is not None and kl is not None and math.isfinite(kl):
@@ -463,6 +486,39 @@ class HealthCallback(TrainerCallback):
             },
             f"chosen log-prob moved {dc:+.2f} and rejected {dr:+.2f} nats/token against the {against} "
             f"(threshold {thr:g}).",
+        )
+
+    def _check_desirable(self, rc, rr, state, control):
+        """``desirable_falling`` (KTO): the mean desirable log-ratio per token over the last logs below the
+        threshold. TRL's KTO logs ``rewards/chosen`` = β · (log π − log π_ref) of the desirable rows."""
+        thr = self.cfg["desirable_falling_per_token"]
+        lens = self.completion_lengths
+        spec = spec_or_none(self.algorithm)
+        unpaired = spec is not None and spec.data_kind == "unpaired"  # desirable / undesirable rows (KTO)
+        if not unpaired or thr is None or not self.beta or lens is None or rc is None:
+            return
+        if not math.isfinite(rc):
+            return
+        self._desirable = [*self._desirable[-(DESIRABLE_WINDOW - 1) :], rc / self.beta / max(lens[0], 1.0)]
+        if len(self._desirable) < DESIRABLE_WINDOW:
+            return
+        mean = sum(self._desirable) / len(self._desirable)
+        rejected = rr / self.beta / max(lens[1], 1.0) if rr is not None and math.isfinite(rr) else None
+        self._episode(
+            "desirable_falling",
+            mean < thr,
+            state,
+            control,
+            {
+                "shift_desirable_per_token": mean,
+                "shift_desirable_per_sequence": mean * lens[0],
+                "shift_undesirable_per_token": rejected,
+                "window_logs": DESIRABLE_WINDOW,
+                "mean_reply_tokens": list(lens),
+                "threshold_per_token": thr,
+            },
+            f"the desirable replies' log-prob is {mean:+.2f} nats/token ({mean * lens[0]:+.2f} per reply) "
+            f"against the reference over the last {DESIRABLE_WINDOW} logs (threshold {thr:g}).",
         )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):

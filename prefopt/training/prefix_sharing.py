@@ -108,7 +108,9 @@ class PackedBatch:
     packed_slots: int  # rows * W
 
 
-def _right_padded_lengths(mask: torch.Tensor) -> torch.Tensor | None:
+def right_padded_lengths(mask: torch.Tensor) -> torch.Tensor | None:
+    """Each row's length when ``mask`` is a 2-D right-padded attention mask, else None (left padding or
+    holes: not a batch prefopt rearranges)."""
     if mask.dim() != 2:
         return None
     lengths = mask.sum(dim=1)
@@ -123,7 +125,7 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedB
     n, width = input_ids.shape
     if n < 2 or n % 2:
         return None
-    lengths = _right_padded_lengths(attention_mask)
+    lengths = right_padded_lengths(attention_mask)
     if lengths is None or bool((lengths < 1).any()):
         return None
     b = n // 2

@@ -2,7 +2,7 @@
 
 Each override is listed (with its reason) in docs/losses.md and printed by ``prefopt train --dry-run``:
 
-* **Tokenisation (all five).** Datasets arrive pre-tokenised by :mod:`prefopt.data.tokenization`
+* **Tokenisation (every algorithm).** Datasets arrive pre-tokenised by :mod:`prefopt.data.tokenization`
   (``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` or ``completion_ids``). DPO/KTO skip their own
   tokenisation; ORPO/CPO build their legacy ``*_input_ids``/``*_labels`` rows from the same ids
   instead of re-tokenising and prepending BOS.
@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from trl import DPOTrainer, KTOTrainer
+from trl import DPOTrainer, KTOTrainer, RewardTrainer
 from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
 
@@ -182,6 +182,44 @@ class PrefoptORPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, ORPOTrai
 
 
 class PrefoptCPOTrainer(LengthGroupingMixin, _LegacyTokenizationMixin, CPOTrainer):
-    """``trl.experimental.cpo.CPOTrainer`` (SimPO) on prefopt's tokenisation (TRL's loss with cpo_alpha=0)."""
+    """``trl.experimental.cpo.CPOTrainer`` (SimPO) on prefopt's tokenisation (TRL's loss; cpo_alpha = loss.sft_weight)."""
 
     _prefopt_paired = True
+
+
+def reward_rows(dataset, margin: bool = False):
+    """prefopt's tokenised pairs → ``trl.RewardTrainer`` rows: whole sequences ``prompt_ids + chosen_ids`` /
+    ``prompt_ids + rejected_ids`` (the reply's EOS included, so the head pools the EOS), and with ``margin``
+    TRL's ``margin`` column, score_chosen − score_rejected."""
+
+    def convert(row):
+        out = {
+            "chosen_ids": list(row["prompt_ids"]) + list(row["chosen_ids"]),
+            "rejected_ids": list(row["prompt_ids"]) + list(row["rejected_ids"]),
+        }
+        if margin:
+            out["margin"] = float(row["score_chosen"]) - float(row["score_rejected"])
+        return out
+
+    keep = ["chosen_ids", "rejected_ids"] + (["margin"] if margin else [])
+    converted = dataset.map(convert, remove_columns=dataset.column_names, desc=None)
+    return converted.select_columns(keep)
+
+
+class PrefoptRewardTrainer(RewardTrainer):
+    """``trl.RewardTrainer`` (Bradley-Terry, TRL's loss and metrics) on prefopt's tokenisation.
+
+    Rows arrive as prefopt's ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` (+ scores when
+    ``margin``) and become TRL's whole-sequence rows (:func:`reward_rows`). TRL's own ``max_length``
+    filter is skipped: prefopt's tokenisation already applied ``training.max_length`` and counted what it
+    truncated or dropped (TRL would drop longer pairs without a word, at its default of 1024)."""
+
+    def __init__(self, *args, margin: bool = False, prefix_sharing="auto", **kwargs):
+        # prefix_sharing: a reward model scores each sequence whole; there is no shared-prompt forward
+        self.prefopt_margin = margin
+        super().__init__(*args, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if _is_pretokenized(dataset):
+            return reward_rows(dataset, self.prefopt_margin)
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)

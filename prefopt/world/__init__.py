@@ -24,6 +24,12 @@ From Python::
 From a recipe: ``model: {name: world:arith}`` and ``data: {train: [{source: world, task: arith, size: 2000}]}``.
 """
 
+# moved to model/ and core/, kept here for one release: world.sample, world.generate, world.sequence_logps,
+# world.torch_threads, world.cache_root
+from prefopt.core.cache import cache_root
+from prefopt.core.runtime import torch_threads
+from prefopt.model.generation import generate, sample
+from prefopt.model.logprobs import sequence_logps
 from prefopt.world.data import (
     heldout_pairs,
     heldout_prompts,
@@ -46,6 +52,11 @@ from prefopt.world.rewards import TrueReward, world_reward
 from prefopt.world.tasks import TASKS, ArithTask, CountTask, Task, get_task
 
 __all__ = [
+    "cache_root",
+    "generate",
+    "sample",
+    "sequence_logps",
+    "torch_threads",
     "DATA_VERSION",
     "TASKS",
     "WARM_STARTS",

@@ -4,6 +4,7 @@ trained on, drop examples naming the input file and line."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -18,9 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefopt.cli import main as cli
 from prefopt.config.recipe import load_recipe
 from prefopt.core.errors import PrefoptError
+
+cli = importlib.import_module("prefopt.cli.main")  # the module (prefopt.cli.main is also the function's name)
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "recipes" / "quickstart"
@@ -127,7 +129,7 @@ def test_wheel_installed_outside_the_repository_runs_the_demo(tmp_path):
     elsewhere.mkdir()
     env = {**ENV, "PYTHONPATH": str(site)}
     where = subprocess.run(
-        [sys.executable, "-c", "import prefopt.cli.main as c; print(c.__file__); print(c.DEMO_RECIPE)"],
+        [sys.executable, "-c", "import importlib; c = importlib.import_module('prefopt.cli.main'); print(c.__file__); print(c.DEMO_RECIPE)"],
         env=env, cwd=elsewhere, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert all(p.startswith(str(site)) for p in where), where  # the wheel's copy, not the repository's

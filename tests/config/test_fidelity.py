@@ -156,6 +156,15 @@ def test_training_kto_weights(key):
     )
 
 
+def test_training_center_rewards_coefficient():
+    data = recipe("reward", loss={}, training={"center_rewards_coefficient": 0.01})
+    assert_rule_error(
+        data, "training-center-rewards-coefficient", "set loss.center_rewards_coefficient instead"
+    )
+    # a reward model has no β: training.beta is an unknown RewardConfig key, not the β rule's message
+    assert 'unknown key "training.beta"' in load_error(recipe("reward", loss={}, training={"beta": 0.1}))
+
+
 @pytest.mark.parametrize(
     "training, fragment",
     [
@@ -245,6 +254,7 @@ def test_all_rules_have_a_test():
         "training-alpha",
         "training-desirable-weight",
         "training-undesirable-weight",
+        "training-center-rewards-coefficient",
         "trl-loss-variant",
         "simpo-gamma-ratio-range",
         "liger-kernel-missing",

@@ -34,6 +34,10 @@ FUNCTION_LOCAL_ALLOWED = ("cli",)
 """Layers whose functions may import prefopt lazily (argument parsing must stay fast)."""
 
 NO_HEAVY_AT_IMPORT = ("core", "config", "data")
+
+SHIM_DOC = "Moved to "
+"""A module directly under prefopt/ whose docstring starts with this is a one-release re-export shim of an
+old path: it may import anything, and no module of the package may import it."""
 HEAVY = ("torch", "trl")
 
 
@@ -54,6 +58,17 @@ def module_name(path: Path, package_dir: Path = PACKAGE_DIR) -> str:
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
+
+
+def is_shim(path: Path, package_dir: Path = PACKAGE_DIR) -> bool:
+    if path.parent != package_dir or path.name == "__init__.py":
+        return False
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    return doc.startswith(SHIM_DOC)
+
+
+def shim_modules(package_dir: Path = PACKAGE_DIR) -> set[str]:
+    return {f"prefopt.{p.stem}" for p in package_dir.glob("*.py") if is_shim(p, package_dir)}
 
 
 def layer_of(module: str) -> str | None:
@@ -94,6 +109,9 @@ def check_file(path: Path, package_dir: Path = PACKAGE_DIR) -> list[Violation]:
     layer = layer_of(module)
     tree = ast.parse(path.read_text(), filename=str(path))
     out: list[Violation] = []
+    if is_shim(path, package_dir):
+        return out
+    shims = shim_modules(package_dir)
     if layer is None:
         out.append(Violation(module, 1, "unknown-layer", f"{module} is not in a layer folder {LAYERS}"))
         return out
@@ -146,6 +164,17 @@ def check_file(path: Path, package_dir: Path = PACKAGE_DIR) -> list[Violation]:
                 )
             if root != "prefopt":
                 continue
+            for name in names or [None]:
+                full = f"{target}.{name}" if name else target
+                if target in shims or full in shims:
+                    out.append(
+                        Violation(
+                            module,
+                            node.lineno,
+                            "shim",
+                            f"imports the old-path shim {target if target in shims else full}",
+                        )
+                    )
             if local and layer not in FUNCTION_LOCAL_ALLOWED:
                 out.append(
                     Violation(module, node.lineno, "function-local", f"imports {target} inside a function")

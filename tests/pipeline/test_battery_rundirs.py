@@ -475,14 +475,14 @@ def test_the_lock_is_released_after_a_failed_run(tmp_path, capsys):
 
 # ================================================================================ signals
 def test_ctrl_c_during_tokenisation_exits_130_with_an_interrupted_manifest(tmp_path, monkeypatch, capsys):
-    import prefopt.data.fast_tokenize as ft
+    import prefopt.data.tokenized as tokenized
 
     def interrupted(*a, **k):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
         raise AssertionError("SIGINT was not delivered")
 
-    monkeypatch.setattr(ft, "tokenize_dataset_fast", interrupted)
+    monkeypatch.setattr(tokenized, "tokenize_dataset_fast", interrupted)  # where prepare_data calls it
     out = tmp_path / "run"
     assert _train(_make(tmp_path), out) == 130
     err = capsys.readouterr().err

@@ -16,6 +16,8 @@ time; the world is built once (about a minute) and cached under ``$PREFOPT_CACHE
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -28,6 +30,11 @@ SEED = 42
 # same batches prefopt's DPO, IPO and SimPO reproduce TRL's runs exactly (same section), so this is the
 # batch-order noise of one run against another.
 NOISE = {"dpo": 0.079, "ipo": 0.123, "kto": 0.141, "orpo": 0.011, "simpo": 0.047}
+# "The same settings" means the same loss. Plain TRL's CPOTrainer(loss_type="simpo") keeps cpo_alpha=1.0,
+# an NLL term on the chosen replies (CPO-SimPO); prefopt's default is the paper's SimPO (sft_weight 0).
+# A user who wants TRL's loss writes loss.sft_weight: 1.0, and that recipe is the one compared with plain
+# TRL (docs/world.md). prefopt's default SimPO against TRL's CPO-SimPO stays below as a known difference.
+COMPARED_KIND = {"simpo": "prefopt-sft_weight1"}
 # Gaps measured beyond that noise, with their causes (docs/world.md). Strict: the test fails once a
 # gap closes, so that its marker goes too.
 KNOWN_GAPS = {
@@ -35,10 +42,13 @@ KNOWN_GAPS = {
     "1,000 desirable then 1,000 undesirable rows, so every TRL batch holds one label; prefopt shuffles, so "
     "its batches mix labels, and at lr 1e-4 mixed batches end lower (0.405 vs 0.654 over 3 seeds; TRL on "
     "shuffled rows: 0.502). Balance is not the cause: both train on 4,000 : 4,000 rows.",
-    "simpo": "plain TRL's CPOTrainer(loss_type='simpo') keeps cpo_alpha=1.0, an NLL term on the chosen reply "
-    "(CPO-SimPO); prefopt runs the paper's SimPO (cpo_alpha=0), which TRL with cpo_alpha=0 reproduces "
-    "exactly (0.682 over 3 seeds, against 0.817 with the NLL term).",
 }
+PAPER_SIMPO_GAP = (
+    "a different loss, not a gap at the same settings: prefopt's default is the paper's SimPO (sft_weight 0), "
+    "plain TRL's default CPO-SimPO (cpo_alpha=1.0); TRL with cpo_alpha=0 reproduces prefopt's runs exactly "
+    "(0.682 over 3 seeds, against 0.817 with the NLL term), and prefopt with loss.sft_weight: 1.0 reproduces "
+    "TRL's."
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +56,15 @@ def study(tmp_path_factory):
     from second_world import build, study
 
     world = build.world()
-    results = study.run(
-        world, tmp_path_factory.mktemp("second_world"), seeds=(SEED,), jobs=2, trl_in_one_process=True
-    )
-    return world, {(r["kind"], r["algorithm"]): r for r in results}
+    workdir = tmp_path_factory.mktemp("second_world")
+    kinds = (*study.KINDS, *sorted(set(COMPARED_KIND.values())))
+    results = study.run(world, workdir, seeds=(SEED,), kinds=kinds, jobs=2, trl_in_one_process=True)
+    return world, {(r["kind"], r["algorithm"]): r for r in results}, workdir
 
 
 def test_reference_is_in_the_regime_where_preferences_help(study):
     """The SFT model knows the answer (greedy) but samples it only about half the time."""
-    world, _ = study
+    world, _, _ = study
     ref = world.info["reference"]
     assert 0.40 <= ref["reward_sampled"] <= 0.60, ref
     assert ref["reward_greedy"] >= 0.90, ref
@@ -68,6 +78,101 @@ def test_reference_is_in_the_regime_where_preferences_help(study):
     ],
 )
 def test_prefopt_at_least_plain_trl(study, algorithm):
-    _, results = study
-    pf, trl = results[("prefopt", algorithm)], results[("trl", algorithm)]
+    _, results, _ = study
+    pf = results[(COMPARED_KIND.get(algorithm, "prefopt"), algorithm)]
+    trl = results[("trl", algorithm)]
     assert pf["reward_sampled"] >= trl["reward_sampled"] - NOISE[algorithm], (pf, trl)
+
+
+@pytest.mark.xfail(strict=True, reason=PAPER_SIMPO_GAP)
+def test_papers_simpo_at_least_trls_cpo_simpo(study):
+    _, results, _ = study
+    pf, trl = results[("prefopt", "simpo")], results[("trl", "simpo")]
+    assert pf["reward_sampled"] >= trl["reward_sampled"] - NOISE["simpo"], (pf, trl)
+
+
+def test_health_warns_on_the_kto_run_that_got_worse(study):
+    """prefopt's KTO run lowers the true reward below the SFT model's; its desirable replies fall against
+    the reference, and the health monitor says so (desirable_falling, docs/health.md)."""
+    world, results, workdir = study
+    assert results[("prefopt", "kto")]["reward_sampled"] < world.info["reference"]["reward_sampled"]
+    records = [json.loads(line) for line in (workdir / f"prefopt-kto-{SEED}" / "metrics.jsonl").open()]
+    fired = [r for r in records if r.get("event") == "health"]
+    assert [r["warning"] for r in fired] == ["desirable_falling"], fired
+    assert "desirable_weight" in fired[0]["advice"]
+
+
+def test_kto_loss_on_a_fixed_batch_equals_plain_trls(tmp_path):
+    """Nothing but the batches separates the two KTOs (docs/world.md): on one batch of 32 mixed-label rows
+    of the user's file, with the SFT model as policy and reference, prefopt's KTO trainer and plain TRL's
+    KTOTrainer (its own tokenisation) give the same loss and gradients."""
+    import random
+
+    from datasets import Dataset
+    from second_world import build
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import KTOConfig, KTOTrainer
+
+    from prefopt.config.recipe import load_recipe
+    from prefopt.pipeline.run import build_trainer, prepare_data
+
+    world = build.world()
+    pairs = [json.loads(line) for line in world.pairs.open()]
+    rng = random.Random(0)
+    rows = []
+    for p in rng.sample(pairs, 16):
+        rows.append({"prompt": p["question"], "completion": p["good"], "label": True})
+        rows.append({"prompt": p["question"], "completion": p["bad"], "label": False})
+    rng.shuffle(rows)
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = AutoTokenizer.from_pretrained(str(world.model_dir))
+
+    def loss_and_grads(trainer):
+        model = trainer.model
+        model.train()
+        loss = trainer.compute_loss(model, next(iter(trainer.get_train_dataloader())))
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with build.torch_threads(1):
+        trl = KTOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(str(world.model_dir)),
+            args=KTOConfig(
+                output_dir=str(tmp_path / "trl"),
+                beta=0.1,
+                per_device_train_batch_size=32,
+                bf16=False,
+                report_to="none",
+            ),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+        )
+        recipe = load_recipe(
+            data={
+                "algorithm": "kto",
+                "seed": 42,
+                "model": {"name": str(world.model_dir)},
+                "data": {
+                    "train": [{"source": "jsonl", "path": str(tmp_path / "rows.jsonl")}],
+                    "shuffle": False,
+                    "dedupe": False,
+                },
+                "loss": {"beta": 0.1},
+                "training": {"per_device_train_batch_size": 32},
+            }
+        )
+        train_tok, eval_tok, *_ = prepare_data(recipe, tok)
+        pf = build_trainer(
+            recipe,
+            AutoModelForCausalLM.from_pretrained(str(world.model_dir)),
+            tok,
+            train_tok,
+            eval_tok,
+            output_dir=str(tmp_path / "pf"),
+        )
+        (lt, gt), (lp, gp) = loss_and_grads(trl), loss_and_grads(pf)
+    assert gt.keys() == gp.keys() and gt
+    scale = max(g.abs().max().item() for g in gt.values())
+    assert scale > 1e-4
+    assert abs(lt - lp) <= 1e-6, (lt, lp)
+    assert max((gt[n] - gp[n]).abs().max().item() for n in gt) <= 1e-6 * scale

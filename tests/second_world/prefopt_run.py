@@ -40,11 +40,17 @@ LOSS = {
 
 
 def recipe_text(
-    algorithm: str, model_dir: str | Path, pairs: str | Path, seed: int, shuffle: bool = True
+    algorithm: str,
+    model_dir: str | Path,
+    pairs: str | Path,
+    seed: int,
+    shuffle: bool = True,
+    loss: dict | None = None,
 ) -> str:
-    """The recipe a user writes. ``shuffle=False`` (investigations only) keeps the file's row order, so
-    that the trainer's seeded sampler draws the same batches as plain TRL's on the same file."""
-    loss = "\n".join(f"  {k}: {v}" for k, v in LOSS[algorithm].items())
+    """The recipe a user writes. For investigations only: ``shuffle=False`` keeps the file's row order, so
+    that the trainer's seeded sampler draws the same batches as plain TRL's on the same file; ``loss``
+    adds or replaces `loss:` keys (e.g. SimPO's ``sft_weight``)."""
+    loss = "\n".join(f"  {k}: {v}" for k, v in {**LOSS[algorithm], **(loss or {})}.items())
     transform = "  transform: unpair          # KTO trains on unpaired rows\n" if algorithm == "kto" else ""
     if not shuffle:
         transform += "  shuffle: false\n"
@@ -79,13 +85,19 @@ def train_command(recipe: Path, out: Path) -> list[str]:
 
 
 def start(
-    algorithm: str, model_dir, pairs, out: str | Path, seed: int, shuffle: bool = True
+    algorithm: str,
+    model_dir,
+    pairs,
+    out: str | Path,
+    seed: int,
+    shuffle: bool = True,
+    loss: dict | None = None,
 ) -> subprocess.Popen:
     """Write the recipe next to the run and start ``prefopt train`` (one torch thread)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     recipe = out.parent / f"{out.name}.yaml"
-    recipe.write_text(recipe_text(algorithm, model_dir, pairs, seed, shuffle))
+    recipe.write_text(recipe_text(algorithm, model_dir, pairs, seed, shuffle, loss))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     log = open(out.parent / f"{out.name}.log", "w")
     return subprocess.Popen(

@@ -32,8 +32,19 @@ TRL_VARIANTS = {
 # prefopt with the file's row order kept (data.shuffle: false): its sampler then draws exactly the
 # batches plain TRL draws with the same seed, which separates batch-order noise from real differences
 PREFOPT_VARIANTS = {"prefopt": True, "prefopt-noshuffle": False}
-ALL_KINDS = (*PREFOPT_VARIANTS, *TRL_VARIANTS)
-ONLY_FOR = {"trl-cpo_alpha0": {"simpo"}}  # variants that exist for some algorithms only
+# prefopt with extra `loss:` keys (kind -> (shuffle, loss keys)): SimPO with TRL's NLL term
+# (loss.sft_weight 1.0 = TRL's default cpo_alpha), i.e. TRL's CPO-SimPO run through prefopt
+PREFOPT_LOSS_VARIANTS = {
+    "prefopt-sft_weight1": (True, {"sft_weight": 1.0}),
+    "prefopt-sft_weight1-noshuffle": (False, {"sft_weight": 1.0}),
+}
+PREFOPT_KINDS = (*PREFOPT_VARIANTS, *PREFOPT_LOSS_VARIANTS)
+ALL_KINDS = (*PREFOPT_KINDS, *TRL_VARIANTS)
+ONLY_FOR = {  # variants that exist for some algorithms only
+    "trl-cpo_alpha0": {"simpo"},
+    "prefopt-sft_weight1": {"simpo"},
+    "prefopt-sft_weight1-noshuffle": {"simpo"},
+}
 
 
 def applies(kind: str, algorithm: str) -> bool:
@@ -64,10 +75,9 @@ class Job:
 
 def _start(job: Job, world: build.World, workdir: Path) -> subprocess.Popen:
     out = workdir / job.name
-    if job.kind in PREFOPT_VARIANTS:
-        return prefopt_run.start(
-            job.algorithm, world.model_dir, world.pairs, out, job.seed, PREFOPT_VARIANTS[job.kind]
-        )
+    if job.kind in PREFOPT_KINDS:
+        shuffle, loss = PREFOPT_LOSS_VARIANTS.get(job.kind, (PREFOPT_VARIANTS.get(job.kind), {}))
+        return prefopt_run.start(job.algorithm, world.model_dir, world.pairs, out, job.seed, shuffle, loss)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH")) if p)
@@ -95,7 +105,7 @@ def _summary(job: Job, workdir: Path) -> dict:
     """What the run itself reports: steps, and for prefopt the rows its data step kept."""
     out = workdir / job.run_name(job.algorithm)
     info: dict = {}
-    if job.kind in PREFOPT_VARIANTS:
+    if job.kind in PREFOPT_KINDS:
         m = json.loads((out / "manifest.json").read_text())
         info["steps"] = m.get("global_step")
         info["train_seconds"] = m.get("train_runtime_s")

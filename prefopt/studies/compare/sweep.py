@@ -35,6 +35,15 @@ class GridEntry(StrictModel):
     training: dict[str, Any] = Field(default_factory=dict, description="TRL config fields; lists are swept.")
     overrides: list[str] = Field(default_factory=list, description="Extra `section.key=value` overrides.")
 
+    @model_validator(mode="after")
+    def _trains_a_policy(self):
+        if get_spec(self.algorithm).trains != "policy":  # a reward model has no policy to compare
+            raise ValueError(
+                f"algorithm {self.algorithm} trains a reward model, not a policy, so it has no point on the "
+                "frontier: train it with `prefopt train`, or use the sweep's rlhf section"
+            )
+        return self
+
 
 class Sweep(StrictModel):
     base: str | None = Field(None, description="Default base recipe, relative to the sweep file.")

@@ -46,6 +46,7 @@ def sorted_rows(summary: dict) -> list[dict]:
 def format_markdown(summary: dict) -> str:
     rows = sorted_rows(summary)
     ev = summary["evaluation"]
+    judged = any("win_rate" in (r.get("eval") or {}) for r in rows)
     n_prompts = (summary["reference"].get("eval") or {}).get("num_prompts", ev["num_prompts"])
     lines = [
         f"# prefopt compare — world task `{summary['task']}`",
@@ -56,8 +57,9 @@ def format_markdown(summary: dict) -> str:
         f"load average at start {summary['load_average']['start'][0]:.1f}",
         "",
         "| algorithm | parameters | seed | true reward (sampled) | true reward (greedy) | KL to ref | "
-        "pref. acc. | logp acc. | train s | wall s | CPU s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "pref. acc. | logp acc. | train s | wall s | CPU s | peak RSS MB |"
+        + (" win rate (LC) |" if judged else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if judged else ""),
     ]
     for r in rows:
         e = r.get("eval") or {}
@@ -73,6 +75,7 @@ def format_markdown(summary: dict) -> str:
             f"{fmt_number(e.get('logp_accuracy'))} | {fmt_number(r.get('train_s'), 1)} | "
             f"{fmt_number(r.get('cumulative_wall_s', r.get('wall_s')), 1)} | "
             f"{fmt_number(r.get('cumulative_cpu_s', r.get('cpu_s')), 1)} | {fmt_number(r.get('peak_rss_mb'), 0)} |"
+            + (f" {win_rate_cell(e)} |" if judged else "")
         )
     lines += [
         "",
@@ -89,6 +92,13 @@ def format_markdown(summary: dict) -> str:
         lines += ["", "## Iterative vs offline DPO", "", cmp["text"]]
     lines += ["", "![frontier](frontier.png)", ""]
     return "\n".join(lines)
+
+
+def win_rate_cell(e: dict) -> str:
+    """``0.612 (LC 0.580)`` from a point's ``win_rate`` / ``lc_win_rate`` (eval.json's summary keys)."""
+    if e.get("win_rate") is None:
+        return "—"
+    return f"{fmt_number(e.get('win_rate'))} (LC {fmt_number(e.get('lc_win_rate'))})"
 
 
 def iterative_vs_offline(results: list[dict]) -> dict | None:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from prefopt.config.algorithms import AlgorithmSpec, get_spec
+from prefopt.config.algorithms import ALGORITHMS, AlgorithmSpec, get_spec
 from prefopt.config.recipe import PREFOPT_TRAINING_KEYS
 
 
@@ -63,6 +63,11 @@ class Adapter:
     def trainer_kwargs(cls, recipe) -> dict[str, Any]:
         """Keyword arguments of the prefopt trainer subclass beyond TRL's (none by default)."""
         return {}
+
+    @classmethod
+    def extra_columns(cls, recipe) -> tuple[str, ...]:
+        """Canonical columns the trainer needs beside the token ids (a reward model's scores for its margin)."""
+        return ()
 
     @classmethod
     def overrides(cls, recipe) -> list[str]:
@@ -182,9 +187,10 @@ def get_adapter(name: str) -> type[Adapter]:
 
 
 def algorithm_names() -> list[str]:
-    return list(_REGISTRY)
+    return list(registered())
 
 
 def registered() -> dict[str, type[Adapter]]:
-    """Algorithm name → adapter, for every adapter registered so far."""
-    return dict(_REGISTRY)
+    """Algorithm name → adapter, for every adapter registered so far, in the table's order (not the
+    order the adapter modules happened to be imported in)."""
+    return {name: _REGISTRY[name] for name in ALGORITHMS if name in _REGISTRY}
