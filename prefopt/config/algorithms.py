@@ -109,6 +109,19 @@ class RewardLoss(LossParams):
     )
 
 
+class OnlineDPOLoss(LossParams):
+    """Online DPO (Guo et al. 2024, OAIF): DPO's loss on best-vs-worst pairs sampled from the current policy
+    and ranked by a judge at every step; ``loss_type: ipo`` takes IPO's loss on them instead."""
+
+    beta: float = Field(
+        0.1, gt=0, description="β: KL-regularisation strength (τ of IPO with loss_type: ipo)."
+    )
+    loss_type: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid",
+        description="sigmoid: DPO's −log σ(β·h); ipo: IPO's (h − 1/(2τ))², length-normalised as TRL's.",
+    )
+
+
 # --------------------------------------------------------------------------------------------- loss-key hints
 HintText = str | Callable[[str, str, Any, Mapping | None], str]
 """A sentence (starting with a space) for a ``loss:`` key an algorithm does not take, or a function
@@ -177,6 +190,9 @@ class AlgorithmSpec:
     trl_trainer: str  # dotted path of the TRL trainer class prefopt's trainer derives from
     averaged_logps: bool  # TRL logs (and the implicit reward uses) per-token average log-probs
     own_loss: Callable[[Mapping[str, Any]], str | None] = field(default=lambda loss: None, repr=False)
+    samples_online: bool = False
+    """The algorithm samples its own training pairs from the current policy each step (``online:`` block:
+    k, temperature, the judge); its data source supplies prompts only."""
     """Given the resolved ``loss:`` parameters: a description of the loss prefopt computes itself instead of
     TRL's (its trainer subclass swaps the loss in), or None when TRL's loss is used."""
     loss_key_hints: Mapping[str, HintText] = field(default_factory=dict, repr=False)
@@ -287,6 +303,24 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             loss_key_hints={
                 **dict.fromkeys(("desirable", "lambda_d", "λ_d", "w_d", "desirable_weights"), _KTO_D),
                 **dict.fromkeys(("undesirable", "lambda_u", "λ_u", "w_u", "undesirable_weights"), _KTO_U),
+            },
+        ),
+        AlgorithmSpec(
+            name="online_dpo",
+            display="online DPO",
+            paper="Guo et al. 2024 (OAIF), arXiv:2402.04792; loss: Rafailov et al. 2023 / Azar et al. 2023",
+            data_kind="paired",  # prompts are taken from the rows; their replies are not trained on
+            uses_reference=True,
+            loss=OnlineDPOLoss,
+            scale_param="beta",
+            trl_config="trl.DPOConfig",
+            trl_trainer=DPO_TRAINER,
+            averaged_logps=False,
+            own_loss=lambda loss: "online DPO on sampled, judged pairs (prefopt.training.online)",
+            samples_online=True,
+            loss_key_hints={
+                "tau": " online DPO's IPO form takes its τ as loss.beta (with loss.loss_type: ipo).",
+                "label_smoothing": " cDPO is algorithm: dpo; online DPO's pairs are judged each step.",
             },
         ),
         AlgorithmSpec(

@@ -249,6 +249,29 @@ class ReferenceCacheSection(_Section):
     )
 
 
+class OnlineSection(_Section):
+    """What an online algorithm (``algorithm: online_dpo``) samples each step, who judges it, and the
+    defences against over-optimising the judge (docs/losses.md, "Online DPO")."""
+
+    k: int = Field(4, ge=2, description="Replies sampled per prompt each step (best vs worst are paired).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the current policy.")
+    max_new_tokens: int = Field(64, gt=0, description="Longest sampled reply, in tokens.")
+    batch_size: int = Field(64, gt=0, description="Sequences per generation forward (transformers engine).")
+    judge: dict[str, Any] = Field(
+        ...,
+        description='A judge block (docs/judges.md), e.g. {type: callable, function: "prefopt.world:TASKS.arith.reward"}.',
+    )
+    length_penalty: float = Field(
+        0.0, ge=0, description="Defence: α, subtracted from the judge's score per reply token (0 = off)."
+    )
+    kl_budget: float | None = Field(
+        None,
+        gt=0,
+        description="Defence: stop training when the per-step sampled KL(policy‖reference) passes this many "
+        "nats per sequence (health kl_high, stopping).",
+    )
+
+
 # --------------------------------------------------------------------------------------------- recipe
 class Recipe(_Section):
     algorithm: AlgorithmName
@@ -261,6 +284,9 @@ class Recipe(_Section):
     health: HealthSection = Field(default_factory=HealthSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     reference_cache: ReferenceCacheSection = Field(default_factory=ReferenceCacheSection)
+    online: OnlineSection | None = Field(
+        None, description="Online algorithms only: sampling, judge, defences."
+    )
 
     # where the recipe came from (not a YAML key)
     _source_path: Path | None = None
@@ -533,6 +559,7 @@ def load_recipe(
         recipe._source_path = Path(path).resolve()
         _resolve_model_paths(recipe, where)
     _validate_loss(recipe, where)
+    _validate_online(recipe, where)
     # The fidelity guard runs before the generic training-key check so that a TRL knob prefopt owns
     # (training.beta, training.simpo_gamma, ...) gets its specific message rather than "unknown key".
     check_recipe(recipe, where=where)
@@ -638,6 +665,32 @@ def _validate_loss(recipe: Recipe, where: str) -> None:
             else:
                 lines.append(f'"loss.{key}" = {e.get("input")!r}: {e["msg"].removeprefix("Value error, ")}.')
         raise PrefoptError(" ".join(lines), where=where) from None
+
+
+def _validate_online(recipe: Recipe, where: str) -> None:
+    """An online algorithm needs its ``online:`` block (the judge above all); an offline one takes none."""
+    online = get_spec(recipe.algorithm).samples_online
+    if online and recipe.online is None:
+        raise PrefoptError(
+            f"algorithm {recipe.algorithm} samples its training pairs from the policy each step and needs a "
+            "judge to rank them, but the recipe has no online block.",
+            where=f"{where}: online",
+            fix='add `online: {k: 4, judge: {type: callable, function: "prefopt.world:TASKS.arith.reward"}}` '
+            "(any judge block of docs/judges.md).",
+        )
+    if not online and recipe.online is not None:
+        raise PrefoptError(
+            f"algorithm {recipe.algorithm} trains on the data as given; the online block is only read by "
+            "online algorithms.",
+            where=f"{where}: online",
+            fix="remove the online block, or choose an online algorithm.",
+        )
+    if online and recipe.reference_cache.enabled:
+        raise PrefoptError(
+            "the reference log-prob cache stores log-probs of fixed data; online pairs are new every step.",
+            where=f"{where}: reference_cache.enabled",
+            fix="set reference_cache.enabled: false (the reference is computed live).",
+        )
 
 
 def _loss_key_hint(algorithm: str, key: str, value: Any = None, loss: dict | None = None) -> str:

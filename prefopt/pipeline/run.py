@@ -26,6 +26,7 @@ from prefopt.evaluate.report import write_report
 from prefopt.evaluate.reward_model import evaluate_reward_model
 from prefopt.judge import build_judge, parse_judge_config
 from prefopt.judge.generate_config import preflight_judge
+from prefopt.judge.length import recipe_judge
 from prefopt.model.loading import load_model, load_reference, tokenizer_for
 from prefopt.pipeline import manifest, rundir
 from prefopt.training import distinfo, refcache
@@ -95,6 +96,7 @@ def _train(recipe: Recipe, path: Path, *, overwrite: bool, resume: bool) -> dict
     tokenizer = tokenizer_for(recipe.model)
     data = load_run_data(recipe, tokenizer, run)
     recipe = data.recipe
+    judge = recipe_judge(recipe, tokenizer)  # online algorithms: exit 2 on a bad online.judge, before weights
     resume_from = _resume_point(run.checkpoints, resume, run.identity)  # before the weights: disk checks only
     # The TRL config exists before the model is loaded so that DeepSpeed ZeRO-3 (accelerate launch with
     # zero3.yaml) can shard the weights while they load.
@@ -102,7 +104,7 @@ def _train(recipe: Recipe, path: Path, *, overwrite: bool, resume: bool) -> dict
     model, tokenizer = load_model(
         recipe.model, seed=recipe.seed, tokenizer=tokenizer, num_labels=adapter.spec.num_labels
     )
-    result = fit_recipe(recipe, run, data, model, tokenizer, config, resume_from=resume_from)
+    result = fit_recipe(recipe, run, data, model, tokenizer, config, resume_from=resume_from, judge=judge)
     if not result.finished:
         record_unfinished(run, result)
         result.raise_for_status()
@@ -145,7 +147,15 @@ def load_run_data(recipe: Recipe, tokenizer, run: RunDir) -> RunData:
 
 
 def fit_recipe(
-    recipe: Recipe, run: RunDir, data: RunData, model, tokenizer, config, *, resume_from: Path | None
+    recipe: Recipe,
+    run: RunDir,
+    data: RunData,
+    model,
+    tokenizer,
+    config,
+    *,
+    resume_from: Path | None,
+    judge=None,
 ) -> FitResult:
     """The trainer with prefopt's callbacks (metrics.jsonl, health), trained by :func:`fit` with
     checkpoints (identity and loss so far in each marker), resume and signal handling."""
@@ -168,6 +178,8 @@ def fit_recipe(
         callbacks=[metrics, health],
         config=config,
     )
+    if judge is not None:
+        trainer.judge = judge  # online DPO ranks its samples with it (prefopt.training.online)
     health.attach(trainer)
     ledger.attach(trainer)
     result = fit(

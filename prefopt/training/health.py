@@ -157,6 +157,21 @@ def beta_of(recipe) -> float | None:
     return float(getattr(recipe.loss_params, spec.scale_param))
 
 
+ONLINE_KL = "online/kl"
+"""The sampled KL an online trainer logs each step (:mod:`prefopt.training.online`)."""
+
+
+def kl_budget(recipe) -> dict[str, Any]:
+    """``online.kl_budget`` as health settings: ``kl_max`` (the smaller of it and ``health.kl_max``) and
+    ``kl_high`` among the stopping warnings; nothing when the recipe sets no budget."""
+    budget = getattr(getattr(recipe, "online", None), "kl_budget", None)
+    if budget is None:
+        return {}
+    kl_max = budget if recipe.health.kl_max is None else min(budget, recipe.health.kl_max)
+    stop_on = list(recipe.health.stop_on)
+    return {"kl_max": kl_max, "stop_on": stop_on if "kl_high" in stop_on else [*stop_on, "kl_high"]}
+
+
 def has_rewards_kl_proxy(algorithm: str) -> bool:
     """Whether TRL's logged rewards give a KL proxy (:attr:`prefopt.config.algorithms.AlgorithmSpec.rewards_kl_proxy`)."""
     spec = spec_or_none(algorithm)
@@ -265,6 +280,7 @@ class HealthCallback(TrainerCallback):
         """The callback for a recipe: thresholds from ``recipe.health``, β from the loss, seed."""
         kwargs.setdefault("beta", beta_of(recipe))
         kwargs.setdefault("seed", recipe.seed)
+        kwargs.update(kl_budget(recipe))
         return cls(recipe.health, recipe.algorithm, metrics_writer, **kwargs)
 
     def attach(self, trainer) -> HealthCallback:
@@ -541,6 +557,13 @@ class HealthCallback(TrainerCallback):
         candidates: list[tuple[float, str]] = []
         if probe is not None and probe.get("kl_to_reference") is not None:
             candidates.append((probe["kl_to_reference"], "sampled"))
+        online = _num(logs.get(ONLINE_KL))
+        if online is not None:  # the online trainer's own samples: the KL estimate, no proxy needed
+            return (
+                (online, "sampled_online")
+                if not candidates
+                else max([*candidates, (online, "sampled_online")])
+            )
         k = _num(logs.get("kl"))
         if k is not None:
             candidates.append((k, "kto_logged_kl"))

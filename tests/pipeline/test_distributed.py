@@ -1,6 +1,7 @@
 """Two real processes over gloo on CPU reproduce a one-process run with the same global batch:
-the loss trajectory and the final weights match within 1e-4 (DPO, and KTO whose KL reference point
-is averaged across processes)."""
+the loss trajectory and the final weights match within 1e-4 (DPO, KTO whose KL reference point
+is averaged across processes, and online DPO, whose replies are sampled in each process and whose loss is
+averaged over the global batch's pairs)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def _common(algorithm: str, out: Path, per_device: int) -> list[str]:
         "data.train.0.size=48",
         "--set",
         "evaluation.enabled=false",
+        # online DPO: k = 2 makes ties frequent, so the processes' pair counts differ (the global mean is tested)
+        *(["--set", "online.k=2"] if algorithm == "online_dpo" else []),
     ]
 
 
@@ -81,7 +84,7 @@ def _losses(out: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("algorithm", ["dpo", "kto"])
+@pytest.mark.parametrize("algorithm", ["dpo", "kto", "online_dpo"])
 def test_two_processes_match_one(algorithm, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _launch(algorithm, one, 1)

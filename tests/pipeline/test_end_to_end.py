@@ -16,7 +16,7 @@ from prefopt import cli
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "recipes" / "quickstart"
-ALGORITHMS = ["dpo", "ipo", "kto", "orpo", "simpo"]
+ALGORITHMS = ["dpo", "ipo", "kto", "orpo", "simpo", "online_dpo"]
 # CI guard on the sampled true-reward lift, +0.10 for every algorithm. The quickstarts lift by +0.18 to
 # +0.39 (3 seeds each, one torch thread, which this module pins so that CI trains exactly as measured;
 # docs/world.md), which leaves a wide margin for another machine's float rounding.
