@@ -40,6 +40,8 @@ def test_a_judge_that_cannot_import_is_exit_2_before_any_model(tmp_path, capsys,
 
     monkeypatch.setattr(run, "load_model", no_model)
     bad = {"type": "callable", "function": "prefopt.world:no_such_reward"}
-    assert main(["train", "--config", str(_recipe(tmp_path, bad)), "--output-dir", str(tmp_path / "run")]) == 2
+    assert (
+        main(["train", "--config", str(_recipe(tmp_path, bad)), "--output-dir", str(tmp_path / "run")]) == 2
+    )
     err = capsys.readouterr().err
     assert "evaluation.judge" in err and "Traceback" not in err
