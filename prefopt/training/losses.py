@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "average_logps",
+    "bradley_terry_loss",
     "dpo_loss",
     "ipo_loss",
     "kto_loss",
@@ -291,3 +292,26 @@ def simpo_loss(
     if label_smoothing:
         losses = losses * (1.0 - label_smoothing) - label_smoothing * F.logsigmoid(-logits)
     return losses.to(out_dtype)
+
+
+def bradley_terry_loss(
+    rewards_chosen: torch.Tensor,
+    rewards_rejected: torch.Tensor,
+    margin: torch.Tensor | float = 0.0,
+    center_rewards_coefficient: float | None = None,
+) -> torch.Tensor:
+    r"""Per-pair Bradley-Terry reward-model loss (``algorithm: reward``).
+
+    Ouyang et al. 2022 (InstructGPT, arXiv:2203.02155), Eq. 1; the margin is Touvron et al. 2023
+    (Llama 2, arXiv:2307.09288), Eq. 2; the centring term Eisenstein et al. 2023 (arXiv:2312.09244)::
+
+        L = −log σ(r_w − r_l − m) + η·(r_w + r_l)²
+
+    with ``m`` the pair's margin (0 without one) and η = ``center_rewards_coefficient`` (no term when
+    None). Reference implementation: TRL 1.16 ``RewardTrainer.compute_loss``
+    (``trl/trainer/reward_trainer.py``), which averages the first term over the batch and adds η times the
+    batch mean of (r_w + r_l)², so the batch means agree."""
+    loss = -F.logsigmoid(rewards_chosen - rewards_rejected - margin)
+    if center_rewards_coefficient is not None:
+        loss = loss + center_rewards_coefficient * (rewards_chosen + rewards_rejected) ** 2
+    return loss

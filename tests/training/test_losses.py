@@ -573,6 +573,8 @@ def test_loss_functions_registry_and_exports():
         "kto": kto_loss,
         "orpo": orpo_loss,
         "simpo": simpo_loss,
+        "online_dpo": dpo_loss,  # DPO's loss on pairs sampled while training
+        "reward": losses.bradley_terry_loss,
     }
     for name in losses.__all__:
         assert hasattr(losses, name)

@@ -14,36 +14,20 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from prefopt.config.algorithms import ALGORITHMS
 from prefopt.core.errors import PrefoptError
+from prefopt.training import losses
 from prefopt.training.algorithms.base import Adapter, register
 from prefopt.training.trainers import PrefoptRewardTrainer
 
 SCORES = ("score_chosen", "score_rejected")
 
 
-def bradley_terry_loss(
-    rewards_chosen: torch.Tensor,
-    rewards_rejected: torch.Tensor,
-    margin: torch.Tensor | float = 0.0,
-    center_rewards_coefficient: float | None = None,
-) -> torch.Tensor:
-    r"""Per-pair Bradley-Terry loss (Ouyang et al. 2022, Eq. 1; margin: Touvron et al. 2023, Eq. 2):
-    ``−log σ(r_w − r_l − m)``, plus ``η·(r_w + r_l)²`` with ``center_rewards_coefficient`` η
-    (Eisenstein et al. 2023; TRL adds the batch mean of it, so the means agree)."""
-    loss = -torch.nn.functional.logsigmoid(rewards_chosen - rewards_rejected - margin)
-    if center_rewards_coefficient is not None:
-        loss = loss + center_rewards_coefficient * (rewards_chosen + rewards_rejected) ** 2
-    return loss
-
-
 @register
 class RewardAdapter(Adapter):
     spec = ALGORITHMS["reward"]
     trainer = PrefoptRewardTrainer
-    reference_loss = staticmethod(bradley_terry_loss)
+    reference_loss = staticmethod(losses.bradley_terry_loss)
 
     @classmethod
     def loss_kwargs(cls, recipe):
