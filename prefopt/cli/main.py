@@ -104,8 +104,10 @@ def _train(args) -> int:
             where="command line",
         )
     if args.dry_run:
+        from prefopt.pipeline.run import check_judges
         from prefopt.training.plan import dry_run
 
+        check_judges(recipe)  # a judge that cannot work: exit 2 here too, still without a model
         print(json.dumps(dry_run(recipe, processes), indent=2))
         return 0
     from prefopt.pipeline.run import train

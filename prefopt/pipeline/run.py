@@ -285,14 +285,24 @@ def _judge_base(recipe: Recipe) -> str | None:
     return str(recipe.source_path.parent) if recipe.source_path else None
 
 
+def _preflight(recipe: Recipe, block, key: str) -> None:
+    where = f"{recipe.source_path}: {key}" if recipe.source_path else key
+    preflight_judge(parse_judge_config(block, where), where, _judge_base(recipe))
+
+
 def check_evaluation_judge(recipe: Recipe) -> None:
     """``evaluation.judge``: validated and checked as far as it can be without loading weights (a
     callable's function imports, a reward model's checkpoint has a one-logit head)."""
-    block = recipe.evaluation.judge
-    if not block or not recipe.evaluation.enabled:
-        return
-    where = f"{recipe.source_path}: evaluation.judge" if recipe.source_path else "evaluation.judge"
-    preflight_judge(parse_judge_config(block, where), where, _judge_base(recipe))
+    if recipe.evaluation.judge and recipe.evaluation.enabled:
+        _preflight(recipe, recipe.evaluation.judge, "evaluation.judge")
+
+
+def check_judges(recipe: Recipe) -> None:
+    """Every judge a recipe names (``online.judge``, ``evaluation.judge``), checked without loading any
+    weights: what ``prefopt train --dry-run`` runs."""
+    if getattr(recipe, "online", None) is not None:
+        _preflight(recipe, recipe.online.judge, "online.judge")
+    check_evaluation_judge(recipe)
 
 
 def run_evaluation(recipe: Recipe, model, tokenizer, eval_ds) -> dict | None:

@@ -45,3 +45,16 @@ def test_a_judge_that_cannot_import_is_exit_2_before_any_model(tmp_path, capsys,
     )
     err = capsys.readouterr().err
     assert "evaluation.judge" in err and "Traceback" not in err
+
+
+def test_dry_run_checks_the_judges_without_a_model(tmp_path, capsys):
+    bad = {"type": "callable", "function": "prefopt.world:no_such_reward"}
+    assert main(["train", "--config", str(_recipe(tmp_path, bad)), "--dry-run"]) == 2
+    assert "evaluation.judge" in capsys.readouterr().err
+    assert main(["train", "--config", str(_recipe(tmp_path, TRUE_REWARD)), "--dry-run"]) == 0
+    online = REPO / "configs/recipes/quickstart/online_dpo.yaml"
+    assert main(["train", "--config", str(online), "--dry-run"]) == 0
+    capsys.readouterr()
+    bad_online = ["--set", "online.judge.function=prefopt.world:nope"]
+    assert main(["train", "--config", str(online), *bad_online, "--dry-run"]) == 2
+    assert "online.judge.function" in capsys.readouterr().err
