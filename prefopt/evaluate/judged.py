@@ -83,30 +83,20 @@ def judged_section(
     if not prompts:
         out["note"] = "no held-out prompts: pass --data FILE, or set data.eval_fraction or data.eval"
         return out
-    replies = []
-    for model in (policy, other):
-        engine = build_engine("transformers", model=model, tokenizer=tokenizer, batch_size=ev.batch_size)
-        replies.append(
-            engine.generate(
-                prompts,
-                k=ev.num_samples,
-                temperature=ev.temperature,
-                max_new_tokens=ev.max_new_tokens,
-                seed=seed,
-            )
+    pol, ref = (
+        sample_replies(
+            model,
+            tokenizer,
+            prompts,
+            k=ev.num_samples,
+            temperature=ev.temperature,
+            max_new_tokens=ev.max_new_tokens,
+            seed=seed,
+            batch_size=ev.batch_size,
         )
-    flat_p = [p for p, row in zip(prompts, replies[0]) for _ in row]
-    pol = [c for row in replies[0] for c in row]
-    ref = [c for row in replies[1] for c in row]
-    res, verdicts = win_rate(
-        judge,
-        flat_p,
-        [c.text for c in pol],
-        [c.text for c in ref],
-        lengths=([c.length for c in pol], [c.length for c in ref]),
-        n_boot=n_boot,
-        seed=seed,
+        for model in (policy, other)
     )
+    res, verdicts = judge_replies(judge, prompts, pol, ref, k=ev.num_samples, seed=seed, n_boot=n_boot)
     out["win_rate"] = res.as_dict()
     scored = [v.scores for v in verdicts if v.scores is not None and None not in v.scores]
     if scored and getattr(judge, "gives_scores", False):
@@ -114,6 +104,31 @@ def judged_section(
         sr = sum(s[1] for s in scored) / len(scored)
         out["score"] = {"policy": sp, "other": sr, "lift": sp - sr, "pairs": len(scored)}
     return out
+
+
+def sample_replies(
+    model, tokenizer, prompts, *, k: int, temperature: float, max_new_tokens: int, seed: int, batch_size=None
+) -> list:
+    """``k`` replies per prompt from ``model`` (the transformers engine), flat: prompt-major, sample i of
+    each prompt at position ``prompt * k + i``; the same seed gives every model the same random streams."""
+    options = {} if batch_size is None else {"batch_size": batch_size}
+    engine = build_engine("transformers", model=model, tokenizer=tokenizer, **options)
+    rows = engine.generate(prompts, k=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    return [c for row in rows for c in row]
+
+
+def judge_replies(judge, prompts, pol: list, ref: list, *, k: int, seed: int, n_boot: int = DEFAULT_N_BOOT):
+    """Sample i of ``pol`` (position a) against sample i of ``ref`` (both from :func:`sample_replies` on
+    ``prompts``, ``k`` each): :func:`prefopt.judge.winrate.win_rate` with reply lengths in tokens."""
+    return win_rate(
+        judge,
+        [p for p in prompts for _ in range(k)],
+        [c.text for c in pol],
+        [c.text for c in ref],
+        lengths=([c.length for c in pol], [c.length for c in ref]),
+        n_boot=n_boot,
+        seed=seed,
+    )
 
 
 def judged_summary(result: dict) -> dict[str, Any]:

@@ -21,9 +21,8 @@ from pydantic import Field
 
 from prefopt.config.schema import StrictModel
 from prefopt.core.errors import PrefoptError
+from prefopt.evaluate.judged import judge_replies, sample_replies
 from prefopt.judge import build_judge
-from prefopt.judge.winrate import win_rate
-from prefopt.model.engines import build_engine
 from prefopt.model.loading import load_trained
 from prefopt.model.logprobs import sequence_logps
 from prefopt.world import evaluate_policy, heldout_prompts, preference_rows, reference_checkpoint, task_of
@@ -166,28 +165,26 @@ class WorldEvaluator:
 
     def _replies(self, model) -> list:
         s = self.settings
-        engine = build_engine("transformers", model=model, tokenizer=self.tokenizer)
-        rows = engine.generate(
+        return sample_replies(
+            model,
+            self.tokenizer,
             self._judged_prompts,
             k=s.samples_per_prompt,
             temperature=1.0,
             max_new_tokens=s.max_new_tokens,
             seed=s.seed,
         )
-        return [c for row in rows for c in row]
 
     def _win_rate(self, model) -> dict[str, Any]:
         """The model (position a) against the reference, sample i against sample i."""
-        pol, ref = self._replies(model), self._ref_replies
-        k = self.settings.samples_per_prompt
-        prompts = [p for p in self._judged_prompts for _ in range(k)]
-        res, _ = win_rate(
+        s = self.settings
+        res, _ = judge_replies(
             self.judge,
-            prompts,
-            [c.text for c in pol],
-            [c.text for c in ref],
-            lengths=([c.length for c in pol], [c.length for c in ref]),
-            seed=self.settings.seed,
+            self._judged_prompts,
+            self._replies(model),
+            self._ref_replies,
+            k=s.samples_per_prompt,
+            seed=s.seed,
         )
         d = res.as_dict()
         return {"win_rate": d["win_rate"], "lc_win_rate": d["lc_win_rate"], "win_rate_detail": d}
