@@ -58,7 +58,8 @@ class KTOLoss(LossParams):
         None,
         gt=0,
         description="λ_D. Omit both weights to have prefopt set them from the training data's label counts "
-        "by the paper's 1:1–4:3 rule (logged, in manifest.json and --dry-run).",
+        "at the upper end of the paper's 1:1–4:3 rule, λ_D·n_D : λ_U·n_U = 1.33 (logged, in manifest.json and "
+        "--dry-run; docs/losses.md).",
     )
     undesirable_weight: float | None = Field(
         None, gt=0, description="λ_U (omitted: see desirable_weight; one weight given: the other is 1)."

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from prefopt.config.fidelity import KTO_RATIO_BOUNDS, auto_kto_weights
 from prefopt.data.fast_tokenize import token_lengths
 from prefopt.data.schema import data_format, data_kind
 from prefopt.data.transforms import duplicate_indices
 
 PERCENTILES = (50, 90, 95, 99)
-KTO_RATIO = (1.0, 4.0 / 3.0)
+KTO_RATIO = KTO_RATIO_BOUNDS
 
 
 def kto_weights(n_desirable: int, n_undesirable: int) -> dict[str, Any]:
@@ -27,8 +28,8 @@ def kto_weights(n_desirable: int, n_undesirable: int) -> dict[str, Any]:
 
     Returns the ratio at the default weights (1, 1), whether it is in range, the admissible range of
     ``desirable_weight`` with ``undesirable_weight = 1`` and of ``undesirable_weight`` with
-    ``desirable_weight = 1``, and a suggestion: the smallest up-weighting of the minority class that
-    satisfies the rule (1, 1 when it already holds)."""
+    ``desirable_weight = 1``, and the suggestion: the weights ``prefopt train`` sets when a recipe gives
+    none (:func:`prefopt.config.fidelity.auto_kto_weights`, ratio 1.33, the rule's upper end)."""
     lo, hi = KTO_RATIO
     if n_desirable == 0 or n_undesirable == 0:
         return {
@@ -44,12 +45,8 @@ def kto_weights(n_desirable: int, n_undesirable: int) -> dict[str, Any]:
         "desirable_weight_range": [round(lo / ratio, 3), round(hi / ratio, 3)],
         "undesirable_weight_range": [round(ratio / hi, 3), round(ratio / lo, 3)],
     }
-    if lo <= ratio <= hi:
-        out["suggested"] = {"desirable_weight": 1.0, "undesirable_weight": 1.0}
-    elif ratio < lo:  # too few desirable rows: weight them up to reach ratio 1
-        out["suggested"] = {"desirable_weight": round(lo / ratio, 3), "undesirable_weight": 1.0}
-    else:  # too few undesirable rows: weight them up to reach ratio 4/3
-        out["suggested"] = {"desirable_weight": 1.0, "undesirable_weight": round(ratio / hi, 3)}
+    wd, wu = auto_kto_weights(n_desirable, n_undesirable)
+    out["suggested"] = {"desirable_weight": wd, "undesirable_weight": wu}
     return out
 
 
@@ -161,7 +158,7 @@ def format_inspection(info: dict[str, Any], title: str = "") -> str:
             s = w["suggested"]
             status = "within" if w["in_range"] else "outside"
             lines.append(
-                f"  KTO weights: n_D/n_U = {w['ratio']:.3f}, {status} the 1:1–4:3 rule; suggested "
+                f"  KTO weights: n_D/n_U = {w['ratio']:.3f}, {status} the 1:1–4:3 rule; without weights prefopt train sets "
                 f"loss.desirable_weight {s['desirable_weight']:g}, loss.undesirable_weight {s['undesirable_weight']:g} "
                 f"(desirable_weight {w['desirable_weight_range'][0]:g}–{w['desirable_weight_range'][1]:g} with "
                 f"undesirable 1, or undesirable_weight {w['undesirable_weight_range'][0]:g}–"

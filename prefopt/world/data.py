@@ -91,7 +91,7 @@ def _draw_rows(task: Task, size, split, seed, num_samples, noise, kind, pairs_pe
         rejected_all = bad[:pairs_per_prompt] or [task.near_miss(p, rng)]
         if kind == "unpaired":
             # the unpaired view of the same pairs (as KTO's paper compares): one desirable and one
-            # undesirable row per pair, so the labels are balanced and λ_D = λ_U = 1 fits the 1:1–4:3 rule
+            # undesirable row per pair, so the labels are balanced (prefopt's default weights: 1.33 : 1)
             for rejected in rejected_all:
                 flip = noise > 0 and rng.random() < noise
                 rows.append(

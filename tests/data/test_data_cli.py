@@ -169,7 +169,7 @@ def test_inspect_reports_balance_lengths_ties(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["labels"] == {"desirable": 8, "undesirable": 4}
     assert info["kto_weights"]["in_range"] is False
-    assert info["kto_weights"]["suggested"] == {"desirable_weight": 1.0, "undesirable_weight": 1.5}
+    assert info["kto_weights"]["suggested"] == {"desirable_weight": 1.0, "undesirable_weight": 1.51}
     assert info["tokens"]["prompt"]["max"] > 0 and info["tokens"]["rows_over_max_length"] > 0
     # raw source with ties: inspect counts them instead of dropping them
     assert (
@@ -190,11 +190,12 @@ def test_sources_lists_everything(capsys):
 
 
 def test_kto_weights_rule():
+    # the suggestion is what prefopt train sets without weights: the rule's upper end, 1.33
     assert kto_weights(100, 100)["in_range"] and kto_weights(100, 100)["suggested"] == {
-        "desirable_weight": 1.0,
+        "desirable_weight": 1.33,
         "undesirable_weight": 1.0,
     }
-    low = kto_weights(50, 100)  # desirable minority: weight it up to a 1:1 ratio
-    assert low["suggested"] == {"desirable_weight": 2.0, "undesirable_weight": 1.0}
+    low = kto_weights(50, 100)  # desirable minority: weight it up to a 1.33 ratio
+    assert low["suggested"] == {"desirable_weight": 2.66, "undesirable_weight": 1.0}
     assert low["desirable_weight_range"] == [2.0, 2.667]
     assert kto_weights(0, 10)["suggested"] is None

@@ -37,6 +37,9 @@ PREFOPT_VARIANTS = {"prefopt": True, "prefopt-noshuffle": False}
 PREFOPT_LOSS_VARIANTS = {
     "prefopt-sft_weight1": (True, {"sft_weight": 1.0}),
     "prefopt-sft_weight1-noshuffle": (False, {"sft_weight": 1.0}),
+    # KTO at TRL's default weights 1 : 1 (the lower end of KTO's rule on these balanced counts), against
+    # prefopt's default without weights, 1.33 : 1 (the upper end; docs/world.md, "KTO's default weights")
+    "prefopt-kto_w1": (True, {"desirable_weight": 1.0, "undesirable_weight": 1.0}),
 }
 PREFOPT_KINDS = (*PREFOPT_VARIANTS, *PREFOPT_LOSS_VARIANTS)
 ALL_KINDS = (*PREFOPT_KINDS, *TRL_VARIANTS)
@@ -44,6 +47,7 @@ ONLY_FOR = {  # variants that exist for some algorithms only
     "trl-cpo_alpha0": {"simpo"},
     "prefopt-sft_weight1": {"simpo"},
     "prefopt-sft_weight1-noshuffle": {"simpo"},
+    "prefopt-kto_w1": {"kto"},
 }
 
 

@@ -14,7 +14,7 @@ import logging
 
 import pytest
 
-from prefopt.config.fidelity import KTO_RATIO_BOUNDS, auto_kto_weights, check_kto_weights
+from prefopt.config.fidelity import KTO_AUTO_RATIO, KTO_RATIO_BOUNDS, auto_kto_weights, check_kto_weights
 from prefopt.config.recipe import load_recipe
 from prefopt.data.transforms import prepare
 from prefopt.training.algorithms import get_adapter
@@ -88,12 +88,20 @@ def test_auto_weights_meet_the_rule(n_d, n_u):
     wd, wu = auto_kto_weights(n_d, n_u)
     assert check_kto_weights(n_d, n_u, wd, wu) is None
     lo, hi = KTO_RATIO_BOUNDS
-    ratio = n_d / n_u
-    if lo <= ratio <= hi:
-        assert (wd, wu) == (1.0, 1.0)
-    else:  # only the minority label is weighted up, by no more than needed (+ rounding)
-        assert min(wd, wu) == 1.0
-        assert wd * n_d / (wu * n_u) == pytest.approx(lo if ratio < lo else hi, abs=1e-3)
+    weighted = wd * n_d / (wu * n_u)
+    assert lo <= weighted <= hi
+    # the upper end of the rule, as TRL rounds it (KTO_AUTO_RATIO), up to the weights' two decimals
+    assert weighted == pytest.approx(KTO_AUTO_RATIO, abs=0.02)
+    assert min(wd, wu) == 1.0  # one weight moves, the other stays 1
+    assert (wd > 1.0) == (n_d / n_u < KTO_AUTO_RATIO)
+    # TRL's KTOTrainer check (two decimals, 1.33): its warning stays silent on these weights
+    assert round(n_u / n_d, 2) <= wd <= round(n_u / n_d * 1.33, 2) or wd == 1.0
+    assert wu == 1.0 or round(n_d / n_u / 1.33, 2) <= wu <= round(n_d / n_u, 2)
+
+
+def test_balanced_counts_get_the_rules_upper_end():
+    assert auto_kto_weights(4000, 4000) == (1.33, 1.0)
+    assert auto_kto_weights(1330, 1000) == (1.0, 1.0)  # already at 1.33
 
 
 def _unbalanced(tmp_path, n_d=30, n_u=90):
@@ -120,11 +128,11 @@ def test_settle_on_data_sets_weights_from_the_counts(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="prefopt"):
         settled, info = settle_on_data(recipe, train)
     assert (info["n_desirable"], info["n_undesirable"]) == (30, 90)
-    assert info["desirable_weight"] == 3.0 and info["undesirable_weight"] == 1.0
+    assert info["desirable_weight"] == 3.99 and info["undesirable_weight"] == 1.0
     assert info["warning"] is None and info["source"].startswith("auto")
     kw = get_adapter("kto").loss_kwargs(settled)
-    assert (kw["desirable_weight"], kw["undesirable_weight"]) == (3.0, 1.0)
-    assert any("auto" in r.message and "desirable_weight 3.0" in r.message for r in caplog.records)
+    assert (kw["desirable_weight"], kw["undesirable_weight"]) == (3.99, 1.0)
+    assert any("auto" in r.message and "desirable_weight 3.99" in r.message for r in caplog.records)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -145,5 +153,5 @@ def test_dry_run_shows_the_weights_it_will_use(tmp_path):
     from prefopt.training.plan import dry_run
 
     desc = dry_run(_unbalanced(tmp_path), 1)
-    assert desc["data_settings"]["desirable_weight"] == 3.0
-    assert desc["trl_config"]["desirable_weight"] == 3.0 and desc["trl_config"]["undesirable_weight"] == 1.0
+    assert desc["data_settings"]["desirable_weight"] == 3.99
+    assert desc["trl_config"]["desirable_weight"] == 3.99 and desc["trl_config"]["undesirable_weight"] == 1.0

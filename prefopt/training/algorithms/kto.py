@@ -1,8 +1,8 @@
 """KTO (Ethayarajh et al. 2024) → ``trl.KTOTrainer`` (``loss_type="kto"``), unpaired data.
 
 Once the training rows are loaded, :meth:`KTOAdapter.settle_on_data` applies KTO's weighting rule
-(λ_D·n_D : λ_U·n_U in [1, 4/3]): a recipe that gives no weights gets them from the label counts
-(:func:`prefopt.config.fidelity.auto_kto_weights`); explicit weights outside the rule are a warning
+(λ_D·n_D : λ_U·n_U in [1, 4/3]): a recipe that gives no weights gets them from the label counts, at
+the rule's upper end 1.33 (:func:`prefopt.config.fidelity.auto_kto_weights`); explicit weights outside the rule are a warning
 (:func:`prefopt.config.fidelity.check_kto_weights`).
 """
 
@@ -42,7 +42,7 @@ class KTOAdapter(Adapter):
     @classmethod
     def settle_on_data(cls, recipe, train_ds):
         """λ_D, λ_U on the actual label counts. A recipe that gives neither weight gets them from KTO's
-        1:1–4:3 rule; a recipe that gives one gets 1 for the other. Weights outside the rule stay a
+        1:1–4:3 rule (its upper end, 1.33); a recipe that gives one gets 1 for the other. Weights outside the rule stay a
         warning (``info["warning"]``), never a silent 1:1."""
         labels = train_ds["label"]
         n_d = sum(1 for x in labels if x)
@@ -50,7 +50,7 @@ class KTOAdapter(Adapter):
         p = recipe.loss_params
         if p.desirable_weight is None and p.undesirable_weight is None:
             wd, wu = auto_kto_weights(n_d, n_u)
-            source = "auto (1:1–4:3 rule on the label counts)"
+            source = "auto (λ_D·n_D : λ_U·n_U = 1.33 on the label counts, the upper end of the 1:1–4:3 rule)"
         else:
             kw = cls.loss_kwargs(recipe)
             wd, wu = kw["desirable_weight"], kw["undesirable_weight"]
