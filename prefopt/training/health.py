@@ -125,6 +125,9 @@ FIELD_DEFAULTS: dict[str, Any] = {
 
 AVERAGED_LOGPS = tuple(sorted(names_where(lambda s: s.averaged_logps)))  # TRL logs per-token averages
 DESIRABLE_WINDOW = 10  # logs averaged by desirable_falling (one batch's desirable rows are noisy)
+# desirable_falling re-arms only once the mean is back above this fraction of its threshold (hysteresis:
+# a 10-log mean hovering at −0.1 fired 7 times in one second-world run without it)
+DESIRABLE_REARM = 0.5
 
 
 def check_stop_on(ids, where: str = "health.stop_on") -> list[str]:
@@ -311,13 +314,28 @@ class HealthCallback(TrainerCallback):
             if self.write is not None:
                 self.write({k: _jsonable(v) for k, v in rec.items()})
 
-    def _episode(self, wid: str, condition: bool | None, state, control, numbers: dict, message: str) -> None:
-        """Fire once when ``condition`` becomes true; re-arm when it is false again (None: no information)."""
+    def _episode(
+        self,
+        wid: str,
+        condition: bool | None,
+        state,
+        control,
+        numbers: dict,
+        message: str,
+        *,
+        recovered: bool | None = None,
+    ) -> None:
+        """Fire once when ``condition`` becomes true; re-arm when it is false again (None: no information).
+        ``recovered`` (optional) is a stricter re-arm condition: a rolling mean that hovers at the threshold
+        would otherwise fire at every crossing, so the episode ends only once it has moved clearly back."""
         if condition is None:
             return
         if condition and not self._active.get(wid):
             self._emit(wid, state, control, numbers, message)
-        self._active[wid] = bool(condition)
+        if condition:
+            self._active[wid] = True
+        elif recovered is None or recovered:
+            self._active[wid] = False
 
     # ------------------------------------------------------------------ callbacks
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
@@ -519,6 +537,7 @@ class HealthCallback(TrainerCallback):
             },
             f"the desirable replies' log-prob is {mean:+.2f} nats/token ({mean * lens[0]:+.2f} per reply) "
             f"against the reference over the last {DESIRABLE_WINDOW} logs (threshold {thr:g}).",
+            recovered=mean >= DESIRABLE_REARM * thr,
         )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):

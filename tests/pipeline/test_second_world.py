@@ -114,7 +114,10 @@ def test_health_warns_on_the_kto_run_that_got_worse(study):
         json.loads(line) for line in (workdir / f"{KTO_AT_TRL_WEIGHTS}-kto-{SEED}" / "metrics.jsonl").open()
     ]
     fired = [r for r in records if r.get("event") == "health"]
-    assert [r["warning"] for r in fired] == ["desirable_falling"], fired
+    warnings = [r["warning"] for r in fired]
+    # desirable_falling first, once (one episode); on build B both sides later pass logp_collapse as well
+    assert warnings[:1] == ["desirable_falling"] and warnings.count("desirable_falling") == 1, fired
+    assert set(warnings) <= {"desirable_falling", "logp_collapse"}, fired
     assert "desirable_weight" in fired[0]["advice"]
 
 
@@ -173,7 +176,8 @@ def test_kto_loss_on_a_fixed_batch_equals_plain_trls(tmp_path):
                     "shuffle": False,
                     "dedupe": False,
                 },
-                "loss": {"beta": 0.1},
+                # TRL's default weights: the same loss at the same settings (prefopt's own default is 1.33 : 1)
+                "loss": {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
                 "training": {"per_device_train_batch_size": 32},
             }
         )

@@ -72,6 +72,16 @@ def test_rearms_after_recovery_and_can_be_turned_off():
     assert not nolen.warnings("desirable_falling")
 
 
+def test_a_mean_hovering_at_the_threshold_is_one_episode():
+    """A 10-log mean that crosses −0.1 back and forth (−0.09 / −0.11 nats/token) is one episode: it re-arms
+    only once back above half the threshold (−0.05). Without that, a second-world run fired 7 times."""
+    f = Feeder("kto", beta=0.1, completion_lengths=(5.0, 5.0))
+    _replay(f, [-0.45, -0.55] * 10, [-3.0] * 20, 0.1, 10)  # per token −0.09 / −0.11, 10 logs each
+    assert len(f.warnings("desirable_falling")) == 1
+    _replay(f, [-0.2, -0.55], [-3.0] * 2, 0.1, 10)  # back to −0.04 per token (re-armed), then down again
+    assert len(f.warnings("desirable_falling")) == 2
+
+
 def test_recipe_key_and_stop_on():
     data = {
         "algorithm": "kto",
