@@ -176,7 +176,9 @@ def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
                 data["loss"] = {**(data.get("loss") or {}), **loss}
                 data["training"] = {**(data.get("training") or {}), **training}
                 data["seed"] = seed
-                if sweep.reference_cache and get_spec(entry.algorithm).uses_reference:
+                spec = get_spec(entry.algorithm)
+                # the reference cache stores log-probs of fixed data: an online point's pairs are new each step
+                if sweep.reference_cache and spec.uses_reference and not spec.samples_online:
                     data["reference_cache"] = {**(data.get("reference_cache") or {}), "enabled": True}
                 data["output"] = {
                     **(data.get("output") or {}),
