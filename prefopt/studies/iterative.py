@@ -68,6 +68,10 @@ from prefopt.world import get_task
 log = logging.getLogger("prefopt")
 
 
+DEFAULT_SCORER = "prefopt.world:world_reward"
+"""Iterative DPO's scorer when the section names none: the ground-truth world's true reward."""
+
+
 class IterativeDPOSection(StrictModel):
     """``iterative_dpo:`` in a sweep (or a standalone config for :func:`run_iterative_dpo`)."""
 
@@ -81,9 +85,7 @@ class IterativeDPOSection(StrictModel):
     samples_per_prompt: int = Field(4, ge=2, description="k completions per prompt.")
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(8, gt=0)
-    scorer: str = Field(
-        "prefopt.world:world_reward", description="Dotted path to f(prompt, completion) -> float."
-    )
+    scorer: str = Field(DEFAULT_SCORER, description="Dotted path to f(prompt, completion) -> float.")
     reward_model: str | None = Field(
         None, description="A reward model directory (prefopt.studies.rlhf); replaces scorer."
     )
@@ -108,7 +110,7 @@ class IterativeDPOSection(StrictModel):
 
     @model_validator(mode="after")
     def _one_scorer(self):
-        if self.judge is not None and (self.reward_model is not None or "scorer" in self.model_fields_set):
+        if self.judge is not None and (self.reward_model is not None or self.scorer != DEFAULT_SCORER):
             raise ValueError(
                 "give one of judge, reward_model and scorer: judge replaces both (a callable scorer is "
                 '`judge: {type: callable, function: "module:function"}`)'
