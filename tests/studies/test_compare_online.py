@@ -111,6 +111,7 @@ def test_tiny_sweep_with_online_points_writes_rows_kl_and_online_stats(tmp_path)
     assert any(e.get("warning") == "kl_high" and e.get("stopped_training") for e in events)
     md = (tmp_path / "compare.md").read_text()
     assert md.count("| online_dpo | β=4 | 42 |") == 2
+    assert "## Online DPO" in md and "| 42 | " in md.split("## Online DPO")[1]
     assert (tmp_path / "frontier.png").exists()
 
 
@@ -155,3 +156,50 @@ def test_online_fields_are_swept_and_refused_on_an_offline_entry():
     )
     with pytest.raises(PrefoptError, match="online"):
         compare.expand_grid(offline)
+
+
+def _row(alg, seed, reward, kl, **extra):
+    return {
+        "algorithm": alg,
+        "seed": seed,
+        "status": "finished",
+        "eval": {"reward_sampled": reward, "kl_to_reference": kl},
+        **extra,
+    }
+
+
+def test_online_section_of_the_table_sets_each_online_point_beside_offline_and_iterative():
+    from prefopt.studies.compare.tables import online_vs_others
+
+    online = {"score_mean": 0.7, "ties_mean": 0.25, "stopped_by_kl_budget": None}
+    results = [
+        _row("dpo", 1, 0.75, 0.21, params={"beta": 4.0}),
+        _row("dpo", 2, 0.70, 0.20, params={"beta": 4.0}),
+        *(
+            _row("iterative_dpo", s, rw, kl, params={"round": i + 1, "beta": 4.0}, final=i == 2)
+            for s in (1, 2)
+            for i, (rw, kl) in enumerate([(0.69, 0.16), (0.80, 0.26), (0.84, 0.37)])
+        ),
+        _row("online_dpo", 1, 0.82, 0.27, params={"beta": 4.0}, online=online),
+        _row(
+            "online_dpo",
+            2,
+            0.81,
+            0.29,
+            params={"beta": 4.0},
+            online={**online, "stopped_by_kl_budget": {"step": 40, "kl": 0.31}},
+        ),
+    ]
+    lines = online_vs_others(results)
+    seed1 = next(line for line in lines if line.startswith("| β=4 | 1 |"))
+    # offline nearest in KL, the iterative round nearest in KL (round 2 at 0.26), the final round
+    assert seed1 == (
+        "| β=4 | 1 | 0.820 @ 0.270 | 0.700 | 0.250 | — | 0.750 @ 0.210 | 0.800 @ 0.260 (round 2) | 0.840 @ 0.370 |"
+    )
+    assert "| step 40 |" in next(line for line in lines if line.startswith("| β=4 | 2 |"))
+    means = next(line for line in lines if line.startswith("| β=4 | 2 | 0.815"))
+    assert (
+        means
+        == "| β=4 | 2 | 0.815 (0.810–0.820) | 0.280 | 0.725 (0.700–0.750) | 0.205 | 0.840 (0.840–0.840) | 0.370 |"
+    )
+    assert online_vs_others([r for r in results if r["algorithm"] != "online_dpo"]) == []
