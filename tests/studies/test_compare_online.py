@@ -203,3 +203,12 @@ def test_online_section_of_the_table_sets_each_online_point_beside_offline_and_i
         == "| β=4 | 2 | 0.815 (0.810–0.820) | 0.280 | 0.725 (0.700–0.750) | 0.205 | 0.840 (0.840–0.840) | 0.370 |"
     )
     assert online_vs_others([r for r in results if r["algorithm"] != "online_dpo"]) == []
+
+
+def test_frontier_labels_tell_swept_online_points_apart():
+    from prefopt.studies.compare.plots import _short_label
+
+    row = {"algorithm": "online_dpo", "params": {"num_train_epochs": 5, "k": 8, "beta": 4.0}}
+    assert _short_label(row) == "β=4 ep=5 k=8"
+    assert _short_label({"algorithm": "dpo", "params": {"beta": 0.1}}) == "β=0.1"
+    assert _short_label({"algorithm": "iterative_dpo", "params": {"round": 2, "beta": 4.0}}) == "r2"
