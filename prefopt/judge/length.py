@@ -30,6 +30,12 @@ def reply_length(reply: Any, tokenizer=None) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def length_penalised(scores, replies, alpha: float, tokenizer=None) -> list[float | None]:
+    """``score − alpha · tokens(reply)`` for each score (a failed score, None, stays None): the penalty of
+    :class:`LengthPenaltyJudge`, also applied by iterative DPO to its scorer (:mod:`prefopt.studies.iterative`)."""
+    return [None if s is None else s - alpha * reply_length(r, tokenizer) for s, r in zip(scores, replies)]
+
+
 class LengthPenaltyJudge(Judge):
     """``inner``'s score minus ``alpha`` per reply token (``tokenizer``: the policy's; None: characters)."""
 
@@ -47,10 +53,7 @@ class LengthPenaltyJudge(Judge):
 
     def score(self, prompts, replies, *, indices=None) -> list[float | None]:
         base = self.inner.score(prompts, replies, indices=indices)
-        return [
-            None if s is None else s - self.alpha * reply_length(r, self.tokenizer)
-            for s, r in zip(base, replies)
-        ]
+        return length_penalised(base, replies, self.alpha, self.tokenizer)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -7,14 +7,23 @@ Each round:
    round while the task's training split lasts).
 2. **Score** each completion with ``scorer`` — a dotted path to a Python callable
    ``f(prompt, completion) -> float`` (``module:function`` or ``module.function``; default
-   ``prefopt.world:world_reward``, the ground-truth world's true reward) — or with a reward model
-   saved by :mod:`prefopt.studies.rlhf` (``reward_model: <run>/reward_model``).
+   ``prefopt.world:world_reward``, the ground-truth world's true reward) — with a reward model
+   saved by :mod:`prefopt.studies.rlhf` (``reward_model: <run>/reward_model``), or with ``judge:``, a judge
+   block as in ``online.judge`` (docs/judges.md: ``callable``, ``reward_model``, ``ensemble`` — e.g. a
+   pessimistic ensemble with ``combine: min`` or ``mean_minus_std``). A failed score (None) is left out.
 3. **Pair** best against worst per prompt (the highest- and lowest-scoring distinct completions; among
    equal scores the more frequent one, i.e. the policy's dominant answer / dominant mistake). Prompts
    whose samples all score the same (ties) give no pair and are skipped (counted).
 4. **DPO round** with :func:`prefopt.training.build.build_trainer` on a recipe derived from the base DPO recipe
    (its loss and training settings, plus this section's ``loss``/``training`` overrides), on the
    pairs tokenised by :mod:`prefopt.data.tokenization` — the same ids as every other trainer.
+
+**Defences** (each one field, recorded on every round's point under ``defences``):
+``judge`` (above; a pessimistic ensemble), ``length_penalty`` (α per reply token, in the policy's tokens,
+off the score: :func:`prefopt.judge.length.length_penalised`, the online judge's penalty) and
+``kl_budget`` (nats per sequence: when a finished round's sampled KL to the starting model, from its
+evaluation, passes the budget, no further round runs; that round's point is ``final`` and holds
+``stopped: {reason: kl_budget, round, kl, kl_budget}``).
 
 **Reference.** With ``reference: initial`` (default) every round's DPO reference is the *original*
 starting policy (the world reference), as in the iterative-DPO / self-rewarding papers that keep
@@ -35,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datasets import Dataset
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prefopt.config.algorithms import DPO, get_spec
 from prefopt.config.recipe import load_recipe
@@ -43,6 +52,9 @@ from prefopt.config.schema import StrictModel, validate
 from prefopt.core.errors import PrefoptError
 from prefopt.data.schema import compute_prompt_id
 from prefopt.data.tokenization import tokenize_dataset
+from prefopt.judge import build_judge, parse_judge_config
+from prefopt.judge.generate_config import preflight_judge
+from prefopt.judge.length import length_penalised
 from prefopt.judge.scorers import load_callable, load_reward_model
 from prefopt.model.generation import sample
 from prefopt.model.loading import load_model
@@ -54,6 +66,10 @@ from prefopt.training.plan import resolve_batch
 from prefopt.world import get_task
 
 log = logging.getLogger("prefopt")
+
+
+DEFAULT_SCORER = "prefopt.world:world_reward"
+"""Iterative DPO's scorer when the section names none: the ground-truth world's true reward."""
 
 
 class IterativeDPOSection(StrictModel):
@@ -69,25 +85,83 @@ class IterativeDPOSection(StrictModel):
     samples_per_prompt: int = Field(4, ge=2, description="k completions per prompt.")
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(8, gt=0)
-    scorer: str = Field(
-        "prefopt.world:world_reward", description="Dotted path to f(prompt, completion) -> float."
-    )
+    scorer: str = Field(DEFAULT_SCORER, description="Dotted path to f(prompt, completion) -> float.")
     reward_model: str | None = Field(
         None, description="A reward model directory (prefopt.studies.rlhf); replaces scorer."
+    )
+    judge: dict[str, Any] | None = Field(
+        None,
+        description="A judge block as online.judge (docs/judges.md), e.g. a pessimistic ensemble; replaces "
+        "scorer and reward_model.",
+    )
+    length_penalty: float = Field(
+        0.0, ge=0, description="Defence: α, subtracted from each score per reply token (0 = off)."
+    )
+    kl_budget: float | None = Field(
+        None,
+        gt=0,
+        description="Defence: no further round once a round's sampled KL to the starting model passes this "
+        "many nats per sequence.",
     )
     reference: Literal["initial", "previous"] = "initial"
     loss: dict[str, Any] = Field(default_factory=dict, description="DPO loss overrides, e.g. {beta: 0.1}.")
     training: dict[str, Any] = Field(default_factory=dict, description="Training overrides for each round.")
     overrides: list[str] = Field(default_factory=list, description="Extra `section.key=value` overrides.")
 
+    @model_validator(mode="after")
+    def _one_scorer(self):
+        if self.judge is not None and (self.reward_model is not None or self.scorer != DEFAULT_SCORER):
+            raise ValueError(
+                "give one of judge, reward_model and scorer: judge replaces both (a callable scorer is "
+                '`judge: {type: callable, function: "module:function"}`)'
+            )
+        return self
+
+    def defences(self) -> dict[str, Any]:
+        """What each round's point records of the defences."""
+        judge = (
+            self.judge
+            if self.judge is not None
+            else ({"reward_model": self.reward_model} if self.reward_model else {"scorer": self.scorer})
+        )
+        return {"judge": judge, "length_penalty": self.length_penalty, "kl_budget": self.kl_budget}
+
 
 # --------------------------------------------------------------------------------------------- scorers
 
 
+def _judge_base(base_recipe) -> str | None:
+    return str(base_recipe.source_path.parent) if base_recipe.source_path else None
+
+
+def check_section(section: IterativeDPOSection, base_recipe, where: str = "iterative_dpo") -> None:
+    """The section's judge checked as far as it can be without loading weights (a callable's function
+    imports, a reward model's checkpoint has a one-logit head); paths relative to the base recipe's folder."""
+    if section.judge is not None:
+        key = f"{where}.judge"
+        preflight_judge(parse_judge_config(section.judge, key), key, _judge_base(base_recipe))
+
+
 def make_scorer(
-    section: IterativeDPOSection, base_dir: Path | None = None
-) -> Callable[[list[str], list[str]], list[float]]:
-    """A batch scorer ``(prompts, completions) -> scores`` from the section's scorer or reward model."""
+    section: IterativeDPOSection, base_dir: Path | None = None, tokenizer=None
+) -> Callable[[list[str], list[str]], list[float | None]]:
+    """A batch scorer ``(prompts, completions) -> scores`` from the section's judge, reward model or scorer,
+    less ``length_penalty`` per reply token (``tokenizer``: the policy's; None: characters)."""
+    score = _base_scorer(section, base_dir)
+    if section.length_penalty <= 0:
+        return score
+    alpha = section.length_penalty
+    return lambda prompts, completions: length_penalised(
+        score(prompts, completions), completions, alpha, tokenizer
+    )
+
+
+def _base_scorer(section: IterativeDPOSection, base_dir: Path | None):
+    if section.judge is not None:
+        judge = build_judge(
+            section.judge, where="iterative_dpo.judge", base_dir=str(base_dir) if base_dir else None
+        )
+        return judge.score
     if section.reward_model:
         p = Path(section.reward_model).expanduser()
         if not p.is_absolute() and base_dir is not None:
@@ -105,6 +179,11 @@ def best_vs_worst(
 
     rows, ties = [], 0
     for p, outs, sc in zip(prompts, samples, scores):
+        kept = [(c, s) for c, s in zip(outs, sc) if s is not None]  # a failed score is left out
+        outs, sc = [c for c, _ in kept], [s for _, s in kept]
+        if not outs:
+            ties += 1
+            continue
         counts = Counter(outs)
         best_score: dict[str, float] = {}
         for c, s in zip(outs, sc):
@@ -183,7 +262,9 @@ def sample_round_pairs(
     k = section.samples_per_prompt
     scores = [flat_s[i * k : (i + 1) * k] for i in range(len(prompts))]
     rows, stats = best_vs_worst(prompts, samples, scores)
-    stats["mean_score"] = sum(flat_s) / len(flat_s)
+    valid = [x for x in flat_s if x is not None]
+    stats["mean_score"] = sum(valid) / len(valid) if valid else None
+    stats["failed_scores"] = len(flat_s) - len(valid)
     return rows, stats
 
 
@@ -235,10 +316,11 @@ def run_iterative_dpo(
     run_dir.mkdir(parents=True, exist_ok=True)
     task = world_task(base_recipe)
     base_dir = base_recipe.source_path.parent if base_recipe.source_path else None
-    scorer = make_scorer(section, base_dir)
+    check_section(section, base_recipe)
     if evaluate is None:
         evaluate = WorldEvaluator.for_task(task)
     policy, tokenizer = load_model(base_recipe.model, seed=seed)
+    scorer = make_scorer(section, base_dir, tokenizer)
     reference_dir = starting_checkpoint(base_recipe, run_dir, policy)
     initial_dir = reference_dir
     pool = get_task(task).split("train")
@@ -255,12 +337,12 @@ def run_iterative_dpo(
             rows, stats = sample_round_pairs(policy, tokenizer, section, scorer, prompts, seed * 1000 + r)
             sample_s = time.perf_counter() - ts
             log.info(
-                "iterative DPO round %d: %d pairs from %d prompts (%d ties skipped), mean score %.3f",
+                "iterative DPO round %d: %d pairs from %d prompts (%d ties skipped), mean score %s",
                 r,
                 stats["pairs"],
                 stats["prompts"],
                 stats["ties_skipped"],
-                stats["mean_score"],
+                "—" if stats["mean_score"] is None else f"{stats['mean_score']:.3f}",
             )
             tt = time.perf_counter()
             result = train_round(recipe, policy, tokenizer, rows, rdir, reference_dir) if rows else None
@@ -279,6 +361,7 @@ def run_iterative_dpo(
                 evaluation = evaluate(policy)
             del result
         cum_cpu += m.result["cpu_s"]
+        stopped = None if failed or r == section.rounds else budget_stop(section, r, evaluation)
         point = {
             "name": f"iterative_dpo-round{r}-seed{seed}",
             "algorithm": "iterative_dpo",
@@ -287,7 +370,7 @@ def run_iterative_dpo(
             "status": "failed" if failed else "finished",
             "error": fit_error,
             "nonfinite": fit_record,
-            "final": r == section.rounds,
+            "final": r == section.rounds or stopped is not None,
             "run_dir": str(rdir),
             "round": stats,
             "global_step": steps,
@@ -300,6 +383,8 @@ def run_iterative_dpo(
             "reference": "initial" if section.reference == "initial" else "previous round",
             "cumulative_wall_s": round(time.perf_counter() - t0, 2),
             "cumulative_cpu_s": round(cum_cpu, 2),
+            "defences": section.defences(),
+            "stopped": stopped,
         }
         points.append(point)
         if failed:
@@ -311,4 +396,35 @@ def run_iterative_dpo(
             evaluation.get("reward_sampled", float("nan")),
             evaluation.get("kl_to_reference", float("nan")),
         )
-    return {"points": points, "wall_s": round(time.perf_counter() - t0, 2)}
+        if stopped is not None:
+            log.warning(
+                "iterative DPO: round %d's KL %.3f passed kl_budget %g; no round %d (of %d)",
+                r,
+                stopped["kl"],
+                section.kl_budget,
+                r + 1,
+                section.rounds,
+            )
+            break
+    return {
+        "points": points,
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "stopped": points[-1]["stopped"] if points else None,
+    }
+
+
+def budget_stop(section: IterativeDPOSection, r: int, evaluation: dict | None) -> dict | None:
+    """Why no round follows round ``r``: its sampled KL to the starting model (its evaluation's
+    ``kl_to_reference``) passed ``kl_budget``. None: go on (no budget, or within it, or no KL measured)."""
+    if section.kl_budget is None or not evaluation:
+        return None
+    kl = evaluation.get("kl_to_reference")
+    if kl is None or not kl > section.kl_budget:
+        return None
+    return {
+        "reason": "kl_budget",
+        "round": r,
+        "kl": float(kl),
+        "kl_budget": section.kl_budget,
+        "rounds_skipped": section.rounds - r,
+    }

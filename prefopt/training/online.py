@@ -156,9 +156,8 @@ class OnlineDPOTrainer(PrefoptDPOTrainer):
         the local sums behind the logged statistics."""
         if self.judge is None or self.online is None:
             raise PrefoptError(
-                "the online trainer has no judge to rank its samples: `prefopt train` builds it from the "
-                "recipe's online.judge, but this run was assembled without one (prefopt compare and the "
-                "studies cannot run online points yet).",
+                "the online trainer has no judge to rank its samples: `prefopt train` and `prefopt compare` "
+                "build it from the recipe's online.judge, but this run was assembled without one.",
                 where="online.judge",
                 fix="train the recipe with `prefopt train`, or pass judge= (prefopt.judge.length.recipe_judge).",
             )

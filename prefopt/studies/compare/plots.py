@@ -103,8 +103,13 @@ def _short_label(r: dict) -> str:
     if r["algorithm"] == "reference":
         return "ref"
     main = MAIN_PARAM.get(r["algorithm"])
-    if main and main in params:
-        return f"{SYMBOLS.get(main, main)}={fmt_param(params[main])}"
-    if "beta" in params:
-        return f"β={fmt_param(params['beta'])}"
-    return ""
+    if not (main and main in params):
+        main = "beta" if "beta" in params else None
+    label = f"{SYMBOLS.get(main, main)}={fmt_param(params[main])}" if main else ""
+    # the entry's other swept parameters (e.g. online DPO's k and epochs), so neighbours can be told apart
+    rest = [f"{SHORT.get(k, SYMBOLS.get(k, k))}={fmt_param(v)}" for k, v in params.items() if k != main]
+    return " ".join([label, *rest]).strip()
+
+
+SHORT = {"num_train_epochs": "ep", "learning_rate": "lr", "k": "k"}
+"""Shorter names of swept parameters in the frontier's point labels."""

@@ -25,18 +25,21 @@ from prefopt.config.schema import validate
 from prefopt.core.errors import PrefoptError
 from prefopt.core.runtime import torch_threads
 from prefopt.data.tokenized import TokenizedCache
+from prefopt.judge.length import recipe_judge
 from prefopt.model.loading import load_model, load_trained
 from prefopt.pipeline import manifest
+from prefopt.pipeline.run import check_judges
 from prefopt.studies.compare.plots import plot_frontier
 from prefopt.studies.compare.sweep import CHOICES, Point, Sweep, expand_grid
 from prefopt.studies.compare.tables import fmt_number, format_markdown, iterative_vs_offline
-from prefopt.studies.iterative import IterativeDPOSection, run_iterative_dpo
+from prefopt.studies.iterative import IterativeDPOSection, check_section, run_iterative_dpo
 from prefopt.studies.measure import Measure, WorldEvaluator, world_task
 from prefopt.studies.rlhf import RLHFSection, run_rlhf
 from prefopt.training.algorithms import get_adapter
 from prefopt.training.build import build_trainer, save_model, settle_on_data
 from prefopt.training.callbacks import MetricsJsonlCallback
 from prefopt.training.fit import fit
+from prefopt.training.health import ONLINE_KL, HealthCallback
 from prefopt.training.plan import resolve_batch
 
 log = logging.getLogger("prefopt")
@@ -60,13 +63,19 @@ SECTION_SCHEMAS = {"rlhf": RLHFSection, "iterative_dpo": IterativeDPOSection}
 def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: TokenizedCache) -> dict:
     """Train one grid point (the pipeline of :func:`prefopt.pipeline.run.train`, on cached tokenised data,
     through :func:`prefopt.training.fit.fit`) and measure it. A non-finite loss marks the point failed
-    (``nonfinite`` holds the step and term); it is neither saved nor evaluated, and the sweep goes on."""
+    (``nonfinite`` holds the step and term); it is neither saved nor evaluated, and the sweep goes on.
+
+    An online point (``algorithm: online_dpo``) gets what ``prefopt train`` gives it: the judge of its
+    ``online:`` block (:func:`prefopt.judge.length.recipe_judge`, length penalty included) and the health
+    callback carrying ``online.kl_budget`` (the ``kl_high`` stop); its row adds ``online`` (the logged judge
+    score, ties, sampled KL and length, and whether the budget stopped it)."""
 
     recipe = point.recipe
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "resolved.yaml").write_text(dump_resolved(recipe))
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     adapter = get_adapter(recipe.algorithm)
+    health = None
     with Measure() as m:
         training = resolve_batch(recipe)
         training.setdefault("save_strategy", "no")  # a sweep point is short: no intermediate checkpoints
@@ -76,6 +85,11 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
         recipe, data_settings = settle_on_data(recipe, train_ds)
         config = adapter.trl_config(recipe, output_dir=str(run_dir / "checkpoints"), training=training)
         metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
+        callbacks: list = [metrics]
+        judge = recipe_judge(recipe, tokenizer)  # None for an offline point
+        if judge is not None:
+            health = HealthCallback.from_recipe(recipe, metrics.write)  # online.kl_budget → kl_high stop
+            callbacks.append(health)
         trainer = build_trainer(
             recipe,
             model,
@@ -83,9 +97,12 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
             train_tok,
             eval_tok,
             output_dir=str(run_dir / "checkpoints"),
-            callbacks=[metrics],
+            callbacks=callbacks,
             config=config,
         )
+        if judge is not None:
+            trainer.judge = judge  # as prefopt.pipeline.run.fit_recipe hands it over
+            health.attach(trainer)
         result = fit(trainer, metrics_writer=metrics.write)
         policy = result.model
         evaluation = None
@@ -111,9 +128,59 @@ def run_point(point: Point, run_dir: Path, evaluate: Callable, data_cache: Token
         **m.result,
         "eval": evaluation,
     }
+    if judge is not None:
+        out["online"] = online_summary(run_dir / "metrics.jsonl", recipe, judge, health)
     manifest.write_json(run_dir / "point.json", out)
     del trainer, model, policy
     gc.collect()
+    return out
+
+
+ONLINE_KEYS = {"score": "online/score", "ties": "online/ties", "kl": ONLINE_KL, "length": "online/length"}
+"""An online point's logged statistics (:mod:`prefopt.training.online`) summarised in its row."""
+
+
+def online_summary(metrics_path: Path, recipe, judge, health: HealthCallback | None) -> dict:
+    """An online point's training statistics from its metrics.jsonl: the mean and the last logged value of
+    the judge's score, the tie fraction, the sampled KL and the reply length; the judge; and the KL budget's
+    stop (the step and KL of the ``kl_high`` warning that stopped training, else None)."""
+    series: dict[str, list[float]] = {k: [] for k in ONLINE_KEYS}
+    try:
+        lines = metrics_path.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        for k, key in ONLINE_KEYS.items():
+            v = rec.get(key)
+            if isinstance(v, (int, float)):
+                series[k].append(float(v))
+    out: dict[str, Any] = {
+        f"{k}_{how}": (round(sum(v) / len(v), 4) if how == "mean" else round(v[-1], 4)) if v else None
+        for k, v in series.items()
+        for how in ("mean", "last")
+    }
+    stop = next(
+        (
+            r
+            for r in (health.fired if health else [])
+            if r["warning"] == "kl_high" and r.get("stopped_training")
+        ),
+        None,
+    )
+    out.update(
+        {
+            "logs": len(series["score"]),
+            "judge": judge.describe(),
+            "k": recipe.online.k,
+            "length_penalty": recipe.online.length_penalty,
+            "kl_budget": recipe.online.kl_budget,
+            "stopped_by_kl_budget": None if stop is None else {"step": stop["step"], "kl": stop["kl"]},
+        }
+    )
     return out
 
 
@@ -164,6 +231,11 @@ def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
 
     where = str(sweep._source_path or "<sweep>")
     points = expand_grid(sweep, where)
+    for (
+        p
+    ) in points:  # online judges: importable / loadable, checked without weights (prefopt train --dry-run)
+        if p.recipe.online is not None:
+            check_judges(p.recipe)
     if only:
         unknown = set(only) - {p.algorithm for p in points} - {"rlhf", "iterative_dpo"}
         if unknown:
@@ -188,6 +260,8 @@ def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
             )
         sections[key] = section
         side_bases[key] = load_recipe(path, [*sweep.overrides])
+        if key == "iterative_dpo":
+            check_section(section, side_bases[key], f"{where}: {key}")
     tasks = {world_task(p.recipe) for p in points} | {world_task(r) for r in side_bases.values()}
     if len(tasks) != 1:
         raise PrefoptError(

@@ -33,6 +33,11 @@ class GridEntry(StrictModel):
     )
     loss: dict[str, Any] = Field(default_factory=dict, description="Loss parameters; lists are swept.")
     training: dict[str, Any] = Field(default_factory=dict, description="TRL config fields; lists are swept.")
+    online: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Online algorithms: fields of the base's online block (k, temperature, length_penalty, "
+        "kl_budget, ...); lists are swept.",
+    )
     overrides: list[str] = Field(default_factory=list, description="Extra `section.key=value` overrides.")
 
     @model_validator(mode="after")
@@ -160,8 +165,9 @@ def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
             )
         raw = read_yaml(base_path)
         base_algorithm = raw.get("algorithm")
-        swept = _swept(entry.loss) | _swept(entry.training)
-        for loss, training in itertools.product(_product(entry.loss), _product(entry.training)):
+        swept = _swept(entry.loss) | _swept(entry.training) | _swept(entry.online)
+        combos = itertools.product(_product(entry.loss), _product(entry.training), _product(entry.online))
+        for loss, training, online in combos:
             for seed in sweep.seeds:
                 data = copy.deepcopy(raw)
                 data["algorithm"] = entry.algorithm
@@ -175,15 +181,19 @@ def expand_grid(sweep: Sweep, where: str = "<sweep>") -> list[Point]:
                         d["transform"] = "unpair" if kind == "unpaired" else "pair"
                 data["loss"] = {**(data.get("loss") or {}), **loss}
                 data["training"] = {**(data.get("training") or {}), **training}
+                if online:  # an offline algorithm given online fields is refused by the recipe's check
+                    data["online"] = {**(data.get("online") or {}), **online}
                 data["seed"] = seed
-                if sweep.reference_cache and get_spec(entry.algorithm).uses_reference:
+                spec = get_spec(entry.algorithm)
+                # the reference cache stores log-probs of fixed data: an online point's pairs are new each step
+                if sweep.reference_cache and spec.uses_reference and not spec.samples_online:
                     data["reference_cache"] = {**(data.get("reference_cache") or {}), "enabled": True}
                 data["output"] = {
                     **(data.get("output") or {}),
                     "save_model": sweep.save_models,
                     "overwrite": True,
                 }
-                params = {k: v for k, v in {**loss, **training}.items() if k in swept}
+                params = {k: v for k, v in {**loss, **training, **online}.items() if k in swept}
                 label = "-".join(f"{k}{fmt_param(v)}" for k, v in params.items())
                 name = f"{entry.algorithm}{'-' + label if label else ''}-seed{seed}"
                 if name in seen:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from prefopt.config.algorithms import ALGORITHMS, DPO
+from prefopt.config.algorithms import ALGORITHMS, DPO, spec_or_none
 from prefopt.studies.compare.sweep import MAIN_PARAM, STUDIES, SYMBOLS, fmt_param
 
 ALGORITHM_ORDER = ("reference", *ALGORITHMS, *STUDIES)
@@ -90,6 +90,9 @@ def format_markdown(summary: dict) -> str:
     cmp = summary.get("iterative_vs_offline_dpo")
     if cmp:
         lines += ["", "## Iterative vs offline DPO", "", cmp["text"]]
+    online = online_vs_others(summary["points"])
+    if online:
+        lines += ["", "## Online DPO", "", *online]
     lines += ["", "![frontier](frontier.png)", ""]
     return "\n".join(lines)
 
@@ -187,3 +190,85 @@ def iterative_vs_offline(results: list[dict]) -> dict | None:
     if len({r.get("seed") for r in off}) < 2:
         text += " One training seed per point: add seeds (`seeds: [...]`) before reading gaps of a few hundredths."
     return {"runs": out, "beats_offline": all(o["beats_offline"] for o in out), "text": text}
+
+
+def _is_online(r: dict) -> bool:
+    spec = spec_or_none(r.get("algorithm", ""))
+    return spec is not None and spec.samples_online
+
+
+def _at(r: dict | None) -> str:
+    if r is None:
+        return "—"
+    e = r["eval"]
+    return f"{fmt_number(e['reward_sampled'])} @ {fmt_number(e['kl_to_reference'])}"
+
+
+def _mean_at(pool: list[dict]) -> str:
+    """Mean true reward (its range) and mean KL of some points, as table cells."""
+    if not pool:
+        return "— | —"
+    rw = [x["eval"]["reward_sampled"] for x in pool]
+    kl = [x["eval"]["kl_to_reference"] for x in pool]
+    return f"{statistics.mean(rw):.3f} ({min(rw):.3f}–{max(rw):.3f}) | {statistics.mean(kl):.3f}"
+
+
+def _same_seed(pool: list[dict], r: dict) -> list[dict]:
+    return [x for x in pool if x.get("seed") == r.get("seed")]
+
+
+def _nearest_kl(pool: list[dict], kl: float) -> dict | None:
+    return min(pool, key=lambda x: abs(x["eval"]["kl_to_reference"] - kl)) if pool else None
+
+
+def online_vs_others(results: list[dict]) -> list[str]:
+    """compare.md's online DPO section: each finished online point with its training statistics (the judge's
+    mean score over the sampled replies, the fraction of tied prompts, whether the KL budget stopped it), and
+    the same seed's offline DPO (nearest KL), iterative DPO round nearest in KL and iterative DPO's final
+    round, each as ``true reward @ KL``. Empty when the sweep has no online point."""
+    done = [r for r in results if r.get("status") == "finished" and r.get("eval")]
+    online = sorted((r for r in done if _is_online(r)), key=_sort_key)
+    if not online:
+        return []
+    offline = [r for r in done if r.get("algorithm") == DPO]
+    rounds = [r for r in done if r.get("algorithm") == "iterative_dpo"]
+    lines = [
+        "| online point | seed | true reward @ KL | judge score | ties | KL-budget stop | offline DPO (nearest KL) "
+        "| iterative DPO (nearest KL) | iterative DPO (final round) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in online:
+        kl = r["eval"]["kl_to_reference"]
+        its = _same_seed(rounds, r)
+        final = next((x for x in its if x.get("final")), None)
+        near_it = _nearest_kl(its, kl)
+        on = r.get("online") or {}
+        stop = on.get("stopped_by_kl_budget")
+        lines.append(
+            f"| {param_label(r)} | {r.get('seed')} | {_at(r)} | {fmt_number(on.get('score_mean'))} | "
+            f"{fmt_number(on.get('ties_mean'))} | {'step ' + str(stop['step']) if stop else '—'} | "
+            f"{_at(_nearest_kl(_same_seed(offline, r), kl))} | "
+            f"{_at(near_it)}{' (round ' + str(near_it['params']['round']) + ')' if near_it else ''} | {_at(final)} |"
+        )
+    groups: dict[str, list[dict]] = {}
+    for r in online:
+        groups.setdefault(param_label(r), []).append(r)
+    if any(len(g) > 1 for g in groups.values()):
+        lines += [
+            "",
+            "| online point | seeds | true reward (range) | KL | offline DPO reward | KL "
+            "| iterative DPO final reward | KL |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for label, g in groups.items():
+            seeds = {x.get("seed") for x in g}
+            off = [x for x in offline if x.get("seed") in seeds]
+            fin = [x for x in rounds if x.get("final") and x.get("seed") in seeds]
+            lines.append(f"| {label} | {len(g)} | {_mean_at(g)} | {_mean_at(off)} | {_mean_at(fin)} |")
+    lines += [
+        "",
+        "Judge score: the mean score the judge gave the replies sampled in training (after any length penalty); "
+        "ties: the fraction of prompts whose k replies all scored alike (no pair). Offline and iterative DPO "
+        "are the same seed's.",
+    ]
+    return lines
