@@ -231,9 +231,8 @@ def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
 
     where = str(sweep._source_path or "<sweep>")
     points = expand_grid(sweep, where)
-    for (
-        p
-    ) in points:  # online judges: importable / loadable, checked without weights (prefopt train --dry-run)
+    # online judges: importable / loadable, checked without weights (as prefopt train --dry-run checks them)
+    for p in points:
         if p.recipe.online is not None:
             check_judges(p.recipe)
     if only:
