@@ -1,0 +1,246 @@
+"""Defences of the RLHF baseline against reward over-optimisation (prefopt/studies/rlhf.py): a reward-model
+ensemble, a length penalty and a KL budget — their fields, splits, aggregation, the budget's stop and the
+labels that set defended points apart in compare's table and frontier."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from transformers import TrainerControl, TrainerState
+
+from prefopt.config.schema import validate
+from prefopt.core.errors import PrefoptError
+from prefopt.judge.ensemble import combine_scores
+from prefopt.judge.length import reply_length
+from prefopt.model.loading import load_tokenizer
+from prefopt.studies.rlhf import (
+    EnsembleRewardScorer,
+    LengthPenalisedReward,
+    RLHFSection,
+    SequenceKLCallback,
+    defence_label,
+    kl_budget_callback,
+    kl_budget_record,
+    member_rows,
+)
+from prefopt.training.health import RLHF_KL
+
+
+# --------------------------------------------------------------------------------------------- fields
+def test_defence_fields_parse_with_defaults():
+    s = validate(
+        RLHFSection,
+        {
+            "reward_model": {"ensemble": {"members": 4}},
+            "policy": {"length_penalty": 0.05, "kl_budget": 2.0},
+        },
+        "rlhf",
+    )
+    ens = s.reward_model.ensemble
+    assert (ens.members, ens.split, ens.combine, ens.k) == (4, "bootstrap", "mean_minus_std", 1.0)
+    assert s.policy.length_penalty == 0.05 and s.policy.kl_budget == 2.0
+    plain = validate(RLHFSection, {}, "rlhf")
+    assert plain.reward_model.ensemble is None and plain.policy.length_penalty == 0.0
+    assert plain.policy.kl_budget is None
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ({"reward_model": {"ensemble": {"members": 1}}}, ["reward_model.ensemble.members", "2"]),
+        ({"reward_model": {"ensemble": {"members": 4, "split": "random"}}}, ["split", "bootstrap"]),
+        ({"reward_model": {"ensemble": {"combine": "weighted_sum"}}}, ["combine", "mean_minus_std"]),
+        ({"reward_model": {"ensemble": {"k": -1}}}, ["ensemble.k"]),
+        ({"reward_model": {"ensemble": {"memebrs": 4}}}, ["memebrs", "members"]),
+        ({"policy": {"length_penalty": -0.1}}, ["policy.length_penalty"]),
+        ({"policy": {"kl_budget": 0}}, ["policy.kl_budget"]),
+    ],
+)
+def test_bad_defence_values_are_refused_naming_the_field(raw, words):
+    with pytest.raises(PrefoptError) as err:
+        validate(RLHFSection, raw, "sweep.yaml: rlhf")
+    text = str(err.value)
+    assert "rlhf" in text
+    for w in words:
+        assert w in text, (w, text)
+
+
+# --------------------------------------------------------------------------------------------- splits
+def test_bootstrap_rows_are_seeded_reproducible_and_differ_per_member():
+    a = member_rows(200, 4, "bootstrap", seed=42)
+    assert a == member_rows(200, 4, "bootstrap", seed=42)
+    assert a != member_rows(200, 4, "bootstrap", seed=1)
+    assert all(len(m) == 200 and all(0 <= i < 200 for i in m) for m in a)
+    assert len({tuple(m) for m in a}) == 4  # each member its own resample
+    for m in a:  # with replacement: about 1 − 1/e of the rows are distinct
+        assert 0.55 < len(set(m)) / 200 < 0.72
+
+
+def test_disjoint_rows_cover_every_row_exactly_once():
+    parts = member_rows(203, 4, "disjoint", seed=42)
+    flat = [i for p in parts for i in p]
+    assert sorted(flat) == list(range(203))  # every row once, none twice
+    assert sorted(len(p) for p in parts) == [50, 51, 51, 51]
+    assert parts == member_rows(203, 4, "disjoint", seed=42)
+    assert parts != member_rows(203, 4, "disjoint", seed=7)
+    assert parts[0] != list(range(0, 203, 4))  # shuffled before being dealt
+
+
+def test_too_few_rows_for_the_members_is_a_clear_error():
+    with pytest.raises(PrefoptError, match="cannot be split into 4 reward models"):
+        member_rows(3, 4, "disjoint", seed=0)
+
+
+# --------------------------------------------------------------------------------------------- aggregate
+class _Fixed:
+    """A fake member scorer: a fixed score per sequence (its first id), shifted by ``offset``."""
+
+    def __init__(self, table):
+        self.table = table
+        self.seen = []
+
+    def score_ids(self, sequences):
+        self.seen.append(sequences)
+        return [self.table[s[0]] for s in sequences]
+
+    def score_text(self, prompts, completions):
+        return [self.table[int(c)] for c in completions]
+
+    def sequences(self, prompts, completion_ids):
+        return [list(c) for c in completion_ids]
+
+
+@pytest.mark.parametrize("combine", ["mean_minus_std", "min", "mean"])
+def test_ensemble_scorer_is_combine_scores_of_its_members(combine):
+    members = [_Fixed({0: 1.0, 1: 0.0}), _Fixed({0: 1.0, 1: 2.0}), _Fixed({0: 1.0, 1: 1.0})]
+    ens = EnsembleRewardScorer(members, combine, k=1.5)
+    got = ens(prompts=["p", "q"], completions=["a", "b"], completion_ids=[[0], [1]])
+    want = [combine_scores([1.0, 1.0, 1.0], combine, k=1.5), combine_scores([0.0, 2.0, 1.0], combine, k=1.5)]
+    assert got == pytest.approx(want)
+    assert got[0] == pytest.approx(1.0)  # members agree: no penalty
+    if combine == "mean_minus_std":  # they disagree on 1: mean 1 − 1.5 · std sqrt(2/3)
+        assert got[1] == pytest.approx(1.0 - 1.5 * math.sqrt(2 / 3))
+    if combine == "min":
+        assert got[1] == 0.0
+    assert all(m.seen == [[[0], [1]]] for m in members)  # every member scores the same sequences
+    assert ens.score_text(["p"], ["1"]) == pytest.approx([want[1]])
+    assert ens.__name__ == "reward_model"  # TRL logs rewards/reward_model/mean
+
+
+def test_ensemble_needs_two_members():
+    with pytest.raises(ValueError):
+        EnsembleRewardScorer([_Fixed({})])
+
+
+def test_length_penalty_subtracts_alpha_per_completion_token_as_online_does():
+    tok = load_tokenizer("builtin:tiny-arith")
+
+    def reward(prompts=None, completions=None, completion_ids=None, **_):
+        return [1.0, None, 2.0]
+
+    pen = LengthPenalisedReward(reward, 0.25, tok)
+    replies = ["4", "12", "123456"]
+    got = pen(prompts=["a", "b", "c"], completions=replies, completion_ids=[[1], [2], [3]])
+    n = [reply_length(r, tok) for r in replies]
+    assert n[2] > n[0] >= 1
+    assert got == [1.0 - 0.25 * n[0], None, 2.0 - 0.25 * n[2]]
+
+
+# --------------------------------------------------------------------------------------------- KL budget
+def _log_steps(callbacks, kls, mean_length=4.0):
+    """Feed one TRL-style log per step (per-token ``kl``, ``completions/mean_length``) until a stop."""
+    state, control = TrainerState(), TrainerControl()
+    for step, kl in enumerate(kls, start=1):
+        state.global_step = step
+        logs = {"loss": 0.1, "kl": kl, "completions/mean_length": mean_length}
+        for cb in callbacks:
+            cb.on_log(None, state, control, logs=logs)
+        if control.should_training_stop:
+            return step, logs
+    return None, logs
+
+
+def test_sequence_kl_is_per_token_kl_times_mean_length():
+    step, logs = _log_steps([SequenceKLCallback()], [0.5])
+    assert logs[RLHF_KL] == pytest.approx(2.0)
+
+
+def test_kl_budget_stops_at_the_first_step_past_it_and_is_recorded():
+    written = []
+    health = kl_budget_callback(1.0, written.append, seed=0)
+    # per-token KL × 4 tokens: 0.4, 0.8, 1.2 (past the budget 1.0 at step 3), 2.0
+    step, _ = _log_steps([SequenceKLCallback(), health], [0.1, 0.2, 0.3, 0.5])
+    assert step == 3
+    (rec,) = [r for r in written if r.get("warning") == "kl_high"]
+    assert rec["stopped_training"] and rec["step"] == 3 and rec["kl"] == pytest.approx(1.2)
+    assert rec["kl_source"] == "sampled_rlhf"
+    info = kl_budget_record(1.0, health, global_step=3)
+    assert info == {
+        "budget": 1.0,
+        "stopped": True,
+        "stopped_at_step": 3,
+        "kl_at_stop": pytest.approx(1.2),
+        "global_step": 3,
+    }
+
+
+def test_kl_under_budget_never_stops():
+    health = kl_budget_callback(5.0, None, seed=0)
+    step, _ = _log_steps([SequenceKLCallback(), health], [0.1, 0.2, 0.3, 1.0])
+    assert step is None
+    assert kl_budget_record(5.0, health, global_step=4)["stopped"] is False
+
+
+def test_train_policy_logs_every_step_when_a_budget_is_set(monkeypatch, tmp_path):
+    """The budget is checked at every step: RLOO logs every step when one is set (every 10 otherwise)."""
+    import trl
+
+    from prefopt.config.recipe import load_recipe
+    from prefopt.studies import rlhf
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class FakeTrainer:
+        def __init__(self, *, args, callbacks, **_):
+            seen["logging_steps"] = args.logging_steps
+            seen["callbacks"] = [type(c).__name__ for c in callbacks]
+            raise Stop
+
+    monkeypatch.setattr(trl, "RLOOTrainer", FakeTrainer)
+    recipe = load_recipe(
+        data={
+            "algorithm": "dpo",
+            "model": {"name": "builtin:tiny-arith"},
+            "data": {"train": [{"source": "world", "task": "arith", "size": 8}]},
+        }
+    )
+    for budget, steps in ((2.0, 1), (None, 10)):
+        section = validate(RLHFSection, {"policy": {"kl_budget": budget}}, "rlhf").policy
+        with pytest.raises(Stop):
+            rlhf.train_policy(section, 0.1, recipe, lambda **_: [], "arith", ["1+1="], tmp_path, 0)
+        assert seen["logging_steps"] == steps
+        assert ("HealthCallback" in seen["callbacks"]) == (budget is not None)
+        assert seen["callbacks"][0] == "SequenceKLCallback"
+
+
+# --------------------------------------------------------------------------------------------- labels
+def test_defended_points_are_named_and_labelled_apart():
+    plain = validate(RLHFSection, {}, "rlhf")
+    assert defence_label(plain) == ("", {})
+    s = validate(
+        RLHFSection,
+        {
+            "reward_model": {"ensemble": {"members": 4, "split": "disjoint", "combine": "min"}},
+            "policy": {"length_penalty": 0.1, "kl_budget": 2},
+        },
+        "rlhf",
+    )
+    tag, params = defence_label(s)
+    assert tag == "-ens4-lp0.1-kl2"
+    assert params == {"ensemble": "4 disjoint min", "length_penalty": 0.1, "kl_budget": 2.0}
+    ens = validate(RLHFSection, {"reward_model": {"ensemble": {"members": 3}}}, "rlhf")
+    assert defence_label(ens) == ("-ens3", {"ensemble": "3 bootstrap mean_minus_std k=1"})
