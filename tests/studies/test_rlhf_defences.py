@@ -244,3 +244,97 @@ def test_defended_points_are_named_and_labelled_apart():
     assert params == {"ensemble": "4 disjoint min", "length_penalty": 0.1, "kl_budget": 2.0}
     ens = validate(RLHFSection, {"reward_model": {"ensemble": {"members": 3}}}, "rlhf")
     assert defence_label(ens) == ("-ens3", {"ensemble": "3 bootstrap mean_minus_std k=1"})
+
+
+# --------------------------------------------------------------------------------------------- compare
+def test_a_sweep_may_list_plain_and_defended_rlhf(tmp_path, capsys):
+    import argparse
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from prefopt.cli.compare import add_compare_commands
+    from prefopt.studies import compare
+
+    base = str(Path(__file__).resolve().parents[2] / "configs/recipes/quickstart/dpo.yaml")
+    plain = {"policy": {"beta": 0.01}}
+    defended = {"policy": {"beta": 0.01}, "reward_model": {"ensemble": {"members": 4}}}
+    plan = compare.plan_sweep(compare.load_sweep(data={"base": base, "rlhf": [plain, defended]}))
+    assert [k for k, _, _ in plan.rlhf_variants] == ["rlhf", "rlhf-ens4"]
+    assert plan.rlhf.reward_model.ensemble is None  # the first section
+    assert plan.rlhf_variants[1][1].reward_model.ensemble.members == 4
+    single = compare.plan_sweep(compare.load_sweep(data={"base": base, "rlhf": defended}))
+    assert [k for k, _, _ in single.rlhf_variants] == ["rlhf-ens4"]
+    with pytest.raises(PrefoptError, match=r"rlhf\[1\] has the same defences"):
+        compare.plan_sweep(compare.load_sweep(data={"base": base, "rlhf": [plain, {"policy": {"beta": 1}}]}))
+    with pytest.raises(PrefoptError, match=r"rlhf\[1\].*ensemble.members"):
+        bad = {"reward_model": {"ensemble": {"members": 1}}}
+        compare.plan_sweep(compare.load_sweep(data={"base": base, "rlhf": [plain, bad]}))
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({"base": base, "rlhf": [plain, defended]}))
+    p = argparse.ArgumentParser(prog="prefopt")
+    add_compare_commands(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["compare", "--config", str(sweep_file), "--dry-run"])
+    assert args.func(args) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [x["name"] for x in listing] == ["rlhf", "rlhf-ens4"]
+
+
+def test_defended_rlhf_has_its_own_row_and_frontier_series(tmp_path, monkeypatch):
+    from prefopt.studies import compare
+
+    def pt(name, variant, reward, kl, **params):
+        return {
+            "name": name,
+            "algorithm": "rlhf",
+            "variant": variant,
+            "params": params,
+            "seed": 42,
+            "status": "finished",
+            "eval": {"reward_sampled": reward, "reward_greedy": reward, "kl_to_reference": kl},
+        }
+
+    points = [
+        pt("rlhf-ens4-beta0.01-seed42", "rlhf-ens4", 0.55, 1.0, beta=0.01, ensemble="4 bootstrap min"),
+        pt("rlhf-beta0.01-seed42", None, 0.04, 6.8, beta=0.01),
+    ]
+    summary = {
+        "task": "arith",
+        "sweep": "x.yaml",
+        "output_dir": "out",
+        "wall_s": 1.0,
+        "evaluation": compare.CompareEvaluation().model_dump(),
+        "hardware": {"cpu_count": 2},
+        "torch_threads": 1,
+        "load_average": {"start": (1.0, 1.0, 1.0)},
+        "reference": {
+            "name": "reference",
+            "algorithm": "reference",
+            "params": {},
+            "seed": None,
+            "status": "finished",
+            "eval": {"reward_sampled": 0.5, "reward_greedy": 0.9, "kl_to_reference": 0.0},
+        },
+        "points": points,
+    }
+    rows = [line for line in compare.format_markdown(summary).splitlines() if line.startswith("| rlhf")]
+    assert rows[0].startswith("| rlhf | β=0.01 | 42 | 0.040")  # plain first, then the defended
+    assert rows[1].startswith("| rlhf-ens4 | β=0.01, ensemble=4 bootstrap min | 42 | 0.550")
+    labels = []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    orig = plt.Axes.scatter
+
+    def scatter(self, *a, label=None, c=None, marker=None, **kw):
+        labels.append((label, c, marker))
+        return orig(self, *a, label=label, c=c, marker=marker, **kw)
+
+    monkeypatch.setattr(plt.Axes, "scatter", scatter)
+    compare.plot_frontier(summary, tmp_path / "frontier.png")
+    series = {label: (c, m) for label, c, m in labels}
+    assert {"reference", "rlhf", "rlhf-ens4"} <= set(series)
+    assert series["rlhf"] != series["rlhf-ens4"]
