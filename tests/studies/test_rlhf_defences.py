@@ -338,3 +338,53 @@ def test_defended_rlhf_has_its_own_row_and_frontier_series(tmp_path, monkeypatch
     series = {label: (c, m) for label, c, m in labels}
     assert {"reference", "rlhf", "rlhf-ens4"} <= set(series)
     assert series["rlhf"] != series["rlhf-ens4"]
+
+
+# --------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_kl_budget_stops_rloo_at_the_step_that_passes_it(tmp_path):
+    """A real RLOO at a high learning rate: the sampled KL passes the budget within a few steps, training stops
+    at that very step (logged every step), and the stop is recorded as a health stop."""
+    import json
+
+    from prefopt.config.recipe import load_recipe
+    from prefopt.studies.rlhf import train_policy
+    from prefopt.world import TrueReward
+
+    recipe = load_recipe(
+        data={
+            "algorithm": "dpo",
+            "model": {"name": "world:arith"},
+            "data": {"train": [{"source": "world", "task": "arith", "size": 64}]},
+        }
+    )
+    section = validate(
+        RLHFSection,
+        {
+            "policy": {
+                "beta": 0.0001,
+                "learning_rate": 3e-3,
+                "max_steps": 40,
+                "per_device_train_batch_size": 16,
+                "warmup_steps": 0,
+                "kl_budget": 0.5,
+            }
+        },
+        "rlhf",
+    ).policy
+    prompts = [f"{a}+{b}=" for a in range(4) for b in range(4)]
+    result, _, info = train_policy(
+        section, 0.0001, recipe, TrueReward("arith"), "arith", prompts, tmp_path, 0
+    )
+    budget = info["kl_budget"]
+    assert budget["stopped"], budget
+    assert 1 <= budget["stopped_at_step"] == result.global_step < 40
+    assert budget["kl_at_stop"] > 0.5
+    logs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logs if RLHF_KL in r]
+    assert [r["step"] for r in steps] == list(
+        range(1, result.global_step + 1)
+    )  # every step logged and checked
+    assert all(r[RLHF_KL] <= 0.5 for r in steps[:-1]) and steps[-1][RLHF_KL] > 0.5
+    (stop,) = [r for r in logs if r.get("event") == "health"]
+    assert stop["warning"] == "kl_high" and stop["stopped_training"] and stop["step"] == result.global_step
