@@ -70,7 +70,13 @@ def main() -> None:
         num_prompts=args.num_prompts, samples_per_prompt=args.samples, pref_prompts=300
     )
     evaluator = WorldEvaluator.for_task("arith", settings)
-    out = Path(args.out) / f"{args.variant}-seed{args.seed}"
+    policy = section.get("policy", {})
+    tag = "".join(
+        f"-{short}{policy[key]:g}"
+        for key, short in (("length_penalty", "lp"), ("kl_budget", "kl"))
+        if policy.get(key)
+    )
+    out = Path(args.out) / f"{args.variant}{tag}-seed{args.seed}"
     t0 = time.perf_counter()
     res = run_rlhf(section, recipe, output_dir=out, seed=args.seed, evaluate=evaluator)
     wall = time.perf_counter() - t0
@@ -92,7 +98,7 @@ def main() -> None:
         )
     rm = res["reward_model"]
     summary = {
-        "variant": args.variant,
+        "variant": args.variant + tag,
         "seed": args.seed,
         "pairs": args.pairs,
         "section": section,

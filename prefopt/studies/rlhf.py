@@ -27,6 +27,22 @@ not what the reward model was trained on; the scorer uses the generated ids, cut
 
 The world's true reward is logged during training as a second reward function with weight 0
 (``rewards/true_reward/mean`` in ``metrics.jsonl``); it never reaches the loss.
+
+Defences against over-optimising the reward model (each one field; docs/compare.md "Defended RLHF"):
+
+* ``reward_model.ensemble`` — ``members`` reward models, each trained exactly as the single one (same
+  recipe, :func:`fit`) on its own rows of the paired data (:func:`member_rows`: a seeded bootstrap
+  resample, or a disjoint part), seed ``seed + i``; the policy's reward is their pessimistic aggregate
+  (:class:`EnsembleRewardScorer`, :func:`prefopt.judge.ensemble.combine_scores`: ``mean_minus_std``,
+  ``min`` or ``mean``). Each member's held-out pair accuracy and the aggregate's are recorded.
+* ``policy.length_penalty`` — α × completion tokens subtracted from the reward
+  (:class:`LengthPenalisedReward`; tokens counted as ``online.length_penalty`` counts them).
+* ``policy.kl_budget`` — training stops at the first step whose sampled KL to the reference (nats per
+  completion, ``rlhf/kl``: :class:`SequenceKLCallback`) passes it: the health monitor's ``kl_high`` stop,
+  with RLOO/GRPO logging every step so the check runs at every step.
+
+A point with defences is named ``rlhf-ens4-lp0.1-kl2-beta0.01-seed42``, has ``variant: rlhf-ens4-...`` and
+the defences in ``params``, so compare's table and frontier show it apart from plain RLHF.
 """
 
 from __future__ import annotations
