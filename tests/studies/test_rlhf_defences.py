@@ -5,6 +5,7 @@ labels that set defended points apart in compare's table and frontier."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from transformers import TrainerControl, TrainerState
@@ -388,3 +389,64 @@ def test_kl_budget_stops_rloo_at_the_step_that_passes_it(tmp_path):
     assert all(r[RLHF_KL] <= 0.5 for r in steps[:-1]) and steps[-1][RLHF_KL] > 0.5
     (stop,) = [r for r in logs if r.get("event") == "health"]
     assert stop["warning"] == "kl_high" and stop["stopped_training"] and stop["step"] == result.global_step
+
+
+WEAK_RM = {"learning_rate": 3e-4, "num_train_epochs": 16}  # docs/compare.md "Defended RLHF"
+AGGRESSIVE = {"beta": 0.01, "learning_rate": 3e-4, "max_steps": 300}
+
+
+@pytest.mark.slow
+def test_kl_budget_keeps_true_reward_an_over_optimised_reward_model_loses(tmp_path):
+    """docs/compare.md "Defended RLHF": a weak reward model (500 pairs, held-out accuracy 0.70) is
+    over-optimised by an aggressive RLOO (seed 42: true reward 0.33 against the reference's 0.54; seeds 1, 2
+    also below it); a KL budget of 0.5 stops the same run within about 20 steps with more of the true reward
+    (0.45; higher on all three seeds). Guarded at small margins."""
+    from prefopt.config.recipe import load_recipe
+    from prefopt.studies.measure import CompareEvaluation, WorldEvaluator
+    from prefopt.studies.rlhf import run_rlhf
+
+    base = Path(__file__).resolve().parents[2] / "configs/recipes/quickstart/dpo.yaml"
+    recipe = load_recipe(base, ["data.train.0.size=500", "seed=42"])
+    evaluator = WorldEvaluator.for_task("arith", CompareEvaluation(num_prompts=200, samples_per_prompt=2))
+    got = {}
+    for name, extra in (("plain", {}), ("budget", {"kl_budget": 0.5})):
+        section = {"reward_model": WEAK_RM, "policy": {**AGGRESSIVE, **extra}, "max_prompts": 450}
+        (point,) = run_rlhf(section, recipe, output_dir=tmp_path / name, seed=42, evaluate=evaluator)[
+            "points"
+        ]
+        got[name] = point
+    reference = evaluator.reference_result["reward_sampled"]
+    plain, budget = got["plain"], got["budget"]
+    assert plain["eval"]["reward_sampled"] < reference - 0.05, plain["eval"]  # one reward model is hacked
+    assert budget["name"] == "rlhf-kl0.5-beta0.01-seed42" and budget["params"]["kl_budget"] == 0.5
+    assert budget["kl_budget"]["stopped"] and budget["global_step"] < 100, budget["kl_budget"]
+    assert budget["eval"]["reward_sampled"] > plain["eval"]["reward_sampled"] + 0.05, (budget, plain)
+    assert budget["eval"]["kl_to_reference"] < plain["eval"]["kl_to_reference"]
+
+
+@pytest.mark.slow
+def test_ensemble_of_weak_reward_models_ranks_better_than_its_members(tmp_path):
+    """The 4-member mean − std aggregate of disjoint 500-pair reward models ranks held-out pairs better than
+    its members on average (seeds 42 / 1 / 2: 0.81 / 0.71 / 0.73 against member means 0.69 / 0.67 / 0.64).
+    (It did not keep an aggressive RLOO's true reward at the reference: docs/compare.md.)"""
+    from prefopt.config.recipe import load_recipe
+    from prefopt.data.tokenized import TokenizedCache
+    from prefopt.model.loading import load_tokenizer
+    from prefopt.studies.measure import CompareEvaluation, WorldEvaluator
+    from prefopt.studies.rlhf import train_reward_models
+
+    base = Path(__file__).resolve().parents[2] / "configs/recipes/quickstart/dpo.yaml"
+    recipe = load_recipe(base, ["data.train.0.size=2000", "seed=42"])
+    tok = load_tokenizer(recipe.model.tokenizer or recipe.model.name)
+    train_tok = TokenizedCache().get(recipe, tok)[0]
+    evaluator = WorldEvaluator.for_task("arith", CompareEvaluation(pref_prompts=300))
+    section = validate(
+        RLHFSection, {"reward_model": {**WEAK_RM, "ensemble": {"members": 4, "split": "disjoint"}}}, "rlhf"
+    ).reward_model
+    scorer, info = train_reward_models(section, recipe, tok, train_tok, tmp_path, 42, evaluator.pairs)
+    assert isinstance(scorer, EnsembleRewardScorer) and len(info["members"]) == 4
+    assert sum(m["train_pairs"] for m in info["members"]) == len(train_tok)  # disjoint: every pair once
+    members = info["member_heldout_accuracy"]
+    assert all(0.5 < a < 0.9 for a in members), members  # each member is weak
+    assert info["heldout_accuracy"] > sum(members) / 4 + 0.03, info
+    assert all((tmp_path / f"reward_model_{i}" / "config.json").exists() for i in range(4))
