@@ -450,3 +450,39 @@ def test_ensemble_of_weak_reward_models_ranks_better_than_its_members(tmp_path):
     assert all(0.5 < a < 0.9 for a in members), members  # each member is weak
     assert info["heldout_accuracy"] > sum(members) / 4 + 0.03, info
     assert all((tmp_path / f"reward_model_{i}" / "config.json").exists() for i in range(4))
+
+
+@pytest.mark.slow
+def test_quick_sweep_with_plain_and_defended_rlhf_writes_both_points(tmp_path):
+    import json
+
+    from prefopt.studies import compare
+
+    quick = Path(__file__).resolve().parents[2] / "configs/sweeps/world-quick.yaml"
+    sweep = compare.load_sweep(quick)
+    plain = dict(sweep.rlhf)
+    defended = {
+        **plain,
+        "reward_model": {**plain["reward_model"], "ensemble": {"members": 2, "split": "disjoint"}},
+        "policy": {**plain["policy"], "length_penalty": 0.01, "kl_budget": 100.0},
+    }
+    sweep.rlhf = [plain, defended]
+    summary = compare.run_sweep(sweep, output_dir=tmp_path, only=["rlhf"])
+    names = [p["name"] for p in summary["points"]]
+    assert names == ["rlhf-beta0.05-seed42", "rlhf-ens2-lp0.01-kl100-beta0.05-seed42"]
+    plain_pt, def_pt = summary["points"]
+    assert plain_pt["variant"] is None and def_pt["variant"] == "rlhf-ens2-lp0.01-kl100"
+    assert def_pt["params"] == {
+        "beta": 0.05,
+        "ensemble": "2 disjoint mean_minus_std k=1",
+        "length_penalty": 0.01,
+        "kl_budget": 100.0,
+    }
+    rm = def_pt["reward_model"]
+    assert len(rm["members"]) == 2 and len(rm["member_heldout_accuracy"]) == 2
+    assert 0.0 <= rm["heldout_accuracy"] <= 1.0
+    assert def_pt["kl_budget"]["stopped"] is False and def_pt["global_step"] == 2
+    saved = json.loads((tmp_path / "points" / "rlhf-ens2-lp0.01-kl100-seed42" / "points.json").read_text())
+    assert saved["points"][0]["name"] == def_pt["name"]
+    md = (tmp_path / "compare.md").read_text()
+    assert "| rlhf | β=0.05 |" in md and "| rlhf-ens2-lp0.01-kl100 | β=0.05, ensemble=2 disjoint" in md
