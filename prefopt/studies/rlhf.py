@@ -214,7 +214,9 @@ def train_reward_model(
     model, _ = load_model(
         rm_recipe.model, seed=seed, tokenizer=tokenizer, num_labels=get_spec(REWARD).num_labels
     )
-    ckpt = str(run_dir / f"{name}-checkpoints")
+    ckpt = str(
+        run_dir / ("rm-checkpoints" + name.removeprefix("reward_model"))
+    )  # ensemble: rm-checkpoints_<i>
     config = get_adapter(REWARD).trl_config(rm_recipe, output_dir=ckpt)
     metrics = MetricsJsonlCallback(run_dir / f"{name}_metrics.jsonl")
     trainer = build_trainer(
