@@ -49,17 +49,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
             }
             for p in plan.points
         ]
-        for side in ("rlhf", "iterative_dpo"):
-            section = getattr(plan, side)
-            if section is not None:
-                listing.append(
-                    {
-                        "name": side,
-                        "seeds": sweep.seeds,
-                        "base": str(plan.side_bases[side].source_path),
-                        "config": section.model_dump(mode="json"),
-                    }
-                )
+        sides = [(kind, section, base) for kind, section, base in plan.rlhf_variants]
+        if plan.iterative_dpo is not None:
+            sides.append(("iterative_dpo", plan.iterative_dpo, plan.side_bases["iterative_dpo"]))
+        for name, section, base in sides:
+            listing.append(
+                {
+                    "name": name,
+                    "seeds": sweep.seeds,
+                    "base": str(base.source_path),
+                    "config": section.model_dump(mode="json"),
+                }
+            )
         print(json.dumps(listing, indent=2, default=str))
         return 0
     summary = run_sweep(sweep, output_dir=args.output_dir, rerun=args.rerun, only=args.only or None)

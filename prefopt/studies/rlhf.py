@@ -27,11 +27,28 @@ not what the reward model was trained on; the scorer uses the generated ids, cut
 
 The world's true reward is logged during training as a second reward function with weight 0
 (``rewards/true_reward/mean`` in ``metrics.jsonl``); it never reaches the loss.
+
+Defences against over-optimising the reward model (each one field; docs/compare.md "Defended RLHF"):
+
+* ``reward_model.ensemble`` — ``members`` reward models, each trained exactly as the single one (same
+  recipe, :func:`fit`) on its own rows of the paired data (:func:`member_rows`: a seeded bootstrap
+  resample, or a disjoint part), seed ``seed + i``; the policy's reward is their pessimistic aggregate
+  (:class:`EnsembleRewardScorer`, :func:`prefopt.judge.ensemble.combine_scores`: ``mean_minus_std``,
+  ``min`` or ``mean``). Each member's held-out pair accuracy and the aggregate's are recorded.
+* ``policy.length_penalty`` — α × completion tokens subtracted from the reward
+  (:class:`LengthPenalisedReward`; tokens counted as ``online.length_penalty`` counts them).
+* ``policy.kl_budget`` — training stops at the first step whose sampled KL to the reference (nats per
+  completion, ``rlhf/kl``: :class:`SequenceKLCallback`) passes it: the health monitor's ``kl_high`` stop,
+  with RLOO/GRPO logging every step so the check runs at every step.
+
+A point with defences is named ``rlhf-ens4-lp0.1-kl2-beta0.01-seed42``, has ``variant: rlhf-ens4-...`` and
+the defences in ``params``, so compare's table and frontier show it apart from plain RLHF.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,12 +56,16 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from transformers import TrainerCallback
 
 from prefopt.config.algorithms import DPO, REWARD, get_spec
 from prefopt.config.recipe import load_recipe
 from prefopt.config.schema import StrictModel, validate
+from prefopt.core.errors import PrefoptError
 from prefopt.data.tokenization import encode_prompt
 from prefopt.data.tokenized import TokenizedCache
+from prefopt.judge.ensemble import combine_scores
+from prefopt.judge.length import reply_length
 from prefopt.judge.scorers import RewardModelScorer
 from prefopt.model.loading import load_model, load_tokenizer
 from prefopt.studies.measure import Measure, WorldEvaluator, world_task
@@ -52,11 +73,29 @@ from prefopt.training.algorithms import get_adapter
 from prefopt.training.build import build_trainer, save_model, starting_checkpoint
 from prefopt.training.callbacks import MetricsJsonlCallback
 from prefopt.training.fit import fit
+from prefopt.training.health import RLHF_KL, HealthCallback
 from prefopt.world import TrueReward
 
 log = logging.getLogger("prefopt")
 
 _Strict = StrictModel
+
+
+class RewardEnsembleSection(_Strict):
+    """``reward_model.ensemble``: N reward models, each trained like the single one on its own rows of the
+    paired training data, combined pessimistically into the policy's reward (Coste et al. 2024)."""
+
+    members: int = Field(4, ge=2, description="Number of reward models (at least 2).")
+    split: Literal["bootstrap", "disjoint"] = Field(
+        "bootstrap",
+        description="'bootstrap': each member a seeded resample (with replacement) of all training pairs, "
+        "as many as there are; 'disjoint': the shuffled pairs dealt into N disjoint parts.",
+    )
+    combine: Literal["mean_minus_std", "min", "mean"] = Field(
+        "mean_minus_std",
+        description="How the members' scores combine (prefopt.judge.ensemble.combine_scores).",
+    )
+    k: float = Field(1.0, ge=0, description="mean_minus_std: the multiple of the members' std subtracted.")
 
 
 class RewardModelSection(_Strict):
@@ -72,6 +111,9 @@ class RewardModelSection(_Strict):
         0.01, description="TRL's reward-centering term (None = off)."
     )
     extra: dict[str, Any] = Field(default_factory=dict, description="More trl.RewardConfig fields, verbatim.")
+    ensemble: RewardEnsembleSection | None = Field(
+        None, description="Train N reward models and reward the policy with their pessimistic aggregate."
+    )
 
 
 class PolicySection(_Strict):
@@ -89,6 +131,17 @@ class PolicySection(_Strict):
     temperature: float = Field(1.0, gt=0)
     lr_scheduler_type: str = "constant_with_warmup"
     warmup_steps: int = 5
+    length_penalty: float = Field(
+        0.0,
+        ge=0,
+        description="α: the reward minus α per completion token (the same count as online.length_penalty).",
+    )
+    kl_budget: float | None = Field(
+        None,
+        gt=0,
+        description="Stop the policy's training at the first step whose sampled KL to the reference "
+        "(nats per completion) passes this; checked every step (health kl_high).",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="More trl.RLOOConfig / GRPOConfig fields."
     )
@@ -145,32 +198,156 @@ def reward_recipe(section: RewardModelSection, recipe, seed: int):
     return out
 
 
-def train_reward_model(section: RewardModelSection, recipe, tokenizer, paired_tok, run_dir: Path, seed: int):
+def train_reward_model(
+    section: RewardModelSection,
+    recipe,
+    tokenizer,
+    paired_tok,
+    run_dir: Path,
+    seed: int,
+    name: str = "reward_model",
+):
     """The reward model on the base recipe's tokenised pairs, through ``algorithm: reward``
     (:func:`reward_recipe`; :class:`prefopt.training.trainers.PrefoptRewardTrainer`, :func:`fit`), saved
-    to ``<run>/reward_model`` (loadable as a ``type: reward_model`` judge)."""
+    to ``<run>/<name>`` (loadable as a ``type: reward_model`` judge)."""
     rm_recipe = reward_recipe(section, recipe, seed)
     model, _ = load_model(
         rm_recipe.model, seed=seed, tokenizer=tokenizer, num_labels=get_spec(REWARD).num_labels
     )
-    config = get_adapter(REWARD).trl_config(rm_recipe, output_dir=str(run_dir / "rm-checkpoints"))
-    metrics = MetricsJsonlCallback(run_dir / "reward_model_metrics.jsonl")
+    ckpt = str(
+        run_dir / ("rm-checkpoints" + name.removeprefix("reward_model"))
+    )  # ensemble: rm-checkpoints_<i>
+    config = get_adapter(REWARD).trl_config(rm_recipe, output_dir=ckpt)
+    metrics = MetricsJsonlCallback(run_dir / f"{name}_metrics.jsonl")
     trainer = build_trainer(
-        rm_recipe,
-        model,
-        tokenizer,
-        paired_tok,
-        None,
-        output_dir=str(run_dir / "rm-checkpoints"),
-        callbacks=[metrics],
-        config=config,
+        rm_recipe, model, tokenizer, paired_tok, None, output_dir=ckpt, callbacks=[metrics], config=config
     )
     result = fit(trainer, metrics_writer=metrics.write)
     info = {"global_step": result.global_step, "train_loss": result.train_loss}
     if not result.finished:  # a failed reward model is not saved (and no policy is trained on it)
         return None, {**info, "status": result.status, "error": result.error, "nonfinite": result.record()}
-    save_model(trainer, tokenizer, run_dir / "reward_model")
+    save_model(trainer, tokenizer, run_dir / name)
     return result.model.eval(), info
+
+
+def member_rows(n_rows: int, members: int, split: str, seed: int) -> list[list[int]]:
+    """The training-row indices of each ensemble member.
+
+    ``bootstrap``: member i draws ``n_rows`` rows with replacement, from ``random.Random(f"bootstrap:{seed}:{i}")``
+    (reproducible per seed and member); ``disjoint``: the rows shuffled with ``random.Random(f"disjoint:{seed}")``
+    and dealt round-robin, so every row is in exactly one member (sizes differ by at most one)."""
+    if members < 2:
+        raise ValueError("an ensemble needs at least 2 members")
+    if n_rows < members:
+        raise PrefoptError(
+            f"{n_rows} training pairs cannot be split into {members} reward models.",
+            where="rlhf.reward_model.ensemble.members",
+            fix="use fewer members or more training pairs (data.train.*.size).",
+        )
+    if split == "disjoint":
+        order = list(range(n_rows))
+        random.Random(f"disjoint:{seed}").shuffle(order)
+        return [sorted(order[i::members]) for i in range(members)]
+    if split == "bootstrap":
+        return [
+            sorted(random.Random(f"bootstrap:{seed}:{i}").choices(range(n_rows), k=n_rows))
+            for i in range(members)
+        ]
+    raise ValueError(f"unknown split {split!r}")
+
+
+class EnsembleRewardScorer:
+    """N reward-model scorers combined per completion by :func:`prefopt.judge.ensemble.combine_scores`
+    (``mean_minus_std`` / ``min`` / ``mean``); called by TRL like :class:`RewardModelScorer`."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, scorers: list, combine: str = "mean_minus_std", k: float = 1.0):
+        if len(scorers) < 2:
+            raise ValueError("an ensemble needs at least 2 scorers")
+        self.scorers, self.combine, self.k = list(scorers), combine, float(k)
+
+    def combined(self, per_member: list[list[float]]) -> list[float]:
+        return [
+            combine_scores([m[i] for m in per_member], self.combine, k=self.k)
+            for i in range(len(per_member[0]))
+        ]
+
+    def score_ids(self, sequences: list[list[int]]) -> list[float]:
+        return self.combined([s.score_ids(sequences) for s in self.scorers])
+
+    def score_text(self, prompts: list[str], completions: list[str]) -> list[float]:
+        return self.combined([s.score_text(prompts, completions) for s in self.scorers])
+
+    def __call__(self, prompts=None, completions=None, completion_ids=None, **_):
+        if isinstance(prompts, str):
+            return self.score_text([prompts], [completions])[0]
+        if completion_ids is None:
+            return self.score_text(prompts, completions)
+        return self.score_ids(self.scorers[0].sequences(prompts, completion_ids))
+
+
+class LengthPenalisedReward:
+    """``reward − α · tokens(completion)``, the completion's tokens counted as ``online.length_penalty``
+    counts them (:func:`prefopt.judge.length.reply_length`: the decoded reply, no special tokens)."""
+
+    def __init__(self, reward, alpha: float, tokenizer):
+        if alpha < 0:
+            raise ValueError("alpha must be >= 0")
+        self.reward, self.alpha, self.tokenizer = reward, float(alpha), tokenizer
+        self.__name__ = getattr(reward, "__name__", "reward_model")
+
+    def __call__(self, prompts=None, completions=None, completion_ids=None, **kw):
+        base = self.reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kw)
+        return [
+            None if b is None else b - self.alpha * reply_length(c, self.tokenizer)
+            for b, c in zip(base, completions)
+        ]
+
+
+def train_reward_models(
+    section: RewardModelSection, recipe, tokenizer, paired_tok, run_dir: Path, seed: int, heldout
+):
+    """The policy's reward: one reward model, or ``section.ensemble.members`` of them (member i on
+    :func:`member_rows`'s rows i, seed ``seed + i``, saved to ``<run>/reward_model_<i>``) combined by
+    :class:`EnsembleRewardScorer`. Returns ``(scorer or None, info)``; info has the held-out pair accuracy
+    (of the aggregate for an ensemble, with each member's under ``members``)."""
+    ens = section.ensemble
+    if ens is None:
+        rm, info = train_reward_model(section, recipe, tokenizer, paired_tok, run_dir, seed)
+        if rm is None:
+            return None, info
+        scorer = RewardModelScorer(rm, tokenizer)
+        info["heldout_accuracy"] = reward_model_accuracy(scorer, heldout)
+        return scorer, info
+    rows = member_rows(len(paired_tok), ens.members, ens.split, seed)
+    members, scorers = [], []
+    for i, idx in enumerate(rows):
+        rm, minfo = train_reward_model(
+            section, recipe, tokenizer, paired_tok.select(idx), run_dir, seed + i, name=f"reward_model_{i}"
+        )
+        minfo.update(member=i, seed=seed + i, train_pairs=len(idx), distinct_pairs=len(set(idx)))
+        members.append(minfo)
+        if rm is None:
+            return None, {
+                "ensemble": ens.model_dump(),
+                "members": members,
+                "error": f"member {i}: {minfo['error']}",
+                "nonfinite": minfo.get("nonfinite"),
+                "status": minfo.get("status"),
+            }
+        scorer = RewardModelScorer(rm, tokenizer)
+        minfo["heldout_accuracy"] = reward_model_accuracy(scorer, heldout)
+        scorers.append(scorer)
+    scorer = EnsembleRewardScorer(scorers, ens.combine, ens.k)
+    info = {
+        "ensemble": ens.model_dump(),
+        "members": members,
+        "global_step": sum(m["global_step"] for m in members),
+        "heldout_accuracy": reward_model_accuracy(scorer, heldout),
+        "member_heldout_accuracy": [m["heldout_accuracy"] for m in members],
+    }
+    return scorer, info
 
 
 def reward_model_accuracy(scorer: RewardModelScorer, pairs: list[dict]) -> float | None:
@@ -213,6 +390,8 @@ def train_policy(
         from trl import GRPOTrainer as Trainer
     policy, tokenizer = load_model(recipe.model, seed=seed)
     ref_path = starting_checkpoint(recipe, run_dir, policy)
+    if section.length_penalty > 0:
+        reward_scorer = LengthPenalisedReward(reward_scorer, section.length_penalty, tokenizer)
     funcs: list[Callable] = [reward_scorer]
     weights = [1.0]
     if log_true_reward:
@@ -235,20 +414,25 @@ def train_policy(
         data_seed=seed,
         report_to="none",
         save_strategy="no",
-        logging_steps=10,
+        logging_steps=1 if section.kl_budget is not None else 10,  # the budget is checked at every step
         activation_checkpointing=False,
         bf16=False,
         dataloader_num_workers=0,
         **section.extra,
     )
     metrics = MetricsJsonlCallback(run_dir / "metrics.jsonl")
+    callbacks: list = [SequenceKLCallback(), metrics]
+    health = None
+    if section.kl_budget is not None:
+        health = kl_budget_callback(section.kl_budget, metrics.write, seed)
+        callbacks.append(health)
     trainer = Trainer(
         model=policy,
         reward_funcs=funcs,
         args=cfg,
         train_dataset=Dataset.from_dict({"prompt": prompts}),
         processing_class=tokenizer,
-        callbacks=[metrics],
+        callbacks=callbacks,
     )
     check_prompt_tokenisation(trainer, tokenizer, prompts[:64])
     ref_model = getattr(trainer, "ref_model", None)
@@ -260,7 +444,41 @@ def train_policy(
         "train_loss": result.train_loss,
         "reference_checkpoint": ref_from or ref_path,
     }
+    if health is not None:
+        info["kl_budget"] = kl_budget_record(section.kl_budget, health, result.global_step)
     return result, tokenizer, info
+
+
+class SequenceKLCallback(TrainerCallback):
+    """Adds ``rlhf/kl`` (nats per completion) to each log of RLOO/GRPO: TRL logs ``kl`` as the mean per
+    completion *token* (Σ per-token log-ratio / Σ completion tokens), so × ``completions/mean_length`` (the
+    same tokens, without ``mask_truncated_completions``) is the mean per completion, the unit of the
+    compare table's KL and of ``online.kl_budget``. Registered before the metrics writer and the health
+    callback, which see the added key."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "kl" in logs and "completions/mean_length" in logs:
+            logs[RLHF_KL] = float(logs["kl"]) * float(logs["completions/mean_length"])
+
+
+def kl_budget_callback(budget: float, metrics_writer, seed: int) -> HealthCallback:
+    """The health monitor with only the KL check armed as a stop: ``kl_high`` above ``budget`` on
+    ``rlhf/kl`` (plus the default ``nonfinite`` stop)."""
+    return HealthCallback(
+        None, metrics_writer=metrics_writer, kl_max=budget, stop_on=["nonfinite", "kl_high"], seed=seed
+    )
+
+
+def kl_budget_record(budget: float, health: HealthCallback, global_step: int) -> dict:
+    """What the point records about its KL budget: whether it stopped training, at which step and KL."""
+    stop = next((r for r in health.fired if r["warning"] == "kl_high"), None)
+    return {
+        "budget": budget,
+        "stopped": stop is not None,
+        "stopped_at_step": stop["step"] if stop else None,
+        "kl_at_stop": stop["kl"] if stop else None,
+        "global_step": global_step,
+    }
 
 
 # --------------------------------------------------------------------------------------------- entry point
@@ -300,21 +518,23 @@ def run_rlhf(
     t0 = time.perf_counter()
     with Measure() as m_rm:
         train_tok, _eval_tok, train_ds, _, _report = data_cache.get(recipe, tokenizer)
-        rm, rm_info = train_reward_model(section.reward_model, recipe, tokenizer, train_tok, run_dir, seed)
+        scorer, rm_info = train_reward_models(
+            section.reward_model, recipe, tokenizer, train_tok, run_dir, seed, getattr(evaluate, "pairs", [])
+        )
         rm_info["train_pairs"] = len(train_tok)
-        if rm is not None:
-            scorer = RewardModelScorer(rm, tokenizer)
-            rm_info["heldout_accuracy"] = reward_model_accuracy(scorer, getattr(evaluate, "pairs", []))
     betas = section.policy.beta if isinstance(section.policy.beta, list) else [section.policy.beta]
-    if rm is None:  # the reward model's loss turned non-finite: every policy of this study fails with it
+    tag, defences = defence_label(section)
+    if scorer is None:  # the reward model's loss turned non-finite: every policy of this study fails with it
         log.warning("rlhf: reward model %s; no policy is trained", rm_info["error"])
         rm_info.update(m_rm.result)
         points = [
-            _failed_point(beta, seed, run_dir / f"beta{beta:g}", rm_info, "reward model: ") for beta in betas
+            _failed_point(beta, seed, run_dir / f"beta{beta:g}", rm_info, "reward model: ", tag, defences)
+            for beta in betas
         ]
         return {"reward_model": rm_info, "points": points, "wall_s": round(time.perf_counter() - t0, 2)}
     log.info(
-        "rlhf: reward model trained (%d steps), held-out pair accuracy %s, %.0fs",
+        "rlhf: reward model%s trained (%d steps), held-out pair accuracy %s, %.0fs",
+        f" ensemble of {section.reward_model.ensemble.members}" if section.reward_model.ensemble else "",
         rm_info["global_step"],
         rm_info["heldout_accuracy"],
         m_rm.result["wall_s"],
@@ -334,7 +554,16 @@ def run_rlhf(
             if not result.finished:  # stopped on a non-finite loss: neither measured nor kept
                 points.append(
                     _failed_point(
-                        beta, seed, pdir, rm_info, "", info=info, record=result.record(), error=result.error
+                        beta,
+                        seed,
+                        pdir,
+                        rm_info,
+                        "",
+                        tag,
+                        defences,
+                        info=info,
+                        record=result.record(),
+                        error=result.error,
                     )
                 )
                 continue
@@ -342,9 +571,11 @@ def run_rlhf(
             t_train = m_rm.result["wall_s"]  # the shared reward model is part of every RLHF point's cost
             evaluation = evaluate(policy)
         point = {
-            "name": f"rlhf-beta{beta:g}-seed{seed}",
+            "name": f"rlhf{tag}-beta{beta:g}-seed{seed}",
             "algorithm": "rlhf",
-            "params": {"beta": beta},
+            "variant": f"rlhf{tag}" if tag else None,
+            "params": {"beta": beta, **defences},
+            "defences": defences,
             "seed": seed,
             "status": "finished",
             "run_dir": str(pdir),
@@ -363,14 +594,46 @@ def run_rlhf(
     return {"reward_model": rm_info, "points": points, "wall_s": round(time.perf_counter() - t0, 2)}
 
 
+def defence_label(section: RLHFSection) -> tuple[str, dict]:
+    """The defences a section turns on: a name tag (``-ens4``, ``-lp0.1``, ``-kl2``; "" for none) and the
+    params the point records (``ensemble: "4 bootstrap mean_minus_std k=1"``, ``length_penalty``,
+    ``kl_budget``), so the compare table and frontier tell defended RLHF from plain RLHF."""
+    tag, params = "", {}
+    ens = section.reward_model.ensemble
+    if ens is not None:
+        tag += f"-ens{ens.members}"
+        k = f" k={ens.k:g}" if ens.combine == "mean_minus_std" else ""
+        params["ensemble"] = f"{ens.members} {ens.split} {ens.combine}{k}"
+    if section.policy.length_penalty > 0:
+        tag += f"-lp{section.policy.length_penalty:g}"
+        params["length_penalty"] = section.policy.length_penalty
+    if section.policy.kl_budget is not None:
+        tag += f"-kl{section.policy.kl_budget:g}"
+        params["kl_budget"] = section.policy.kl_budget
+    return tag, params
+
+
 def _failed_point(
-    beta, seed: int, pdir: Path, rm_info: dict, prefix: str, *, info=None, record=None, error=None
+    beta,
+    seed: int,
+    pdir: Path,
+    rm_info: dict,
+    prefix: str,
+    tag: str = "",
+    defences: dict | None = None,
+    *,
+    info=None,
+    record=None,
+    error=None,
 ) -> dict:
     """The point of a policy that did not finish (its own non-finite loss, or its reward model's)."""
+    defences = defences or {}
     return {
-        "name": f"rlhf-beta{beta:g}-seed{seed}",
+        "name": f"rlhf{tag}-beta{beta:g}-seed{seed}",
         "algorithm": "rlhf",
-        "params": {"beta": beta},
+        "variant": f"rlhf{tag}" if tag else None,
+        "params": {"beta": beta, **defences},
+        "defences": defences,
         "seed": seed,
         "status": "failed",
         "error": prefix + (error or rm_info.get("error") or "failed"),

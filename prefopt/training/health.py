@@ -163,6 +163,10 @@ def beta_of(recipe) -> float | None:
 ONLINE_KL = "online/kl"
 """The sampled KL an online trainer logs each step (:mod:`prefopt.training.online`)."""
 
+RLHF_KL = "rlhf/kl"
+"""The sampled KL of RLOO/GRPO's completions, nats per completion (TRL's per-token ``kl`` × the mean
+completion length; :mod:`prefopt.studies.rlhf`)."""
+
 
 def kl_budget(recipe) -> dict[str, Any]:
     """``online.kl_budget`` as health settings: ``kl_max`` (the smaller of it and ``health.kl_max``) and
@@ -576,13 +580,10 @@ class HealthCallback(TrainerCallback):
         candidates: list[tuple[float, str]] = []
         if probe is not None and probe.get("kl_to_reference") is not None:
             candidates.append((probe["kl_to_reference"], "sampled"))
-        online = _num(logs.get(ONLINE_KL))
-        if online is not None:  # the online trainer's own samples: the KL estimate, no proxy needed
-            return (
-                (online, "sampled_online")
-                if not candidates
-                else max([*candidates, (online, "sampled_online")])
-            )
+        for key, source in ((ONLINE_KL, "sampled_online"), (RLHF_KL, "sampled_rlhf")):
+            online = _num(logs.get(key))
+            if online is not None:  # the trainer's own samples: the KL estimate, no proxy needed
+                return (online, source) if not candidates else max([*candidates, (online, source)])
         k = _num(logs.get("kl"))
         if k is not None:
             candidates.append((k, "kto_logged_kl"))

@@ -29,7 +29,7 @@ Sweep file (``configs/sweeps/world.yaml``)::
       - {algorithm: dpo, base: ../recipes/quickstart/dpo.yaml, loss: {beta: [0.05, 0.1, 0.3]}}
       - {algorithm: ipo, base: ../recipes/quickstart/ipo.yaml, loss: {tau: [0.1, 0.25, 0.5]}}
     seeds: [0]
-    rlhf: {...}               # prefopt.studies.rlhf.RLHFSection, or null
+    rlhf: {...}               # prefopt.studies.rlhf.RLHFSection, a list of them, or null
     iterative_dpo: {rounds: 3, ...}   # prefopt.studies.iterative.IterativeDPOSection, or null
     output: runs/compare-world
 

@@ -25,10 +25,10 @@ def plot_frontier(summary: dict, path: Path) -> Path:
         (axes[1], "reward_greedy", "true reward, greedy"),
     ):
         by_alg: dict[str, list[dict]] = {}
-        for r in rows:
-            by_alg.setdefault(r["algorithm"], []).append(r)
+        for r in rows:  # a defended RLHF (variant "rlhf-ens4", ...) is its own series
+            by_alg.setdefault(r.get("variant") or r["algorithm"], []).append(r)
         for alg, rs in by_alg.items():
-            color, marker = styles.get(alg, ("gray", "o"))
+            color, marker = styles.get(alg) or variant_style(alg, rs[0]["algorithm"], styles)
             xs = [r["eval"].get("kl_to_reference", 0.0) for r in rs]
             ys = [r["eval"][metric] for r in rs]
             ax.scatter(
@@ -94,6 +94,16 @@ def plot_styles() -> dict[str, tuple[str, str]]:
     styles.update({name: PALETTE[i % len(PALETTE)] for i, name in enumerate(ALGORITHMS)})
     styles.update(STUDY_STYLES)
     return styles
+
+
+VARIANT_STYLES = (("darkred", "p"), ("darkgreen", "H"), ("navy", "8"), ("goldenrod", "d"))
+
+
+def variant_style(variant: str, algorithm: str, styles: dict) -> tuple[str, str]:
+    """A study variant (defended RLHF) the same every time, distinct from its plain study's style."""
+    if variant == algorithm:
+        return styles.get(algorithm, ("gray", "o"))
+    return VARIANT_STYLES[sum(map(ord, variant)) % len(VARIANT_STYLES)]
 
 
 def _short_label(r: dict) -> str:

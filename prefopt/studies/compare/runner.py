@@ -34,7 +34,7 @@ from prefopt.studies.compare.sweep import CHOICES, Point, Sweep, expand_grid
 from prefopt.studies.compare.tables import fmt_number, format_markdown, iterative_vs_offline
 from prefopt.studies.iterative import IterativeDPOSection, check_section, run_iterative_dpo
 from prefopt.studies.measure import Measure, WorldEvaluator, world_task
-from prefopt.studies.rlhf import RLHFSection, run_rlhf
+from prefopt.studies.rlhf import RLHFSection, defence_label, run_rlhf
 from prefopt.training.algorithms import get_adapter
 from prefopt.training.build import build_trainer, save_model, settle_on_data
 from prefopt.training.callbacks import MetricsJsonlCallback
@@ -216,7 +216,7 @@ class Plan:
     """What a sweep will run: validated grid points, the rlhf / iterative DPO sections and their base
     recipes, and the world task (one per sweep)."""
 
-    def __init__(self, points, rlhf, iterative_dpo, side_bases, task):
+    def __init__(self, points, rlhf, iterative_dpo, side_bases, task, rlhf_variants=None):
         self.points, self.rlhf, self.iterative_dpo, self.side_bases, self.task = (
             points,
             rlhf,
@@ -224,6 +224,9 @@ class Plan:
             side_bases,
             task,
         )
+        # every rlhf section of the sweep as (kind, section, base): kind "rlhf", "rlhf-ens4", ... (its run dir
+        # and name prefix); self.rlhf / side_bases["rlhf"] are the first one's
+        self.rlhf_variants = rlhf_variants if rlhf_variants is not None else []
 
 
 def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
@@ -244,29 +247,44 @@ def plan_sweep(sweep: Sweep, only: list[str] | None = None) -> Plan:
         points = [p for p in points if p.algorithm in only]
     sections: dict[str, Any] = {"rlhf": None, "iterative_dpo": None}
     side_bases = {}
+    rlhf_variants: list[tuple[str, Any, Any]] = []
     for key in sections:
         raw = getattr(sweep, key)
         if raw is None or (only and key not in only):
             continue
-        cls = SECTION_SCHEMAS[key]
-        section = _validate_section(cls, raw, f"{where}: {key}")
-        path = sweep.resolve(section.base) if section.base else default_base
-        if path is None:
-            raise PrefoptError(
-                f"{key} has no base recipe.",
-                where=where,
-                fix=f"set {key}.base (a DPO world recipe) or the sweep's `base`.",
-            )
-        sections[key] = section
-        side_bases[key] = load_recipe(path, [*sweep.overrides])
-        if key == "iterative_dpo":
-            check_section(section, side_bases[key], f"{where}: {key}")
+        many = key == "rlhf" and isinstance(raw, list)
+        for i, one in enumerate(raw if many else [raw]):
+            label = f"{key}[{i}]" if many else key
+            section = _validate_section(SECTION_SCHEMAS[key], one, f"{where}: {label}")
+            path = sweep.resolve(section.base) if section.base else default_base
+            if path is None:
+                raise PrefoptError(
+                    f"{label} has no base recipe.",
+                    where=where,
+                    fix=f"set {label}.base (a DPO world recipe) or the sweep's `base`.",
+                )
+            base = load_recipe(path, [*sweep.overrides])
+            if sections[key] is None:
+                sections[key], side_bases[key] = section, base
+            if key == "rlhf":
+                kind = "rlhf" + defence_label(section)[0]
+                if any(kind == k for k, _, _ in rlhf_variants):
+                    raise PrefoptError(
+                        f"{label} has the same defences as an earlier rlhf section ({kind}).",
+                        where=where,
+                        fix="give each rlhf section different defences (reward_model.ensemble, "
+                        "policy.length_penalty, policy.kl_budget), or sweep policy.beta as a list in one section.",
+                    )
+                rlhf_variants.append((kind, section, base))
+            if key == "iterative_dpo":
+                check_section(section, base, f"{where}: {label}")
     tasks = {world_task(p.recipe) for p in points} | {world_task(r) for r in side_bases.values()}
+    tasks |= {world_task(b) for _, _, b in rlhf_variants}
     if len(tasks) != 1:
         raise PrefoptError(
             f"the sweep mixes world tasks {sorted(tasks)}; compare one task per sweep.", where=where
         )
-    return Plan(points, sections["rlhf"], sections["iterative_dpo"], side_bases, tasks.pop())
+    return Plan(points, sections["rlhf"], sections["iterative_dpo"], side_bases, tasks.pop(), rlhf_variants)
 
 
 def run_sweep(
@@ -369,31 +387,31 @@ def _run_grid(ctx: Context, points: list[Point]) -> list[dict]:
 
 
 def _run_studies(ctx: Context, plan: Plan) -> list[dict]:
-    """The RLHF baseline and iterative DPO, once per seed, measured like the grid."""
-    studies = {
-        "rlhf": lambda d, s: run_rlhf(
-            plan.rlhf,
-            plan.side_bases["rlhf"],
-            output_dir=d,
-            seed=s,
-            evaluate=ctx.evaluator,
-            data_cache=ctx.data_cache,
-        ),
-        "iterative_dpo": lambda d, s: run_iterative_dpo(
-            plan.iterative_dpo, plan.side_bases["iterative_dpo"], output_dir=d, seed=s, evaluate=ctx.evaluator
-        ),
-    }
-    results: list[dict] = []
-    for kind, run in studies.items():
-        section = getattr(plan, kind)
-        if section is None:
-            continue
-        for seed in ctx.sweep.seeds:
-            results.extend(
-                _side_run(
-                    kind, seed, run, ctx.out_dir, ctx.rerun, ctx.eval_fp, section, plan.side_bases[kind]
-                )
+    """The RLHF baseline (each of its sections: plain and defended) and iterative DPO, once per seed,
+    measured like the grid."""
+
+    def rlhf(section, base):
+        return lambda d, s: run_rlhf(
+            section, base, output_dir=d, seed=s, evaluate=ctx.evaluator, data_cache=ctx.data_cache
+        )
+
+    studies = [(kind, rlhf(section, base), section, base) for kind, section, base in plan.rlhf_variants]
+    if plan.iterative_dpo is not None:
+        base = plan.side_bases["iterative_dpo"]
+        studies.append(
+            (
+                "iterative_dpo",
+                lambda d, s: run_iterative_dpo(
+                    plan.iterative_dpo, base, output_dir=d, seed=s, evaluate=ctx.evaluator
+                ),
+                plan.iterative_dpo,
+                base,
             )
+        )
+    results: list[dict] = []
+    for kind, run, section, base in studies:
+        for seed in ctx.sweep.seeds:
+            results.extend(_side_run(kind, seed, run, ctx.out_dir, ctx.rerun, ctx.eval_fp, section, base))
     return results
 
 
@@ -504,7 +522,8 @@ def _side_run(kind: str, seed: int, fn, out_dir: Path, rerun: bool, eval_fp, sec
         pts = [
             {
                 "name": f"{kind}-seed{seed}",
-                "algorithm": kind,
+                "algorithm": kind.partition("-")[0],  # a defended RLHF's kind is "rlhf-ens4", ...
+                "variant": kind if "-" in kind else None,
                 "params": {},
                 "seed": seed,
                 "status": "failed",

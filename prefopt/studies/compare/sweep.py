@@ -57,8 +57,10 @@ class Sweep(StrictModel):
     overrides: list[str] = Field(
         default_factory=list, description="`section.key=value` for every grid point."
     )
-    rlhf: dict[str, Any] | None = Field(
-        None, description="RLHF baseline (prefopt.studies.rlhf.RLHFSection) or null."
+    rlhf: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        None,
+        description="RLHF baseline (prefopt.studies.rlhf.RLHFSection), a list of them (e.g. plain and "
+        "defended RLHF side by side), or null.",
     )
     iterative_dpo: dict[str, Any] | None = Field(
         None, description="Iterative DPO (prefopt.studies.iterative) or null."

@@ -26,6 +26,11 @@ def param_label(res: dict) -> str:
     return ", ".join(f"{SYMBOLS.get(k, k)}={fmt_param(v)}" for k, v in params.items())
 
 
+def row_kind(res: dict) -> str:
+    """The table's first column: the algorithm, or a study's variant (defended RLHF: ``rlhf-ens4``)."""
+    return res.get("variant") or res.get("algorithm", "")
+
+
 def _sort_key(res: dict):
     alg = res.get("algorithm", "")
     order = ALGORITHM_ORDER.index(alg) if alg in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
@@ -36,7 +41,7 @@ def _sort_key(res: dict):
         for v in ([params.get(main)] if main in params else [])
         + [v for k, v in sorted(params.items()) if k != main]
     )
-    return (order, alg, vals, res.get("seed") or 0)
+    return (order, alg, res.get("variant") or "", vals, res.get("seed") or 0)
 
 
 def sorted_rows(summary: dict) -> list[dict]:
@@ -65,12 +70,12 @@ def format_markdown(summary: dict) -> str:
         e = r.get("eval") or {}
         if r.get("status") != "finished":
             lines.append(
-                f"| {r['algorithm']} | {param_label(r)} | {r.get('seed')} | failed: {r.get('error')} "
+                f"| {row_kind(r)} | {param_label(r)} | {r.get('seed')} | failed: {r.get('error')} "
                 "| | | | | | | | |"
             )
             continue
         lines.append(
-            f"| {r['algorithm']} | {param_label(r) or '—'} | {fmt_number(r.get('seed'))} | {fmt_number(e.get('reward_sampled'))} | "
+            f"| {row_kind(r)} | {param_label(r) or '—'} | {fmt_number(r.get('seed'))} | {fmt_number(e.get('reward_sampled'))} | "
             f"{fmt_number(e.get('reward_greedy'))} | {fmt_number(e.get('kl_to_reference'))} | {fmt_number(e.get('pref_accuracy'))} | "
             f"{fmt_number(e.get('logp_accuracy'))} | {fmt_number(r.get('train_s'), 1)} | "
             f"{fmt_number(r.get('cumulative_wall_s', r.get('wall_s')), 1)} | "
