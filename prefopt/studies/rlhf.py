@@ -36,7 +36,7 @@ Defences against over-optimising the reward model (each one field; docs/compare.
   (:class:`EnsembleRewardScorer`, :func:`prefopt.judge.ensemble.combine_scores`: ``mean_minus_std``,
   ``min`` or ``mean``). Each member's held-out pair accuracy and the aggregate's are recorded.
 * ``policy.length_penalty`` — α × completion tokens subtracted from the reward
-  (:class:`LengthPenalisedReward`; tokens counted as ``online.length_penalty`` counts them).
+  (:class:`LengthPenalisedReward`: :func:`prefopt.judge.length.length_penalised`, the online judge's penalty).
 * ``policy.kl_budget`` — training stops at the first step whose sampled KL to the reference (nats per
   completion, ``rlhf/kl``: :class:`SequenceKLCallback`) passes it: the health monitor's ``kl_high`` stop,
   with RLOO/GRPO logging every step so the check runs at every step.
@@ -65,7 +65,7 @@ from prefopt.core.errors import PrefoptError
 from prefopt.data.tokenization import encode_prompt
 from prefopt.data.tokenized import TokenizedCache
 from prefopt.judge.ensemble import combine_scores
-from prefopt.judge.length import reply_length
+from prefopt.judge.length import length_penalised
 from prefopt.judge.scorers import RewardModelScorer
 from prefopt.model.loading import load_model, load_tokenizer
 from prefopt.studies.measure import Measure, WorldEvaluator, world_task
@@ -96,6 +96,12 @@ class RewardEnsembleSection(_Strict):
         description="How the members' scores combine (prefopt.judge.ensemble.combine_scores).",
     )
     k: float = Field(1.0, ge=0, description="mean_minus_std: the multiple of the members' std subtracted.")
+    normalize: bool = Field(
+        True,
+        description="Standardise each member's scores (mean 0, std 1 over the training pairs' replies) "
+        "before combining: a Bradley-Terry reward has an arbitrary offset and scale per model, so raw "
+        "scores make mean − k·std measure the members' offsets rather than their disagreement.",
+    )
 
 
 class RewardModelSection(_Strict):
@@ -256,18 +262,52 @@ def member_rows(n_rows: int, members: int, split: str, seed: int) -> list[list[i
     raise ValueError(f"unknown split {split!r}")
 
 
+def standardisation(scores: list[float]) -> tuple[float, float]:
+    """(mean, population std) of a member's scores on the calibration replies; std 1 when they are all equal."""
+    t = torch.tensor(scores, dtype=torch.float64)
+    sd = float(t.std(unbiased=False)) if len(scores) > 1 else 0.0
+    return float(t.mean()), (sd if sd > 0 else 1.0)
+
+
+def calibration_sequences(paired_tok, n: int = 1024, seed: int = 0) -> list[list[int]]:
+    """Up to ``n`` training pairs' chosen and rejected sequences (prompt + reply ids, as the reward model
+    scores them), a seeded sample: the replies on which each member's scores are standardised."""
+    idx = list(range(len(paired_tok)))
+    random.Random(f"calibration:{seed}").shuffle(idx)
+    rows = paired_tok.select(sorted(idx[:n]))
+    return [
+        list(p) + list(r)
+        for p, c, rj in zip(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"])
+        for r in (c, rj)
+    ]
+
+
 class EnsembleRewardScorer:
     """N reward-model scorers combined per completion by :func:`prefopt.judge.ensemble.combine_scores`
     (``mean_minus_std`` / ``min`` / ``mean``); called by TRL like :class:`RewardModelScorer`."""
 
     __name__ = "reward_model"
 
-    def __init__(self, scorers: list, combine: str = "mean_minus_std", k: float = 1.0):
+    def __init__(
+        self,
+        scorers: list,
+        combine: str = "mean_minus_std",
+        k: float = 1.0,
+        calibration: list[list[int]] | None = None,
+    ):
         if len(scorers) < 2:
             raise ValueError("an ensemble needs at least 2 scorers")
         self.scorers, self.combine, self.k = list(scorers), combine, float(k)
+        # each member's affine standardisation (mean, std over ``calibration``); None: raw scores
+        self.standardise: list[tuple[float, float]] | None = None
+        if calibration:
+            self.standardise = [standardisation(s.score_ids(calibration)) for s in self.scorers]
 
     def combined(self, per_member: list[list[float]]) -> list[float]:
+        if self.standardise is not None:
+            per_member = [
+                [(x - mu) / sd for x in m] for m, (mu, sd) in zip(per_member, self.standardise)
+            ]
         return [
             combine_scores([m[i] for m in per_member], self.combine, k=self.k)
             for i in range(len(per_member[0]))
@@ -299,10 +339,7 @@ class LengthPenalisedReward:
 
     def __call__(self, prompts=None, completions=None, completion_ids=None, **kw):
         base = self.reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kw)
-        return [
-            None if b is None else b - self.alpha * reply_length(c, self.tokenizer)
-            for b, c in zip(base, completions)
-        ]
+        return length_penalised(base, completions, self.alpha, self.tokenizer)
 
 
 def train_reward_models(
@@ -339,13 +376,17 @@ def train_reward_models(
         scorer = RewardModelScorer(rm, tokenizer)
         minfo["heldout_accuracy"] = reward_model_accuracy(scorer, heldout)
         scorers.append(scorer)
-    scorer = EnsembleRewardScorer(scorers, ens.combine, ens.k)
+    calibration = calibration_sequences(paired_tok, seed=seed) if ens.normalize else None
+    scorer = EnsembleRewardScorer(scorers, ens.combine, ens.k, calibration=calibration)
     info = {
         "ensemble": ens.model_dump(),
         "members": members,
         "global_step": sum(m["global_step"] for m in members),
         "heldout_accuracy": reward_model_accuracy(scorer, heldout),
         "member_heldout_accuracy": [m["heldout_accuracy"] for m in members],
+        "standardisation": None
+        if scorer.standardise is None
+        else [{"mean": round(mu, 4), "std": round(sd, 4)} for mu, sd in scorer.standardise],
     }
     return scorer, info
 

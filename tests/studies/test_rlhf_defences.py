@@ -17,6 +17,8 @@ from prefopt.judge.length import reply_length
 from prefopt.model.loading import load_tokenizer
 from prefopt.studies.rlhf import (
     EnsembleRewardScorer,
+    calibration_sequences,
+    standardisation,
     LengthPenalisedReward,
     RLHFSection,
     SequenceKLCallback,
@@ -127,6 +129,45 @@ def test_ensemble_scorer_is_combine_scores_of_its_members(combine):
     assert all(m.seen == [[[0], [1]]] for m in members)  # every member scores the same sequences
     assert ens.score_text(["p"], ["1"]) == pytest.approx([want[1]])
     assert ens.__name__ == "reward_model"  # TRL logs rewards/reward_model/mean
+
+
+def test_standardised_members_differing_only_in_offset_and_scale_agree():
+    """Bradley-Terry rewards have an arbitrary offset and scale per model. Two members that rank every reply
+    the same but on different scales: raw, mean − std penalises every reply by their offset gap; standardised
+    on calibration replies, they agree exactly, so there is no penalty and the score is the z-score."""
+    base = {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0}
+    a = _Fixed(base)
+    b = _Fixed({i: 10.0 + 5.0 * v for i, v in base.items()})  # same ranking, offset 10, scale 5
+    calib = [[i] for i in base]
+    raw = EnsembleRewardScorer([a, b], "mean_minus_std")
+    norm = EnsembleRewardScorer([_Fixed(base), _Fixed(b.table)], "mean_minus_std", calibration=calib)
+    ids = [[1], [3]]
+    # raw: the std of (1, 15) and (3, 25) is the offset/scale gap, not disagreement
+    assert raw(prompts=["p", "q"], completions=["1", "3"], completion_ids=ids) == pytest.approx([1.0, 3.0])
+    z = [(v - 1.5) / math.sqrt(1.25) for v in (1.0, 3.0)]  # mean 1.5, population std sqrt(1.25)
+    assert norm(prompts=["p", "q"], completions=["1", "3"], completion_ids=ids) == pytest.approx(z)
+    flat = [x for pair in norm.standardise for x in pair]
+    assert flat == pytest.approx([1.5, math.sqrt(1.25), 17.5, 5 * math.sqrt(1.25)])
+
+
+def test_standardisation_of_constant_scores_keeps_them_finite():
+    assert standardisation([2.0, 2.0, 2.0]) == (2.0, 1.0)
+
+
+def test_calibration_sequences_are_a_seeded_sample_of_both_replies():
+    from datasets import Dataset
+
+    ds = Dataset.from_dict(
+        {
+            "prompt_ids": [[1, i] for i in range(10)],
+            "chosen_ids": [[7] for _ in range(10)],
+            "rejected_ids": [[8] for _ in range(10)],
+        }
+    )
+    seqs = calibration_sequences(ds, n=4, seed=3)
+    assert len(seqs) == 8 and seqs == calibration_sequences(ds, n=4, seed=3)
+    assert [s[-1] for s in seqs] == [7, 8] * 4  # each pair's chosen then rejected, prompt first
+    assert calibration_sequences(ds, n=4, seed=4) != seqs
 
 
 def test_ensemble_needs_two_members():
