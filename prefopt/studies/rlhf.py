@@ -305,9 +305,7 @@ class EnsembleRewardScorer:
 
     def combined(self, per_member: list[list[float]]) -> list[float]:
         if self.standardise is not None:
-            per_member = [
-                [(x - mu) / sd for x in m] for m, (mu, sd) in zip(per_member, self.standardise)
-            ]
+            per_member = [[(x - mu) / sd for x in m] for m, (mu, sd) in zip(per_member, self.standardise)]
         return [
             combine_scores([m[i] for m in per_member], self.combine, k=self.k)
             for i in range(len(per_member[0]))

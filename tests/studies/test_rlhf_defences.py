@@ -17,15 +17,15 @@ from prefopt.judge.length import reply_length
 from prefopt.model.loading import load_tokenizer
 from prefopt.studies.rlhf import (
     EnsembleRewardScorer,
-    calibration_sequences,
-    standardisation,
     LengthPenalisedReward,
     RLHFSection,
     SequenceKLCallback,
+    calibration_sequences,
     defence_label,
     kl_budget_callback,
     kl_budget_record,
     member_rows,
+    standardisation,
 )
 from prefopt.training.health import RLHF_KL
 
