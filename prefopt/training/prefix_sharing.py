@@ -16,6 +16,11 @@ get the same mask with the window applied to the position difference, exactly as
 segment), so a packed batch holds ``Σ (len(chosen) + len(rejected) − s)`` real tokens in at most the slots
 the split forward uses.
 
+Where nothing else shapes attention (sdpa, no soft-capping, no window shorter than a branch, no activation
+checkpointing), the mask is not what runs: :func:`segment_attention_forward` computes each segment's
+attention as two SDPA calls on its own tokens (see "segment attention" below), all segments in one row
+without padding.
+
 The transformer body runs once on the packed rows. Its hidden states are then gathered back into the
 ``(2B, L, H)`` layout of the original rows (a prefix position feeds both rows, so its gradient is the sum of
 both, as in the unshared forward), and **the model's own head code runs on them unchanged**: the forward
@@ -36,11 +41,13 @@ DeepSpeed / FSDP it stays off under ``auto`` (a multi-call forward is not valida
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 PROVEN_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma2")
 MASK_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -106,6 +113,8 @@ class PackedBatch:
     shared_tokens: int  # prefix tokens computed once instead of twice
     real_tokens: int  # tokens of the original rows
     packed_slots: int  # rows * W
+    # per pair: (row, offset, shared prefix s, prefix + chosen length, rejected suffix length)
+    segments: list[tuple[int, int, int, int, int]] = field(default_factory=list)
 
 
 def right_padded_lengths(mask: torch.Tensor) -> torch.Tensor | None:
@@ -119,9 +128,12 @@ def right_padded_lengths(mask: torch.Tensor) -> torch.Tensor | None:
     return lengths
 
 
-def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedBatch | None:
+def pack_pairs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, *, one_row: bool = False
+) -> PackedBatch | None:
     """Plan the packed batch for ``(2B, L)`` right-padded rows (row ``i`` and ``B + i`` a pair), or None
-    when the batch is not of that shape."""
+    when the batch is not of that shape. ``one_row``: every segment back to back in a single row, no
+    padding at all (for :func:`segment_attention_forward`, whose cost does not grow with the row)."""
     n, width = input_ids.shape
     if n < 2 or n % 2:
         return None
@@ -138,7 +150,7 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedB
     same = same * (cols[None, :] < limit[:, None]).int()
     shared = same.cumprod(dim=1).sum(dim=1).tolist()
     seg_len = [c + r - s for c, r, s in zip(c_len, r_len, shared)]
-    cap = max(seg_len)
+    cap = sum(seg_len) if one_row else max(seg_len)
     # first-fit decreasing: pairs into rows of width `cap`
     order = sorted(range(b), key=lambda i: -seg_len[i])
     rows_fill: list[int] = []
@@ -174,6 +186,7 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedB
         gather[b + i, :s] = base + torch.arange(s)
         gather[b + i, s:r] = base + c + torch.arange(r - s)
     device = input_ids.device
+    segments = [(*place[i], shared[i], c_len[i], r_len[i] - shared[i]) for i in range(b)]
     return PackedBatch(
         input_ids=p_ids.to(device),
         position_ids=p_pos.to(device),
@@ -183,6 +196,7 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedB
         shared_tokens=int(sum(shared)),
         real_tokens=int(sum(lens)),
         packed_slots=n_rows * cap,
+        segments=segments,
     )
 
 
@@ -213,6 +227,99 @@ def attention_masks(
     return masks["full_attention"] if mode == "single" else masks
 
 
+# ----------------------------------------------------------------------------------------- segment attention
+# The dense 4-D mask above is exact but makes SDPA compute every (query, key) pair of a packed row, W² per
+# row and head, with no causal skipping: on long prompts that costs more attention than the two unshared
+# causal rows it replaces. Where nothing but causality and the branch rule shapes the mask (sdpa, no
+# sliding window reaching inside a segment, no logit soft-capping), each segment's attention is instead two
+# SDPA calls on its own tokens: prefix + chosen, causal (SDPA's is_causal path), and the rejected suffix's
+# queries against the prefix's and its own keys (all of the prefix, causal over itself). The same
+# softmax(q·kᵀ)·v over the same keys as the mask allows, so the same outputs up to float rounding; the
+# packed positions outside any segment (padding) get 0. The dense mask is still what the layers receive:
+# a recomputation outside this forward (gradient checkpointing) takes the plain sdpa path on it, and
+# is just as exact.
+SEGMENT_ATTENTION = "prefopt_prefix_segments"
+_SEGMENTS: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "prefopt_prefix_segments", default=None
+)
+
+
+def segment_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers attention function (``AttentionInterface``) for packed prefix-shared rows: see above.
+    ``query`` (rows, H, W, D), ``key`` / ``value`` (rows, H_kv, W, D); returns ``(rows, W, H, D)``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    segments = _SEGMENTS.get()
+    if segments is None:  # not inside a prefix-shared forward: the layer's own mask means what it says
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    window = kwargs.get("sliding_window")
+    longest = max(max(n1, s + r) for _row, _off, s, n1, r in segments)
+    if kwargs.get("softcap") is not None or (window is not None and window < longest):
+        # segment_attention_applies rules these out; the layers hold a placeholder mask, so never fall back
+        raise RuntimeError("prefix sharing: segment attention reached a layer it does not apply to")
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    p = dropout if module.training else 0.0
+    out = query.new_zeros(query.shape)
+    tril: dict[int, torch.Tensor] = {}
+    for row, off, s, n1, r in segments:
+        q, k, v = query[row : row + 1], key[row : row + 1], value[row : row + 1]
+        a, e = off, off + n1
+        out[row : row + 1, :, a:e] = F.scaled_dot_product_attention(
+            q[:, :, a:e], k[:, :, a:e], v[:, :, a:e], dropout_p=p, is_causal=True, scale=scaling
+        )
+        if r <= 0:
+            continue
+        if r not in tril:
+            tril[r] = torch.ones(r, r, dtype=torch.bool, device=query.device).tril()
+        mask = torch.cat([torch.ones(r, s, dtype=torch.bool, device=query.device), tril[r]], dim=1)
+        ks = torch.cat([k[:, :, a : a + s], k[:, :, e : e + r]], dim=2)
+        vs = torch.cat([v[:, :, a : a + s], v[:, :, e : e + r]], dim=2)
+        out[row : row + 1, :, e : e + r] = F.scaled_dot_product_attention(
+            q[:, :, e : e + r], ks, vs, attn_mask=mask, dropout_p=p, scale=scaling
+        )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_segment_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention_forward)
+
+
+def segment_attention_applies(model, packed: PackedBatch) -> bool:
+    """Whether :func:`segment_attention_forward` computes exactly what the dense mask means for this batch:
+    sdpa, no attention-logit soft-capping, no sliding window shorter than a segment's branch, and no
+    activation checkpointing (its recomputation runs outside this forward, on the layers' mask)."""
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if (getattr(config, "_attn_implementation", None) or "eager") != "sdpa":
+        return False
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return False
+    if any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
+        return False
+    _, windows = layer_windows(config)
+    longest = max(max(n1, s + r) for _row, _off, s, n1, r in packed.segments)
+    return all(w is None or w >= longest for w in windows.values())
+
+
+@contextlib.contextmanager
+def _segment_attention(config, segments):
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    _register_segment_attention()
+    before = config._attn_implementation
+    token = _SEGMENTS.set(segments)
+    config._attn_implementation = SEGMENT_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+        _SEGMENTS.reset(token)
+
+
 # ----------------------------------------------------------------------------------------- the forward
 @contextlib.contextmanager
 def _backbone_returns(model, output):
@@ -230,14 +337,43 @@ def _backbone_returns(model, output):
             backbone.forward = previous
 
 
-def shared_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, packed: PackedBatch):
-    """Run the backbone once on the packed rows; return the hidden states in the ``(2B, L, H)`` layout."""
+def _placeholder_masks(config, device) -> torch.Tensor | dict[str, torch.Tensor]:
+    """What the layers receive under segment attention, which reads the segments instead: a 1×1 mask, so
+    that a 4-D mask of the packed row (W² entries) is never built."""
+    mode, windows = layer_windows(config)
+    m = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device)
+    return m if mode == "single" else {t: m for t in windows}
+
+
+def shared_hidden_states(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    packed: PackedBatch,
+    *,
+    segment_attention: bool = False,
+):
+    """Run the backbone once on the packed rows; return the hidden states in the ``(2B, L, H)`` layout.
+    ``segment_attention``: the packed batch is one row and :func:`segment_attention_forward` computes each
+    segment's attention (the caller checked :func:`segment_attention_applies`); else the dense 4-D mask."""
     backbone = model.base_model
     emb = model.get_input_embeddings()
-    masks = attention_masks(packed, model.config, emb.weight.dtype)
-    out = backbone(
-        input_ids=packed.input_ids, attention_mask=masks, position_ids=packed.position_ids, use_cache=False
-    )
+    if segment_attention:
+        with _segment_attention(model.config, packed.segments):
+            out = backbone(
+                input_ids=packed.input_ids,
+                attention_mask=_placeholder_masks(model.config, packed.input_ids.device),
+                position_ids=packed.position_ids,
+                use_cache=False,
+            )
+    else:
+        masks = attention_masks(packed, model.config, emb.weight.dtype)
+        out = backbone(
+            input_ids=packed.input_ids,
+            attention_mask=masks,
+            position_ids=packed.position_ids,
+            use_cache=False,
+        )
     h = out.last_hidden_state
     flat = h.reshape(-1, h.size(-1))
     flat = torch.cat([flat, flat.new_zeros(1, flat.size(-1))], dim=0)
@@ -274,7 +410,10 @@ def install_prefix_sharing(model, stats: dict | None = None) -> bool:
         packed = pack_pairs(ids, mask)
         if packed is None:
             return inner(*args, **kwargs)
-        hidden = shared_hidden_states(model, ids, mask, packed)
+        segment_attention = segment_attention_applies(model, packed)
+        if segment_attention:  # one row, no padding: segment attention's cost does not grow with the row
+            packed = pack_pairs(ids, mask, one_row=True)
+        hidden = shared_hidden_states(model, ids, mask, packed, segment_attention=segment_attention)
         if stats is not None:
             stats["calls"] = stats.get("calls", 0) + 1
             for k in ("shared_tokens", "real_tokens", "packed_slots"):

@@ -40,8 +40,12 @@ def _config(arch: str):
         cfg = tf.LlamaConfig(**common)
     elif arch == "mistral":
         cfg = tf.MistralConfig(**common, sliding_window=5)
+    elif arch == "mistral-wide":  # a window wider than any packed row: segment attention, not the mask
+        cfg = tf.MistralConfig(**common, sliding_window=4096)
     elif arch == "qwen2":
         cfg = tf.Qwen2Config(**common, use_sliding_window=True, sliding_window=5, max_window_layers=1)
+    elif arch == "qwen2-full":
+        cfg = tf.Qwen2Config(**common)
     elif arch == "gemma2":
         cfg = tf.Gemma2Config(
             **common, head_dim=8, sliding_window=5, attn_logit_softcapping=20.0, final_logit_softcapping=10.0
@@ -110,7 +114,9 @@ def _assert_grads_close(ga, gb):
         assert rel <= 1e-5, (name, float(rel))
 
 
-ARCHS = ["llama", "mistral", "qwen2", "gemma2"]
+# "mistral" / "qwen2" with a 5-token window and "gemma2" (soft-capping, eager) take the dense 4-D mask;
+# "llama", "mistral-wide" and "qwen2-full" take segment attention (docs in prefopt/training/prefix_sharing.py)
+ARCHS = ["llama", "mistral", "mistral-wide", "qwen2", "qwen2-full", "gemma2"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -132,6 +138,42 @@ def test_logits_path_is_exact(arch):
     assert torch.allclose(lp_a, lp_b, atol=1e-5, rtol=0), (lp_a - lp_b).abs().max()
     _assert_grads_close(g_b, g_a)
     assert stats["calls"] == 1 and stats["shared_tokens"] == 3 + 7 + 12 + 13  # prompts + shared leads
+
+
+def test_activation_checkpointing_takes_the_dense_mask_and_stays_exact(monkeypatch):
+    """Under activation checkpointing a layer is recomputed during backward, outside the shared forward, on
+    the mask it was given: so the dense 4-D mask path is taken (never the placeholder of segment
+    attention), and log-probs and gradients still equal the unshared forward's."""
+    import prefopt.training.prefix_sharing as ps
+
+    calls = []
+    inner = ps.segment_attention_forward
+    monkeypatch.setattr(ps, "segment_attention_forward", lambda *a, **k: calls.append(1) or inner(*a, **k))
+    ids, mask, _ = _batch()
+    plain = _model("llama")
+    shared = copy.deepcopy(plain)
+    for m in (plain, shared):
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.train()
+    install_prefix_sharing(shared)
+    w = torch.randn(ids.shape[0], ids.shape[1] - 1, generator=torch.Generator().manual_seed(1))
+    out = []
+    for m in (plain, shared):
+        m.zero_grad()
+        lp = _token_logps(m(ids, attention_mask=mask, use_cache=False).logits, ids, mask)
+        (lp * w).sum().backward()
+        out.append((lp.detach(), _grads(m)))
+    (lp_a, g_a), (lp_b, g_b) = out
+    assert torch.allclose(lp_a, lp_b, atol=1e-5, rtol=0), (lp_a - lp_b).abs().max()
+    _assert_grads_close(g_b, g_a)
+    assert not calls
+
+
+def test_one_row_packing_has_no_padding():
+    ids, mask, _ = _batch()
+    packed = pack_pairs(ids, mask, one_row=True)
+    assert packed.input_ids.shape[0] == 1 and packed.packed_slots == packed.real_tokens - packed.shared_tokens
+    assert (packed.segment >= 0).all()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -179,13 +221,67 @@ def test_rejected_branch_without_the_mask_would_differ():
         return ((same & causal_in_row[None]) | ((seg < 0)[:, :, None] & eye))[:, None]
 
     ps.attention_masks = leaky
+    applies = ps.segment_attention_applies
+    ps.segment_attention_applies = lambda model, packed: False  # the dense-mask path
     try:
         install_prefix_sharing(broken)
         lp_b = _token_logps(broken(ids, attention_mask=mask, use_cache=False).logits, ids, mask)
     finally:
         ps.attention_masks = original
+        ps.segment_attention_applies = applies
     lp_a = _token_logps(plain(ids, attention_mask=mask, use_cache=False).logits, ids, mask)
     assert (lp_a - lp_b).abs().max() > 1e-3
+
+
+def test_rejected_branch_seeing_the_chosen_reply_in_segment_attention_would_differ():
+    """The same guard for the segment-attention path: a plan whose rejected suffix takes prefix + chosen
+    as its shared keys (the trap again) gives different log-probs."""
+    import prefopt.training.prefix_sharing as ps
+
+    ids, mask, _ = _batch()
+    plain = _model("llama")
+    broken = copy.deepcopy(plain)
+    original = ps.pack_pairs
+
+    def leaky(input_ids, attention_mask, **kw):
+        packed = original(input_ids, attention_mask, **kw)
+        packed.segments = [(row, off, n1, n1, r) for row, off, _s, n1, r in packed.segments]
+        return packed
+
+    ps.pack_pairs = leaky
+    try:
+        install_prefix_sharing(broken)
+        lp_b = _token_logps(broken(ids, attention_mask=mask, use_cache=False).logits, ids, mask)
+    finally:
+        ps.pack_pairs = original
+    lp_a = _token_logps(plain(ids, attention_mask=mask, use_cache=False).logits, ids, mask)
+    assert (lp_a - lp_b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "arch, expected",
+    [("llama", True), ("mistral-wide", True), ("qwen2-full", True), ("mistral", False), ("gemma2", False)],
+)
+def test_segment_attention_runs_where_it_applies(arch, expected, monkeypatch):
+    """The exactness tests above go through segment attention for Llama / Mistral / Qwen2 without a short
+    window (sdpa), and through the dense mask for Gemma-2 (soft-capping) and eager attention."""
+    import prefopt.training.prefix_sharing as ps
+
+    calls = []
+    inner = ps.segment_attention_forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(ps, "segment_attention_forward", counting)
+    ids, mask, _ = _batch()
+    model = _model(arch)
+    before = model.config._attn_implementation
+    install_prefix_sharing(model)
+    model(ids, attention_mask=mask, use_cache=False)
+    assert bool(calls) is expected
+    assert model.config._attn_implementation == before  # restored after the forward
 
 
 def test_packing_uses_no_more_slots_than_rows_and_keeps_positions():
