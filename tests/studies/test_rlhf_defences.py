@@ -465,7 +465,10 @@ def test_kl_budget_stops_an_over_optimising_run_near_its_budget(tmp_path):
     assert budget["kl_budget"]["stopped"] and budget["global_step"] < 100, budget["kl_budget"]
     # the budget bounds what it measures: the stopped policy's KL is near the budget, the plain run's far past it
     assert budget["eval"]["kl_to_reference"] < 2 * 0.5, budget["eval"]
-    assert budget["eval"]["kl_to_reference"] < plain["eval"]["kl_to_reference"] / 2, (budget["eval"], plain["eval"])
+    assert budget["eval"]["kl_to_reference"] < plain["eval"]["kl_to_reference"] / 2, (
+        budget["eval"],
+        plain["eval"],
+    )
 
 
 @pytest.mark.slow
