@@ -114,6 +114,20 @@ def _assert_grads_close(ga, gb):
         assert rel <= 1e-5, (name, float(rel))
 
 
+def _assert_logits_path_equal(plain, shared, ids, mask):
+    """Per-token log-probs (≤ 1e-5) and the gradients of a random weighting of them, shared ≡ unshared."""
+    w = torch.randn(ids.shape[0], ids.shape[1] - 1, generator=torch.Generator().manual_seed(1))
+    out = []
+    for m in (plain, shared):
+        m.zero_grad()
+        lp = _token_logps(m(ids, attention_mask=mask, use_cache=False).logits, ids, mask)
+        (lp * w).sum().backward()
+        out.append((lp.detach(), _grads(m)))
+    (lp_a, g_a), (lp_b, g_b) = out
+    assert torch.allclose(lp_a, lp_b, atol=1e-5, rtol=0), (lp_a - lp_b).abs().max()
+    _assert_grads_close(g_b, g_a)
+
+
 # "mistral" / "qwen2" with a 5-token window and "gemma2" (soft-capping, eager) take the dense 4-D mask;
 # "llama", "mistral-wide" and "qwen2-full" take segment attention (docs in prefopt/training/prefix_sharing.py)
 ARCHS = ["llama", "mistral", "mistral-wide", "qwen2", "qwen2-full", "gemma2"]
@@ -127,16 +141,7 @@ def test_logits_path_is_exact(arch):
     shared = copy.deepcopy(plain)
     stats: dict = {}
     assert install_prefix_sharing(shared, stats)
-    w = torch.randn(ids.shape[0], ids.shape[1] - 1, generator=torch.Generator().manual_seed(1))
-    out = []
-    for m in (plain, shared):
-        m.zero_grad()
-        lp = _token_logps(m(ids, attention_mask=mask, use_cache=False).logits, ids, mask)
-        (lp * w).sum().backward()
-        out.append((lp.detach(), _grads(m)))
-    (lp_a, g_a), (lp_b, g_b) = out
-    assert torch.allclose(lp_a, lp_b, atol=1e-5, rtol=0), (lp_a - lp_b).abs().max()
-    _assert_grads_close(g_b, g_a)
+    _assert_logits_path_equal(plain, shared, ids, mask)
     assert stats["calls"] == 1 and stats["shared_tokens"] == 3 + 7 + 12 + 13  # prompts + shared leads
 
 
@@ -156,16 +161,7 @@ def test_activation_checkpointing_takes_the_dense_mask_and_stays_exact(monkeypat
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         m.train()
     install_prefix_sharing(shared)
-    w = torch.randn(ids.shape[0], ids.shape[1] - 1, generator=torch.Generator().manual_seed(1))
-    out = []
-    for m in (plain, shared):
-        m.zero_grad()
-        lp = _token_logps(m(ids, attention_mask=mask, use_cache=False).logits, ids, mask)
-        (lp * w).sum().backward()
-        out.append((lp.detach(), _grads(m)))
-    (lp_a, g_a), (lp_b, g_b) = out
-    assert torch.allclose(lp_a, lp_b, atol=1e-5, rtol=0), (lp_a - lp_b).abs().max()
-    _assert_grads_close(g_b, g_a)
+    _assert_logits_path_equal(plain, shared, ids, mask)
     assert not calls
 
 
