@@ -289,10 +289,12 @@ def _register_segment_attention() -> None:
     AttentionInterface.register(SEGMENT_ATTENTION, segment_attention_forward)
 
 
-def segment_attention_applies(model, packed: PackedBatch) -> bool:
-    """Whether :func:`segment_attention_forward` computes exactly what the dense mask means for this batch:
-    sdpa, no attention-logit soft-capping, no sliding window shorter than a segment's branch, and no
-    activation checkpointing (its recomputation runs outside this forward, on the layers' mask)."""
+def segment_attention_applies(model, longest: int) -> bool:
+    """Whether :func:`segment_attention_forward` computes exactly what the dense mask means for a batch
+    whose longest row has ``longest`` tokens (a segment's longer branch, prefix + chosen or prefix +
+    rejected, is one of its two rows): sdpa, no attention-logit soft-capping, no sliding window shorter
+    than that, and no activation checkpointing (its recomputation runs outside this forward, on the
+    layers' mask)."""
     config = model.config
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     if (getattr(config, "_attn_implementation", None) or "eager") != "sdpa":
@@ -302,7 +304,6 @@ def segment_attention_applies(model, packed: PackedBatch) -> bool:
     if any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
         return False
     _, windows = layer_windows(config)
-    longest = max(max(n1, s + r) for _row, _off, s, n1, r in packed.segments)
     return all(w is None or w >= longest for w in windows.values())
 
 
@@ -407,12 +408,11 @@ def install_prefix_sharing(model, stats: dict | None = None) -> bool:
         ids, mask = call.get("input_ids"), call.get("attention_mask")
         if ids is None or mask is None or ids.dim() != 2 or mask.shape != ids.shape:
             return inner(*args, **kwargs)
-        packed = pack_pairs(ids, mask)
+        # one row, no padding, under segment attention: its cost does not grow with the row
+        segment_attention = segment_attention_applies(model, int(mask.sum(dim=1).max()))
+        packed = pack_pairs(ids, mask, one_row=segment_attention)
         if packed is None:
             return inner(*args, **kwargs)
-        segment_attention = segment_attention_applies(model, packed)
-        if segment_attention:  # one row, no padding: segment attention's cost does not grow with the row
-            packed = pack_pairs(ids, mask, one_row=True)
         hidden = shared_hidden_states(model, ids, mask, packed, segment_attention=segment_attention)
         if stats is not None:
             stats["calls"] = stats.get("calls", 0) + 1

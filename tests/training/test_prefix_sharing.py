@@ -218,7 +218,7 @@ def test_rejected_branch_without_the_mask_would_differ():
 
     ps.attention_masks = leaky
     applies = ps.segment_attention_applies
-    ps.segment_attention_applies = lambda model, packed: False  # the dense-mask path
+    ps.segment_attention_applies = lambda model, longest: False  # the dense-mask path
     try:
         install_prefix_sharing(broken)
         lp_b = _token_logps(broken(ids, attention_mask=mask, use_cache=False).logits, ids, mask)
