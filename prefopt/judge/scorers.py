@@ -81,13 +81,15 @@ class RewardModelScorer:
             return self.score_text(prompts, completions)
         return self.score_ids(self.sequences(prompts, completion_ids))
 
+    def text_sequences(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
+        """``prompt + completion`` ids of text replies, tokenised as training tokenises them."""
+        return [
+            encode_prompt(self.tokenizer, p) + encode_completion(self.tokenizer, p, c)
+            for p, c in zip(prompts, completions)
+        ]
+
     def score_text(self, prompts: list[str], completions: list[str]) -> list[float]:
-        return self.score_ids(
-            [
-                encode_prompt(self.tokenizer, p) + encode_completion(self.tokenizer, p, c)
-                for p, c in zip(prompts, completions)
-            ]
-        )
+        return self.score_ids(self.text_sequences(prompts, completions))
 
 
 def load_reward_model(path: str | Path):

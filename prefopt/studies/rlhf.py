@@ -315,7 +315,8 @@ class EnsembleRewardScorer:
         return self.combined([s.score_ids(sequences) for s in self.scorers])
 
     def score_text(self, prompts: list[str], completions: list[str]) -> list[float]:
-        return self.combined([s.score_text(prompts, completions) for s in self.scorers])
+        # the members share the policy's tokenizer: tokenise once, score the same ids with each
+        return self.score_ids(self.scorers[0].text_sequences(prompts, completions))
 
     def __call__(self, prompts=None, completions=None, completion_ids=None, **_):
         if isinstance(prompts, str):
@@ -326,8 +327,8 @@ class EnsembleRewardScorer:
 
 
 class LengthPenalisedReward:
-    """``reward − α · tokens(completion)``, the completion's tokens counted as ``online.length_penalty``
-    counts them (:func:`prefopt.judge.length.reply_length`: the decoded reply, no special tokens)."""
+    """``reward − α · tokens(completion)``: :func:`prefopt.judge.length.length_penalised`, the penalty of
+    ``online.length_penalty`` (the decoded reply's tokens, no special tokens)."""
 
     def __init__(self, reward, alpha: float, tokenizer):
         if alpha < 0:

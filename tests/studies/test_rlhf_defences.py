@@ -113,6 +113,9 @@ class _Fixed:
     def sequences(self, prompts, completion_ids):
         return [list(c) for c in completion_ids]
 
+    def text_sequences(self, prompts, completions):
+        return [[int(c)] for c in completions]
+
 
 @pytest.mark.parametrize("combine", ["mean_minus_std", "min", "mean"])
 def test_ensemble_scorer_is_combine_scores_of_its_members(combine):
