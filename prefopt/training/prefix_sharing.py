@@ -36,6 +36,11 @@ full, attention-logit soft-capping, final soft-capping), with the ``sdpa`` or ``
 implementation and the default rotary embedding. Anything else is refused when the switch is forced
 (``training.prefix_sharing: true``) and left off under ``auto`` — never silently approximated. Under
 DeepSpeed / FSDP it stays off under ``auto`` (a multi-call forward is not validated there).
+
+``flex_attention`` takes the same rule as a block mask (:func:`flex_block_masks`; all segments in one row,
+the empty blocks skipped). Its forward is proven exact on CPU for the same four architectures; PyTorch runs
+flex attention's backward only on a GPU, so its gradients are checked only where one is present, and
+``auto`` leaves it off (``true`` turns it on).
 """
 
 from __future__ import annotations
@@ -50,7 +55,13 @@ import torch
 import torch.nn.functional as F
 
 PROVEN_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma2")
-MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+MASK_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
+# Implementations whose forward is proven exact here but whose backward is not checked on this project's CPU
+# machines (PyTorch runs flex attention's backward only on a GPU): on when forced, off under ``auto``.
+UNCHECKED_BACKWARD = {
+    "flex_attention": "flex attention's gradients are checked only on a GPU (PyTorch has no flex backward "
+    "on CPU; tests/training/test_prefix_sharing.py runs that check where one is present)"
+}
 STATIC_ROPE_TYPES = (None, "default")
 SETTINGS = ("auto", True, False)
 _INTERCEPTED = {"input_ids", "attention_mask", "labels", "use_cache", "num_items_in_batch", "fused_lm_head"}
@@ -77,8 +88,8 @@ def unsupported_reason(config) -> str | None:
     impl = getattr(config, "_attn_implementation", None) or "eager"
     if impl not in MASK_IMPLEMENTATIONS:
         return (
-            f"attention implementation {impl!r} is not supported (a 4-D mask is needed: "
-            f"{' or '.join(MASK_IMPLEMENTATIONS)}); flex attention / flash-attn varlen are not wired yet"
+            f"attention implementation {impl!r} is not supported (a 4-D or block mask is needed: "
+            f"{', '.join(MASK_IMPLEMENTATIONS)}); flash-attn varlen is not wired"
         )
     rope = _rope_type(config)
     if rope not in STATIC_ROPE_TYPES:
@@ -215,6 +226,8 @@ def attention_masks(
     pad_q = (seg < 0)[:, :, None]
     base = base | (pad_q & eye)  # a padding query attends to itself only (no empty softmax row)
     impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl == "flex_attention":
+        return flex_block_masks(packed, config)
     masks: dict[str, torch.Tensor] = {}
     for layer_type, window in windows.items():
         m = base
@@ -224,6 +237,42 @@ def attention_masks(
         if impl == "eager":
             m = torch.where(m, torch.zeros((), dtype=dtype, device=m.device), torch.finfo(dtype).min)
         masks[layer_type] = m
+    return masks["full_attention"] if mode == "single" else masks
+
+
+def flex_mask_mod(packed: PackedBatch, window: int | None):
+    """The rule of :func:`attention_masks` as a flex-attention ``mask_mod(b, h, q, kv)``: the same segment,
+    at or before the query's position, in the prefix or the query's own branch, inside the window; a
+    padding query sees itself only."""
+    seg, pos, br = packed.segment, packed.position_ids, packed.branch
+
+    def mask_mod(b, h, q, kv):
+        seg_q, pos_q, pos_kv = seg[b, q], pos[b, q], pos[b, kv]
+        m = (seg_q == seg[b, kv]) & (seg_q >= 0) & (pos_kv <= pos_q)
+        m = m & ((br[b, kv] == 0) | (br[b, kv] == br[b, q]))
+        if window is not None:
+            m = m & ((pos_q - pos_kv) < window)
+        return m | ((seg_q < 0) & (q == kv))
+
+    return mask_mod
+
+
+def flex_block_masks(packed: PackedBatch, config):
+    """Block masks for ``attn_implementation="flex_attention"`` (one, or a dict by layer type): the dense
+    mask's rule (:func:`flex_mask_mod`), which flex attention evaluates block-sparsely — blocks outside every
+    segment are skipped, so all segments share one unpadded row at no cost in attention. Logit
+    soft-capping (Gemma-2) is transformers' own ``score_mod``, applied by its flex forward as without
+    sharing."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mode, windows = layer_windows(config)
+    rows, width = packed.segment.shape
+    masks = {
+        layer_type: create_block_mask(
+            flex_mask_mod(packed, window), rows, None, width, width, device=packed.segment.device
+        )
+        for layer_type, window in windows.items()
+    }
     return masks["full_attention"] if mode == "single" else masks
 
 
@@ -410,7 +459,7 @@ def install_prefix_sharing(model, stats: dict | None = None) -> bool:
             return inner(*args, **kwargs)
         # one row, no padding, under segment attention: its cost does not grow with the row
         segment_attention = segment_attention_applies(model, int(mask.sum(dim=1).max()))
-        packed = pack_pairs(ids, mask, one_row=segment_attention)
+        packed = pack_pairs(ids, mask, one_row=segment_attention or _is_flex(model.config))
         if packed is None:
             return inner(*args, **kwargs)
         hidden = shared_hidden_states(model, ids, mask, packed, segment_attention=segment_attention)
@@ -424,6 +473,11 @@ def install_prefix_sharing(model, stats: dict | None = None) -> bool:
     model.forward = forward
     model._prefopt_prefix_sharing = True
     return True
+
+
+def _is_flex(config) -> bool:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(config, "_attn_implementation", None) == "flex_attention"
 
 
 def resolve_setting(setting: Any, config, *, sharded: bool) -> tuple[bool, str]:
@@ -440,6 +494,10 @@ def resolve_setting(setting: Any, config, *, sharded: bool) -> tuple[bool, str]:
         return False, "off under auto: DeepSpeed / FSDP (a multi-call forward is not validated there)"
     if reason is not None:
         return False, f"off under auto: {reason}"
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    unchecked = UNCHECKED_BACKWARD.get(getattr(text, "_attn_implementation", None) or "eager")
+    if unchecked is not None:
+        return False, f"off under auto: {unchecked}; training.prefix_sharing: true turns it on"
     return True, f"on under auto: {config.model_type} is proven exact"
 
 
@@ -447,6 +505,7 @@ __all__ = [
     "PROVEN_ARCHITECTURES",
     "PackedBatch",
     "attention_masks",
+    "flex_block_masks",
     "install_prefix_sharing",
     "layer_windows",
     "pack_pairs",

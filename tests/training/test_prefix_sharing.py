@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from prefopt.training.prefix_sharing import (
+    attention_masks,
+    flex_mask_mod,
     install_prefix_sharing,
     pack_pairs,
     resolve_setting,
@@ -60,8 +62,8 @@ def _model(arch: str, impl: str = "sdpa"):
 
     torch.manual_seed(0)
     cfg = _config(arch)
-    if arch == "gemma2":
-        impl = "eager"  # transformers runs Gemma-2 eager (sdpa has no soft-capping)
+    if arch == "gemma2" and impl == "sdpa":
+        impl = "eager"  # transformers runs Gemma-2 eager (sdpa has no soft-capping); flex has a score_mod
     model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation=impl, dtype=torch.float32)
     # random weights at a scale where attention patterns matter
     with torch.no_grad():
@@ -278,6 +280,85 @@ def test_segment_attention_runs_where_it_applies(arch, expected, monkeypatch):
     model(ids, attention_mask=mask, use_cache=False)
     assert bool(calls) is expected
     assert model.config._attn_implementation == before  # restored after the forward
+
+
+# ----------------------------------------------------------------------------------------- flex attention
+@pytest.fixture
+def flex_device(monkeypatch):
+    """Where flex attention runs here. On a GPU: compiled, as transformers runs it, forward and backward.
+    On CPU: PyTorch has no flex backward, and inductor's CPU code for transformers' compiled flex does not
+    build on these machines, so transformers is handed the uncompiled flex_attention (the same function,
+    its math reference) and only the forward is checked."""
+    if torch.cuda.is_available():
+        return "cuda"
+    import transformers.integrations.flex_attention as tfa
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setattr(tfa.WrappedFlexAttention, "__init__", lambda self, training: None)
+    monkeypatch.setattr(tfa.WrappedFlexAttention, "__call__", lambda self: flex_attention)
+    return "cpu"
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_flex_mask_mod_is_the_dense_mask(arch):
+    """The block mask's rule, evaluated at every (query, key) of a padded packing, is the dense 4-D mask
+    (windows and padding included): the flex path cannot mean something else."""
+    import prefopt.training.prefix_sharing as ps
+
+    ids, mask, _ = _batch()
+    packed = pack_pairs(ids, mask)
+    cfg = _config(arch)
+    cfg._attn_implementation = "sdpa"
+    dense = attention_masks(packed, cfg, torch.float32)
+    dense = dense if isinstance(dense, dict) else {"full_attention": dense}
+    _, windows = ps.layer_windows(cfg)
+    rows, width = packed.segment.shape
+    b, q, kv = (
+        torch.arange(n).view(*shape)
+        for n, shape in ((rows, (-1, 1, 1)), (width, (1, -1, 1)), (width, (1, 1, -1)))
+    )
+    assert (packed.segment < 0).any()  # the padding rule is exercised
+    for layer_type, window in windows.items():
+        grid = flex_mask_mod(packed, window)(b, 0, q, kv)
+        assert torch.equal(grid, dense[layer_type][:, 0])
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma2"])
+def test_flex_attention_path_is_exact(arch, flex_device, monkeypatch):
+    """attn_implementation="flex_attention": the shared forward takes the block mask (all segments in one
+    row) and its log-probs equal the unshared flex forward's (≤ 1e-5); on a GPU the gradients too."""
+    import prefopt.training.prefix_sharing as ps
+
+    built = []
+    inner = ps.flex_block_masks
+    monkeypatch.setattr(ps, "flex_block_masks", lambda *a, **k: built.append(1) or inner(*a, **k))
+    ids, mask, _ = _batch()
+    plain = _model(arch, impl="flex_attention").to(flex_device)
+    shared = copy.deepcopy(plain)
+    stats: dict = {}
+    install_prefix_sharing(shared, stats)
+    ids, mask = ids.to(flex_device), mask.to(flex_device)
+    if flex_device == "cuda":
+        _assert_logits_path_equal(plain, shared, ids, mask)
+    else:
+        with torch.no_grad():
+            lp = [
+                _token_logps(m(ids, attention_mask=mask, use_cache=False).logits, ids, mask)
+                for m in (plain, shared)
+            ]
+        assert torch.allclose(lp[0], lp[1], atol=1e-5, rtol=0), (lp[0] - lp[1]).abs().max()
+    assert (
+        built and stats["packed_slots"] == stats["real_tokens"] - stats["shared_tokens"]
+    )  # one unpadded row
+
+
+def test_flex_attention_is_off_under_auto_and_on_when_forced():
+    cfg = _config("llama")
+    cfg._attn_implementation = "flex_attention"
+    assert unsupported_reason(cfg) is None
+    on, why = resolve_setting("auto", cfg, sharded=False)
+    assert not on and "GPU" in why
+    assert resolve_setting(True, cfg, sharded=False)[0]
 
 
 def test_packing_uses_no_more_slots_than_rows_and_keeps_positions():
