@@ -17,10 +17,10 @@ characters, replies 200–4,000, × ``--uf-scale``).
 Each round takes the next batch of B pairs and runs one optimizer step of each trainer (rotating order);
 after a warm-up round, ``--rounds`` rounds. The ratio is the median over rounds of the per-round CPU-second
 ratios. Targets: shared / split ≤ 0.75 (hh) and ≤ 0.92 (uf); shared / sft-once ≤ 1.05. Peak memory
-(``--memory``): each of split / shared in a fresh interpreter: one warm-up step, then the kernel's peak-RSS
-mark is reset (``/proc/self/clear_refs``) and 3 steps run; the peak above the RSS at the reset, with glibc's
-mmap threshold fixed (the RSS then follows the live tensors; the target's measure) and at its default (printed
-beside it); target shared / split ≤ 1.0.
+(``--memory``): each of split / shared in a fresh interpreter: after setup (model, data, the cached reference
+log-probs) the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``) and 4 steps run (the first creates the
+optimizer state); the peak above the RSS at the reset, with glibc's mmap threshold fixed (the RSS then follows
+the live tensors) and at its default (freed heap stays resident); target shared / split ≤ 1.0 under both.
 
     python benchmarks/prefix_sharing.py [--rounds 5] [--batch 4] [--quick] [--memory]
 """
@@ -258,31 +258,31 @@ def peak_rss() -> int:
 
 def memory_worker(profile: str, variant: str, args) -> None:
     """One fresh interpreter: ``fill`` computes the reference log-probs into the shared cache; ``split`` /
-    ``shared`` then read them (a hit: no precompute peak) and run 3 steps; peak RSS above the RSS after
-    setup."""
+    ``shared`` then read them (a hit: no precompute peak) and run 4 steps; the peak RSS above the RSS after
+    setup. The first step counts: it creates the optimizer state (the same for both) and, under glibc's
+    default allocator, the heap the later steps reuse, so resetting the mark after it would measure only
+    what each variant's later steps add beyond what it already holds, not what it needs."""
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-prefix-mem-{variant}-"))
     common.pin_threads(1)
     tok, tok_ds, _ = build(profile, args.batch * 4, args.max_length, args.uf_scale, tmp)
     which = ("split",) if variant == "fill" else (variant,)
     t = trainers(tok, tok_ds, args.batch, args.max_length, tmp, which=which, cache=Path(args.mem_cache))
     t = t[which[0]]
-    if variant != "fill":  # one step first (optimizer state, allocator pools), then the measured ones
-        step(t, batch_for(t, 0, args.batch))
     import gc
 
     gc.collect()
     base = reset_peak_rss()
     if variant != "fill":
-        for k in range(1, 4):
+        for k in range(4):
             step(t, batch_for(t, k, args.batch))
     peak = peak_rss()
     print("MEM " + json.dumps({"variant": variant, "base_kb": base, "peak_kb": peak}))
 
 
 # glibc's default allocator raises its mmap threshold as large blocks are freed, so later large tensors come
-# from the heap and freed memory stays resident: the peak RSS then depends on how allocations happened to be
-# reused (the split forward's own peak moved 366 – 468 MiB between identical runs). With a fixed threshold
-# every block above it is its own mapping, returned when freed, so the RSS follows the live tensors.
+# from the heap and freed memory stays resident: the RSS after a step keeps what the step held, and the peak
+# moves with how allocations happened to be reused. With a fixed threshold every block above it is its own
+# mapping, returned when freed, so the RSS follows the live tensors. Both are measured.
 MALLOCS = {"fixed": {"MALLOC_MMAP_THRESHOLD_": "65536"}, "default": {}}
 
 
@@ -327,7 +327,7 @@ def memory(profile: str, args) -> dict[str, float]:
                 deltas[variant].append(max(1, r["peak_kb"] - r["base_kb"]))
         ratio = common.median([a / b for a, b in zip(deltas["shared"], deltas["split"])])
         print(
-            f"  [{profile}] peak memory above the warm-up step ({malloc} malloc threshold): shared "
+            f"  [{profile}] peak memory of 4 steps above the RSS after setup ({malloc} malloc threshold): shared "
             f"{common.median(deltas['shared']) / 1024:.0f} MiB, split {common.median(deltas['split']) / 1024:.0f} MiB"
             f" → {ratio:.3f}"
         )
@@ -366,12 +366,16 @@ def main(argv: list[str] | None = None) -> int:
         res[profile] = time_profile(profile, args, tmp)
         if args.memory:
             mem = memory(profile, args)
-            res[profile]["memory_shared_over_split"] = mem["fixed"]  # live tensors: the target's measure
+            res[profile]["memory_shared_over_split"] = mem["fixed"]  # the RSS follows the live tensors
             res[profile]["memory_shared_over_split_default_malloc"] = mem["default"]
     met = (
         all(res[p]["shared_over_split"] <= TARGETS[p] for p in res)
         and all(res[p]["shared_over_sft_once"] <= TARGETS["floor"] for p in res)
-        and all(res[p].get("memory_shared_over_split", 0.0) <= TARGETS["memory"] for p in res)
+        and all(
+            res[p].get(key, 0.0) <= TARGETS["memory"]
+            for p in res
+            for key in ("memory_shared_over_split", "memory_shared_over_split_default_malloc")
+        )
     )
     headline = res.get("hh", next(iter(res.values())))["shared_over_split"]
     extra = {"targets": TARGETS, "all_met": met, **res}
