@@ -91,3 +91,16 @@ def test_vllm_serves_a_lora_adapter_like_the_transformers_engine(tmp_path, lora)
         enforce_eager=True,
     )
     assert _vllm_greedy(engine, prompts) == want
+
+
+def test_empty_prompt_is_refused_before_vllm_is_asked():
+    """The same refusal as the transformers engine's (prefopt.model.engines.base.check_encoded_prompts),
+    before any vLLM call: here on an engine object with only its tokenizer, so vLLM need not be installed."""
+    from prefopt.model.engines.vllm import VLLMEngine
+    from prefopt.model.loading import load_tokenizer
+
+    engine = object.__new__(VLLMEngine)
+    engine.tokenizer = load_tokenizer("builtin:tiny")
+    with pytest.raises(PrefoptError, match="prompt 1 encodes to no tokens") as err:
+        engine.generate(["1+1=", ""], max_new_tokens=2)
+    assert err.value.where == "prompts" and err.value.exit_code == 2

@@ -88,6 +88,18 @@ def check_generate_args(k: int, max_new_tokens: int) -> None:
         )
 
 
+def check_encoded_prompts(encoded: Sequence[Sequence[int]]) -> None:
+    """Every engine refuses a prompt that encodes to no tokens: there is nothing to continue from (the
+    transformers engine would fail inside ``generate``, vLLM on its own terms)."""
+    for i, e in enumerate(encoded):
+        if not e:
+            raise PrefoptError(
+                f"prompt {i} encodes to no tokens, so there is nothing to continue from.",
+                where="prompts",
+                fix="remove empty prompts (or use a tokenizer that adds BOS).",
+            )
+
+
 def sample_seed(seed: int, prompt_ids: Sequence[int], temperature: float, sample_index: int) -> int:
     """The seed of one sample's random stream: a function of the run seed, the prompt's token ids, the
     temperature and the sample index only — not of the batch the sample lands in, nor of the other

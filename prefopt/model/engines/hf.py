@@ -39,6 +39,7 @@ from prefopt.data.tokenization import encode_prompt
 from prefopt.model.engines.base import (
     Completion,
     Engine,
+    check_encoded_prompts,
     check_generate_args,
     eos_ids_of,
     make_completion,
@@ -216,13 +217,7 @@ class TransformersEngine(Engine):
         check_generate_args(k, max_new_tokens)
         temps = temperatures_of(temperature)
         encoded = [self.encode(p) for p in prompts]
-        for i, e in enumerate(encoded):
-            if not e:
-                raise PrefoptError(
-                    f"prompt {i} encodes to no tokens, so there is nothing to continue from.",
-                    where="prompts",
-                    fix="remove empty prompts (or use a tokenizer that adds BOS).",
-                )
+        check_encoded_prompts(encoded)
         # work items: (prompt index, temperature, sample index); greedy is decoded once per prompt
         results: dict[tuple[int, int, int], list[int]] = {}
         passes: list[list[tuple[int, int, int]]] = []

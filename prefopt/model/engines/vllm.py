@@ -31,6 +31,7 @@ from prefopt.data.tokenization import encode_prompt
 from prefopt.model.engines.base import (
     Completion,
     Engine,
+    check_encoded_prompts,
     check_generate_args,
     eos_ids_of,
     make_completion,
@@ -174,11 +175,12 @@ class VLLMEngine(Engine):
         max_new_tokens: int = 64,
         seed: int = 0,
     ) -> list[list[Completion]]:
-        from vllm import SamplingParams
-
         check_generate_args(k, max_new_tokens)
         temps = temperatures_of(temperature)
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
+        check_encoded_prompts(encoded)
+        from vllm import SamplingParams
+
         requests, params, keys = [], [], []
         for i, e in enumerate(encoded):
             for ti, t in enumerate(temps):
