@@ -372,16 +372,18 @@ def train_reward_models(
                 "nonfinite": minfo.get("nonfinite"),
                 "status": minfo.get("status"),
             }
-        scorer = RewardModelScorer(rm, tokenizer)
-        minfo["heldout_accuracy"] = reward_model_accuracy(scorer, heldout)
-        scorers.append(scorer)
+        scorers.append(RewardModelScorer(rm, tokenizer))
     calibration = calibration_sequences(paired_tok, seed=seed) if ens.normalize else None
     scorer = EnsembleRewardScorer(scorers, ens.combine, ens.k, calibration=calibration)
+    # each member scores the held-out replies once; its accuracy and the aggregate's come from those scores
+    accuracy = ensemble_accuracies(scorer, heldout)
+    for minfo, acc in zip(members, accuracy["members"]):
+        minfo["heldout_accuracy"] = acc
     info = {
         "ensemble": ens.model_dump(),
         "members": members,
         "global_step": sum(m["global_step"] for m in members),
-        "heldout_accuracy": reward_model_accuracy(scorer, heldout),
+        "heldout_accuracy": accuracy["aggregate"],
         "member_heldout_accuracy": [m["heldout_accuracy"] for m in members],
         "standardisation": None
         if scorer.standardise is None
@@ -390,14 +392,36 @@ def train_reward_models(
     return scorer, info
 
 
+def _pair_accuracy(chosen: list[float], rejected: list[float]) -> float:
+    return float((torch.tensor(chosen) > torch.tensor(rejected)).double().mean())
+
+
 def reward_model_accuracy(scorer: RewardModelScorer, pairs: list[dict]) -> float | None:
     """Fraction of held-out pairs the reward model ranks right."""
     if not pairs:
         return None
     prompts = [r["prompt"] for r in pairs]
-    rc = torch.tensor(scorer.score_text(prompts, [r["chosen"] for r in pairs]))
-    rr = torch.tensor(scorer.score_text(prompts, [r["rejected"] for r in pairs]))
-    return float((rc > rr).double().mean())
+    return _pair_accuracy(
+        scorer.score_text(prompts, [r["chosen"] for r in pairs]),
+        scorer.score_text(prompts, [r["rejected"] for r in pairs]),
+    )
+
+
+def ensemble_accuracies(scorer: EnsembleRewardScorer, pairs: list[dict]) -> dict:
+    """``{"members": [each member's held-out pair accuracy], "aggregate": the combined score's}``, from one
+    scoring of the held-out chosen and rejected replies by each member (None without pairs)."""
+    if not pairs:
+        return {"members": [None] * len(scorer.scorers), "aggregate": None}
+    prompts = [r["prompt"] for r in pairs]
+    ids = {
+        side: scorer.scorers[0].text_sequences(prompts, [r[side] for r in pairs])
+        for side in ("chosen", "rejected")
+    }
+    per = {side: [s.score_ids(seqs) for s in scorer.scorers] for side, seqs in ids.items()}
+    return {
+        "members": [_pair_accuracy(c, r) for c, r in zip(per["chosen"], per["rejected"])],
+        "aggregate": _pair_accuracy(scorer.combined(per["chosen"]), scorer.combined(per["rejected"])),
+    }
 
 
 def check_prompt_tokenisation(trainer, tokenizer, prompts: list[str]) -> None:

@@ -173,6 +173,30 @@ def test_calibration_sequences_are_a_seeded_sample_of_both_replies():
     assert calibration_sequences(ds, n=4, seed=4) != seqs
 
 
+def test_ensemble_accuracies_score_each_member_once_and_agree_with_scoring_each_alone():
+    """Held-out pair accuracy of every member and of the aggregate, from one scoring of the chosen and of
+    the rejected replies by each member: the same numbers as reward_model_accuracy on each alone."""
+    from prefopt.studies.rlhf import ensemble_accuracies, reward_model_accuracy
+
+    pairs = [{"prompt": "p", "chosen": str(c), "rejected": str(r)} for c, r in ((0, 1), (2, 3), (4, 5))]
+    tables = [
+        {0: 1.0, 1: 0.0, 2: 1.0, 3: 0.0, 4: 0.0, 5: 1.0},  # 2 of 3 right
+        {0: 0.0, 1: 1.0, 2: 1.0, 3: 0.0, 4: 0.0, 5: 1.0},  # 1 of 3
+        {0: 1.0, 1: 0.0, 2: 1.0, 3: 0.0, 4: 1.0, 5: 0.0},  # 3 of 3
+    ]
+    members = [_Fixed(t) for t in tables]
+    ens = EnsembleRewardScorer(members, "mean")
+    got = ensemble_accuracies(ens, pairs)
+    assert all(len(m.seen) == 2 for m in members)  # chosen once, rejected once
+    assert got["members"] == pytest.approx([2 / 3, 1 / 3, 1.0])
+    assert got["members"] == pytest.approx([reward_model_accuracy(_Fixed(t), pairs) for t in tables])
+    assert got["aggregate"] == pytest.approx(
+        reward_model_accuracy(EnsembleRewardScorer([_Fixed(t) for t in tables], "mean"), pairs)
+    )
+    assert got["aggregate"] == pytest.approx(2 / 3)  # means: (2/3, 1/3), (1, 0), (1/3, 2/3)
+    assert ensemble_accuracies(ens, []) == {"members": [None] * 3, "aggregate": None}
+
+
 def test_ensemble_needs_two_members():
     with pytest.raises(ValueError):
         EnsembleRewardScorer([_Fixed({})])
