@@ -339,3 +339,24 @@ def report(
     )
     print("RESULT " + json.dumps(res, default=str), flush=True)
     return res
+
+
+def cached_dpo_trainer(recipe, tok, tok_ds, output_dir: Path, **trainer_kwargs):
+    """prefopt's DPO trainer on ``tok_ds`` with the reference log-probs precomputed through the recipe's
+    reference cache (the first trainer computes and stores them, the others read them), builtin
+    weights seeded as every side of a benchmark; ``trainer_kwargs``: ``split_forward``, ``prefix_sharing``."""
+    import prefopt.training.trainers as T
+    from prefopt.model.loading import build_builtin
+    from prefopt.training import refcache
+    from prefopt.training.algorithms import get_adapter
+
+    config = get_adapter("dpo").trl_config(recipe, output_dir=str(output_dir))
+    config.precompute_ref_log_probs = True
+    return T.PrefoptDPOTrainer(
+        model=build_builtin(MODEL, SEED),
+        args=config,
+        train_dataset=tok_ds,
+        processing_class=tok,
+        **trainer_kwargs,
+        **refcache.trainer_kwargs(recipe),
+    )

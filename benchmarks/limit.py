@@ -50,12 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    import prefopt.training.trainers as T
     from prefopt.data.fast_tokenize import tokenize_dataset_fast
     from prefopt.data.report import DropReport
     from prefopt.model.loading import build_builtin, load_tokenizer
-    from prefopt.training import refcache
-    from prefopt.training.algorithms import get_adapter
 
     datasets.disable_progress_bars()
     tmp = Path(tempfile.mkdtemp(prefix="bench-limit-"))
@@ -74,19 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         max_length=args.max_length,
         cache_dir=tmp / "refcache",
     )
-    adapter = get_adapter("dpo")
 
     def dpo_trainer(split: bool):
-        config = adapter.trl_config(recipe, output_dir=str(tmp / f"dpo-{split}"))
-        config.precompute_ref_log_probs = True
-        return T.PrefoptDPOTrainer(
-            model=build_builtin(common.MODEL, common.SEED),
-            args=config,
-            train_dataset=tok_ds,
-            processing_class=tok,
+        return common.cached_dpo_trainer(
+            recipe,
+            tok,
+            tok_ds,
+            tmp / f"dpo-{split}",
             split_forward=split,
             prefix_sharing=False,  # the floor with prefix sharing: benchmarks/prefix_sharing.py (sft-once)
-            **refcache.trainer_kwargs(recipe),
         )
 
     dpo = dpo_trainer(True)  # computes and stores the reference log-probs (not timed)
