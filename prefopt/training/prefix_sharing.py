@@ -76,6 +76,12 @@ def _rope_type(config) -> str | None:
     return None
 
 
+def attn_implementation(config) -> str:
+    """The attention implementation of the (text) model config, ``"eager"`` when unset."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(config, "_attn_implementation", None) or "eager"
+
+
 def unsupported_reason(config) -> str | None:
     """Why prefix sharing is not proven exact for this model config (``None``: it is)."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -85,7 +91,7 @@ def unsupported_reason(config) -> str | None:
             f"architecture {mt!r} is not among those proven exact ({', '.join(PROVEN_ARCHITECTURES)}): its attention "
             "mask, sliding windows or positions may mean something the shared mask does not reproduce"
         )
-    impl = getattr(config, "_attn_implementation", None) or "eager"
+    impl = attn_implementation(config)
     if impl not in MASK_IMPLEMENTATIONS:
         return (
             f"attention implementation {impl!r} is not supported (a 4-D or block mask is needed: "
@@ -216,6 +222,9 @@ def attention_masks(
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """The 4-D masks for the packed rows: one tensor, or a dict by layer type (see :func:`layer_windows`).
     Boolean (True = attend) for sdpa, additive (0 / dtype min) for eager."""
+    impl = attn_implementation(config)
+    if impl == "flex_attention":
+        return flex_block_masks(packed, config)
     mode, windows = layer_windows(config)
     seg, pos, br = packed.segment, packed.position_ids, packed.branch
     same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
@@ -225,9 +234,6 @@ def attention_masks(
     eye = torch.eye(seg.size(1), dtype=torch.bool, device=seg.device)[None]
     pad_q = (seg < 0)[:, :, None]
     base = base | (pad_q & eye)  # a padding query attends to itself only (no empty softmax row)
-    impl = getattr(config, "_attn_implementation", None) or "eager"
-    if impl == "flex_attention":
-        return flex_block_masks(packed, config)
     masks: dict[str, torch.Tensor] = {}
     for layer_type, window in windows.items():
         m = base
@@ -345,9 +351,9 @@ def segment_attention_applies(model, longest: int) -> bool:
     than that, and no activation checkpointing (its recomputation runs outside this forward, on the
     layers' mask)."""
     config = model.config
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if (getattr(config, "_attn_implementation", None) or "eager") != "sdpa":
+    if attn_implementation(config) != "sdpa":
         return False
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     if getattr(config, "attn_logit_softcapping", None) is not None:
         return False
     if any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
@@ -459,7 +465,10 @@ def install_prefix_sharing(model, stats: dict | None = None) -> bool:
             return inner(*args, **kwargs)
         # one row, no padding, under segment attention: its cost does not grow with the row
         segment_attention = segment_attention_applies(model, int(mask.sum(dim=1).max()))
-        packed = pack_pairs(ids, mask, one_row=segment_attention or _is_flex(model.config))
+        flex = (
+            attn_implementation(model.config) == "flex_attention"
+        )  # block-sparse: one row costs nothing extra
+        packed = pack_pairs(ids, mask, one_row=segment_attention or flex)
         if packed is None:
             return inner(*args, **kwargs)
         hidden = shared_hidden_states(model, ids, mask, packed, segment_attention=segment_attention)
@@ -473,11 +482,6 @@ def install_prefix_sharing(model, stats: dict | None = None) -> bool:
     model.forward = forward
     model._prefopt_prefix_sharing = True
     return True
-
-
-def _is_flex(config) -> bool:
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(config, "_attn_implementation", None) == "flex_attention"
 
 
 def resolve_setting(setting: Any, config, *, sharded: bool) -> tuple[bool, str]:
@@ -494,8 +498,7 @@ def resolve_setting(setting: Any, config, *, sharded: bool) -> tuple[bool, str]:
         return False, "off under auto: DeepSpeed / FSDP (a multi-call forward is not validated there)"
     if reason is not None:
         return False, f"off under auto: {reason}"
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    unchecked = UNCHECKED_BACKWARD.get(getattr(text, "_attn_implementation", None) or "eager")
+    unchecked = UNCHECKED_BACKWARD.get(attn_implementation(config))
     if unchecked is not None:
         return False, f"off under auto: {unchecked}; training.prefix_sharing: true turns it on"
     return True, f"on under auto: {config.model_type} is proven exact"
