@@ -1,5 +1,7 @@
 """Defended RLHF (docs/compare.md "Defended RLHF"): a weak reward model hacked by an aggressive RLOO, and the
-same RLOO against a pessimistic ensemble of equally weak members (prefopt.studies.rlhf).
+same RLOO against a pessimistic ensemble of equally weak members (prefopt.studies.rlhf): ``ens4`` on
+bootstrap resamples, ``ens4-disjoint`` on disjoint parts, ``ens4-full`` on all the pairs (the default split:
+member 0 is the single model, the others its reruns with seeds + 1, + 2, + 3).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/rlhf_defences.py --variant single --seed 42 --out runs/rlhfdef
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/rlhf_defences.py --variant ens4 --seed 42 --out runs/rlhfdef
@@ -35,6 +37,7 @@ VARIANTS = {
     "ens4-disjoint": {
         "reward_model": {"ensemble": {"members": 4, "split": "disjoint", "combine": "mean_minus_std"}}
     },
+    "ens4-full": {"reward_model": {"ensemble": {"members": 4, "split": "full", "combine": "mean_minus_std"}}},
 }
 
 

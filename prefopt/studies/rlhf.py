@@ -32,7 +32,7 @@ Defences against over-optimising the reward model (each one field; docs/compare.
 
 * ``reward_model.ensemble`` — ``members`` reward models, each trained exactly as the single one (same
   recipe, :func:`fit`) on its own rows of the paired data (:func:`member_rows`: a seeded bootstrap
-  resample, or a disjoint part), seed ``seed + i``; the policy's reward is their pessimistic aggregate
+  resample, a disjoint part, or all of them), seed ``seed + i``; the policy's reward is their pessimistic aggregate
   (:class:`EnsembleRewardScorer`, :func:`prefopt.judge.ensemble.combine_scores`: ``mean_minus_std``,
   ``min`` or ``mean``). Each member's held-out pair accuracy and the aggregate's are recorded.
 * ``policy.length_penalty`` — α × completion tokens subtracted from the reward
@@ -86,10 +86,12 @@ class RewardEnsembleSection(_Strict):
     paired training data, combined pessimistically into the policy's reward (Coste et al. 2024)."""
 
     members: int = Field(4, ge=2, description="Number of reward models (at least 2).")
-    split: Literal["bootstrap", "disjoint"] = Field(
-        "bootstrap",
-        description="'bootstrap': each member a seeded resample (with replacement) of all training pairs, "
-        "as many as there are; 'disjoint': the shuffled pairs dealt into N disjoint parts.",
+    split: Literal["full", "bootstrap", "disjoint"] = Field(
+        "full",
+        description="'full': every member on all the training pairs, the members differing only in their "
+        "seed (head initialisation and data order), as in Coste et al. 2024 and deep ensembles; "
+        "'bootstrap': each member a seeded resample (with replacement) of all the pairs, as many as there "
+        "are (about 63 % of them distinct); 'disjoint': the shuffled pairs dealt into N disjoint parts.",
     )
     combine: Literal["mean_minus_std", "min", "mean"] = Field(
         "mean_minus_std",
@@ -241,9 +243,12 @@ def member_rows(n_rows: int, members: int, split: str, seed: int) -> list[list[i
 
     ``bootstrap``: member i draws ``n_rows`` rows with replacement, from ``random.Random(f"bootstrap:{seed}:{i}")``
     (reproducible per seed and member); ``disjoint``: the rows shuffled with ``random.Random(f"disjoint:{seed}")``
-    and dealt round-robin, so every row is in exactly one member (sizes differ by at most one)."""
+    and dealt round-robin, so every row is in exactly one member (sizes differ by at most one); ``full``: every
+    member all the rows (the members then differ only in their seed, ``seed + i``)."""
     if members < 2:
         raise ValueError("an ensemble needs at least 2 members")
+    if split == "full":
+        return [list(range(n_rows)) for _ in range(members)]
     if n_rows < members:
         raise PrefoptError(
             f"{n_rows} training pairs cannot be split into {members} reward models.",
@@ -660,7 +665,7 @@ def run_rlhf(
 
 def defence_label(section: RLHFSection) -> tuple[str, dict]:
     """The defences a section turns on: a name tag (``-ens4``, ``-lp0.1``, ``-kl2``; "" for none) and the
-    params the point records (``ensemble: "4 bootstrap mean_minus_std k=1"``, ``length_penalty``,
+    params the point records (``ensemble: "4 full mean_minus_std k=1"``, ``length_penalty``,
     ``kl_budget``), so the compare table and frontier tell defended RLHF from plain RLHF."""
     tag, params = "", {}
     ens = section.reward_model.ensemble

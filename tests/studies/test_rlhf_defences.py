@@ -41,7 +41,7 @@ def test_defence_fields_parse_with_defaults():
         "rlhf",
     )
     ens = s.reward_model.ensemble
-    assert (ens.members, ens.split, ens.combine, ens.k) == (4, "bootstrap", "mean_minus_std", 1.0)
+    assert (ens.members, ens.split, ens.combine, ens.k) == (4, "full", "mean_minus_std", 1.0)
     assert s.policy.length_penalty == 0.05 and s.policy.kl_budget == 2.0
     plain = validate(RLHFSection, {}, "rlhf")
     assert plain.reward_model.ensemble is None and plain.policy.length_penalty == 0.0
@@ -88,6 +88,11 @@ def test_disjoint_rows_cover_every_row_exactly_once():
     assert parts == member_rows(203, 4, "disjoint", seed=42)
     assert parts != member_rows(203, 4, "disjoint", seed=7)
     assert parts[0] != list(range(0, 203, 4))  # shuffled before being dealt
+
+
+def test_full_split_gives_every_member_every_row():
+    assert member_rows(5, 4, "full", seed=42) == [list(range(5))] * 4
+    assert member_rows(3, 4, "full", seed=0) == [[0, 1, 2]] * 4  # nothing is split, so few rows are fine
 
 
 def test_too_few_rows_for_the_members_is_a_clear_error():
@@ -312,7 +317,7 @@ def test_defended_points_are_named_and_labelled_apart():
     assert tag == "-ens4-lp0.1-kl2"
     assert params == {"ensemble": "4 disjoint min", "length_penalty": 0.1, "kl_budget": 2.0}
     ens = validate(RLHFSection, {"reward_model": {"ensemble": {"members": 3}}}, "rlhf")
-    assert defence_label(ens) == ("-ens3", {"ensemble": "3 bootstrap mean_minus_std k=1"})
+    assert defence_label(ens) == ("-ens3", {"ensemble": "3 full mean_minus_std k=1"})
 
 
 # --------------------------------------------------------------------------------------------- compare
@@ -499,31 +504,40 @@ def test_kl_budget_stops_an_over_optimising_run_near_its_budget(tmp_path):
 
 
 @pytest.mark.slow
-def test_ensemble_of_weak_reward_models_ranks_better_than_its_members(tmp_path):
-    """The 4-member mean − std aggregate of disjoint 500-pair reward models ranks held-out pairs better than
-    its members on average (seeds 42 / 1 / 2: 0.81 / 0.71 / 0.73 against member means 0.69 / 0.67 / 0.64).
-    (It did not keep an aggressive RLOO's true reward at the reference: docs/compare.md.)"""
+def test_a_four_seed_ensemble_keeps_an_aggressive_rloo_at_the_reference(tmp_path):
+    """docs/compare.md "Defended RLHF": reward models on 500 pairs (32 epochs at lr 3e-4), the aggressive RLOO
+    (β 0.01, lr 3e-4, 300 steps). One reward model (seed 1: held-out accuracy 0.65) was hacked: true reward
+    0.363 against the reference's 0.539. The 4-member ensemble of the same recipe on all the pairs, seeds
+    1–4 (member 0 *is* that model), combined as mean − std, kept it at 0.819 (seeds 42 / 2 / 3 / 4 / 5:
+    0.76 to 0.80; the aggregate ranks held-out pairs 0.06–0.11 better than its members' mean). Guarded:
+    the true reward at or above the reference, and the aggregate ranking better than its members."""
     from prefopt.config.recipe import load_recipe
-    from prefopt.data.tokenized import TokenizedCache
-    from prefopt.model.loading import load_tokenizer
     from prefopt.studies.measure import CompareEvaluation, WorldEvaluator
-    from prefopt.studies.rlhf import train_reward_models
+    from prefopt.studies.rlhf import run_rlhf
 
     base = Path(__file__).resolve().parents[2] / "configs/recipes/quickstart/dpo.yaml"
-    recipe = load_recipe(base, ["data.train.0.size=2000", "seed=42"])
-    tok = load_tokenizer(recipe.model.tokenizer or recipe.model.name)
-    train_tok = TokenizedCache().get(recipe, tok)[0]
-    evaluator = WorldEvaluator.for_task("arith", CompareEvaluation(pref_prompts=300))
-    section = validate(
-        RLHFSection, {"reward_model": {**WEAK_RM, "ensemble": {"members": 4, "split": "disjoint"}}}, "rlhf"
-    ).reward_model
-    scorer, info = train_reward_models(section, recipe, tok, train_tok, tmp_path, 42, evaluator.pairs)
-    assert isinstance(scorer, EnsembleRewardScorer) and len(info["members"]) == 4
-    assert sum(m["train_pairs"] for m in info["members"]) == len(train_tok)  # disjoint: every pair once
-    members = info["member_heldout_accuracy"]
-    assert all(0.5 < a < 0.9 for a in members), members  # each member is weak
-    assert info["heldout_accuracy"] > sum(members) / 4 + 0.03, info
-    assert all((tmp_path / f"reward_model_{i}" / "config.json").exists() for i in range(4))
+    recipe = load_recipe(base, ["data.train.0.size=500", "seed=1"])
+    evaluator = WorldEvaluator.for_task("arith", CompareEvaluation(num_prompts=300, pref_prompts=300))
+    section = {
+        "reward_model": {
+            "learning_rate": 3e-4,
+            "num_train_epochs": 32,
+            "ensemble": {"members": 4, "split": "full", "combine": "mean_minus_std"},
+        },
+        "policy": AGGRESSIVE,
+    }
+    res = run_rlhf(section, recipe, output_dir=tmp_path, seed=1, evaluate=evaluator)
+    (point,) = res["points"]
+    rm = res["reward_model"]
+    n = rm["train_pairs"]  # every member on every pair, each with its own seed
+    assert [(m["train_pairs"], m["distinct_pairs"], m["seed"]) for m in rm["members"]] == [
+        (n, n, s) for s in (1, 2, 3, 4)
+    ]
+    members = rm["member_heldout_accuracy"]
+    assert len(set(members)) > 1, members  # the seeds give different reward models
+    assert rm["heldout_accuracy"] > sum(members) / 4 + 0.03, rm
+    reference = evaluator.reference_result["reward_sampled"]
+    assert point["eval"]["reward_sampled"] >= reference, (point["eval"], reference)
 
 
 @pytest.mark.slow
