@@ -517,7 +517,8 @@ def test_a_four_seed_ensemble_keeps_an_aggressive_rloo_at_the_reference(tmp_path
 
     base = Path(__file__).resolve().parents[2] / "configs/recipes/quickstart/dpo.yaml"
     recipe = load_recipe(base, ["data.train.0.size=500", "seed=1"])
-    evaluator = WorldEvaluator.for_task("arith", CompareEvaluation(num_prompts=300, pref_prompts=300))
+    settings = CompareEvaluation(num_prompts=200, samples_per_prompt=2, pref_prompts=300)
+    evaluator = WorldEvaluator.for_task("arith", settings)
     section = {
         "reward_model": {
             "learning_rate": 3e-4,
