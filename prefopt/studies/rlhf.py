@@ -83,7 +83,8 @@ _Strict = StrictModel
 
 class RewardEnsembleSection(_Strict):
     """``reward_model.ensemble``: N reward models, each trained like the single one on its own rows of the
-    paired training data, combined pessimistically into the policy's reward (Coste et al. 2024)."""
+    paired training data (all of them with ``split: full``), combined pessimistically into the policy's
+    reward (Coste et al. 2024)."""
 
     members: int = Field(4, ge=2, description="Number of reward models (at least 2).")
     split: Literal["full", "bootstrap", "disjoint"] = Field(

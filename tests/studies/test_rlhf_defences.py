@@ -509,8 +509,11 @@ def test_a_four_seed_ensemble_keeps_an_aggressive_rloo_at_the_reference(tmp_path
     (β 0.01, lr 3e-4, 300 steps). One reward model (seed 1: held-out accuracy 0.65) was hacked: true reward
     0.363 against the reference's 0.539. The 4-member ensemble of the same recipe on all the pairs, seeds
     1–4 (member 0 *is* that model), combined as mean − std, kept it at 0.819 (seeds 42 / 2 / 3 / 4 / 5:
-    0.76 to 0.80; the aggregate ranks held-out pairs 0.05–0.10 better than its members' mean). Guarded:
-    the true reward at or above the reference, and the aggregate ranking better than its members."""
+    0.76 to 0.80; the aggregate ranks held-out pairs 0.05–0.10 better than its members' mean). Those are
+    the benchmark's numbers (one thread, 300 prompts × 4). This test, with torch's default two threads and
+    200 prompts × 2, measured 0.798 against a reference of 0.548, and aggregate accuracy 0.857 against a
+    member mean of 0.767. Guarded: the true reward at or above the reference, and the aggregate ranking
+    better than its members."""
     from prefopt.config.recipe import load_recipe
     from prefopt.studies.measure import CompareEvaluation, WorldEvaluator
     from prefopt.studies.rlhf import run_rlhf
