@@ -31,9 +31,9 @@ The world's true reward is logged during training as a second reward function wi
 Defences against over-optimising the reward model (each one field; docs/compare.md "Defended RLHF"):
 
 * ``reward_model.ensemble`` — ``members`` reward models, each trained exactly as the single one (same
-  recipe, :func:`fit`) on its own rows of the paired data (:func:`member_rows`: a seeded bootstrap
-  resample, a disjoint part, or all of them), seed ``seed + i``; the policy's reward is their pessimistic aggregate
-  (:class:`EnsembleRewardScorer`, :func:`prefopt.judge.ensemble.combine_scores`: ``mean_minus_std``,
+  recipe, :func:`fit`) on its own rows of the paired data (:func:`member_rows`: all of them, a seeded
+  bootstrap resample, or a disjoint part), seed ``seed + i``; the policy's reward is their pessimistic
+  aggregate (:class:`EnsembleRewardScorer`, :func:`prefopt.judge.ensemble.combine_scores`: ``mean_minus_std``,
   ``min`` or ``mean``). Each member's held-out pair accuracy and the aggregate's are recorded.
 * ``policy.length_penalty`` — α × completion tokens subtracted from the reward
   (:class:`LengthPenalisedReward`: :func:`prefopt.judge.length.length_penalised`, the online judge's penalty).
@@ -244,8 +244,8 @@ def member_rows(n_rows: int, members: int, split: str, seed: int) -> list[list[i
 
     ``bootstrap``: member i draws ``n_rows`` rows with replacement, from ``random.Random(f"bootstrap:{seed}:{i}")``
     (reproducible per seed and member); ``disjoint``: the rows shuffled with ``random.Random(f"disjoint:{seed}")``
-    and dealt round-robin, so every row is in exactly one member (sizes differ by at most one); ``full``: every
-    member all the rows (the members then differ only in their seed, ``seed + i``)."""
+    and dealt round-robin, so every row is in exactly one member (sizes differ by at most one); ``full``:
+    every member all the rows (the members then differ only in their seed, ``seed + i``)."""
     if members < 2:
         raise ValueError("an ensemble needs at least 2 members")
     if split == "full":

@@ -540,6 +540,7 @@ def test_a_four_seed_ensemble_keeps_an_aggressive_rloo_at_the_reference(tmp_path
     members = rm["member_heldout_accuracy"]
     assert len(set(members)) > 1, members  # the seeds give different reward models
     assert rm["heldout_accuracy"] > sum(members) / 4 + 0.03, rm
+    assert all((tmp_path / f"reward_model_{i}" / "config.json").exists() for i in range(4))  # each saved
     reference = evaluator.reference_result["reward_sampled"]
     assert point["eval"]["reward_sampled"] >= reference, (point["eval"], reference)
 
